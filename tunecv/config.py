@@ -1,0 +1,374 @@
+"""Config: MindCV-style flat keys (YAML < CLI) → one validated, frozen `Config`; must not touch devices or data.
+
+Every flat key has exactly one home in a section dataclass. Values are typed by their key, not by how YAML read
+them (PyYAML reads `lr: 4e-3` as a string). Derived values (mean/std/interpolation/crop_pct) come from the model name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunecv import models
+from tunecv.errors import UserError
+from tunecv.fileio import atomic_write_text
+
+__all__ = ["Config", "UserError", "load_config", "config_from_dict", "save_config", "KEYS"]
+
+logger = logging.getLogger(__name__)
+
+
+def _key(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = _key("folder", "folder (data_dir/<split>/<class>/*.jpg) or digits (scikit-learn, offline demo)",
+                        ("folder", "digits"))
+    data_dir: str | None = _key(None, "dataset root holding the split folders")
+    train_split: str = _key("train", "train split folder name")
+    val_split: str = _key("val", "validation split folder name")
+    dataset_download: bool = _key(False, "download the dataset when it supports it (folders and digits need none)")
+    image_resize: int = _key(224, "training crop / evaluation input size in pixels")
+    scale: tuple[float, ...] = _key((0.08, 1.0), "RandomResizedCrop area range")
+    ratio: tuple[float, ...] = _key((0.75, 1.333), "RandomResizedCrop aspect-ratio range")
+    hflip: float = _key(0.5, "horizontal flip probability")
+    vflip: float = _key(0.0, "vertical flip probability")
+    color_jitter: float | None = _key(0.4, "colour jitter strength (null: off)")
+    interpolation: str | None = _key(None, "resize interpolation (default: the model's)",
+                                     ("bilinear", "bicubic", "nearest", "random"))
+    auto_augment: str | None = _key(None, "timm policy string, e.g. randaug-m7-mstd0.5")
+    re_prob: float = _key(0.0, "random erasing probability")
+    mean: tuple[float, ...] | None = _key(None, "normalisation mean (default: the model's; 0-255 scale accepted)")
+    std: tuple[float, ...] | None = _key(None, "normalisation std (default: the model's; 0-255 scale accepted)")
+    crop_pct: float | None = _key(None, "evaluation centre-crop fraction (default: the model's)")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    batch_size: int = _key(32, "images per step")
+    num_parallel_workers: int = _key(8, "DataLoader workers (capped at the CPU count)")
+    shuffle: bool = _key(True, "shuffle the training set each epoch")
+    drop_remainder: bool = _key(False, "drop the last incomplete training batch (a batch of 1 is always dropped)")
+    mixup: float = _key(0.0, "mixup alpha (0: off)")
+    cutmix: float = _key(0.0, "cutmix alpha (0: off)")
+    cutmix_prob: float = _key(1.0, "probability of applying mixup/cutmix to a batch")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = _key("tf_efficientnet_lite0", "timm, MindCV or torchvision model name")
+    num_classes: int | None = _key(None, "classes (default: inferred from the data)")
+    in_channels: int = _key(3, "input channels")
+    drop_rate: float | None = _key(None, "dropout before the classifier")
+    drop_path_rate: float | None = _key(None, "stochastic depth rate")
+    pretrained: bool = _key(False, "start from ImageNet weights (bundled offline for tf_efficientnet_lite0/1/2)")
+    ckpt_path: str | None = _key(None, "initialise from this local checkpoint (.pth/.pt/.ckpt/.safetensors)")
+    ckpt_prefix: str | None = _key(None, "load only the keys under this prefix, e.g. backbone.")
+    freeze: str = _key("none", "none, or all: train only the new classifier (backbone frozen, BatchNorm in eval)",
+                       ("none", "all"))
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    opt: str = _key("adamw", "optimizer", ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad", "nadam", "lamb"))
+    lr: float = _key(0.001, "peak learning rate")
+    momentum: float = _key(0.9, "momentum (sgd/momentum/rmsprop)")
+    weight_decay: float = _key(1e-4, "weight decay")
+    use_nesterov: bool = _key(False, "Nesterov momentum (sgd/momentum)")
+    weight_decay_filter: str = _key("auto", "auto/norm_and_bias: no decay on norm and bias; disable: decay all",
+                                    ("auto", "norm_and_bias", "disable"))
+    eps: float | None = _key(None, "optimizer epsilon (default: the optimizer's)")
+
+
+@dataclass(frozen=True)
+class SchedConfig:
+    scheduler: str = _key("cosine_decay", "learning-rate schedule", ("constant", "cosine_decay", "step_decay",
+                          "multi_step_decay", "exponential_decay", "polynomial_decay"))
+    min_lr: float = _key(1e-6, "floor of cosine/polynomial decay")
+    warmup_epochs: float = _key(0.0, "linear warm-up length in epochs")
+    warmup_factor: float = _key(0.0, "warm-up starts at lr * warmup_factor")
+    decay_epochs: float | None = _key(None, "cosine/polynomial: epochs to reach min_lr (default: the rest of the run);"
+                                            " step/exponential: decay period")
+    decay_rate: float = _key(0.1, "multiplier per decay (step/multi-step/exponential); power for polynomial")
+    multi_step_decay_milestones: tuple[int, ...] = _key((30, 60, 90), "epochs at which multi_step_decay decays")
+    lr_epoch_stair: bool = _key(False, "change the lr once per epoch instead of every step")
+    num_cycles: int = _key(1, "cosine cycles")
+    cycle_decay: float = _key(1.0, "peak multiplier from one cosine cycle to the next")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epoch_size: int = _key(10, "epochs")
+    loss: str = _key("ce", "ce (cross-entropy) or bce (binary cross-entropy)", ("ce", "bce"))
+    label_smoothing: float = _key(0.0, "label smoothing")
+    val_while_train: bool = _key(True, "validate during training")
+    val_interval: int = _key(1, "validate every N epochs (and after the last)")
+    log_interval: int = _key(100, "progress update every N steps")
+    seed: int = _key(42, "random seed")
+    amp_level: str = _key("O0", "O0: fp32; O1/O2/O3: mixed precision (CUDA)", ("O0", "O1", "O2", "O3"))
+    clip_grad: bool = _key(False, "clip the gradient norm")
+    clip_value: float = _key(15.0, "max gradient norm when clip_grad")
+    gradient_accumulation_steps: int = _key(1, "batches per optimizer step")
+    ema: bool = _key(False, "keep an exponential moving average of the weights; it is validated and saved")
+    ema_decay: float = _key(0.9999, "EMA decay")
+    ckpt_save_dir: str = _key("./ckpt", "where checkpoints, results.txt, config.yaml and the log go")
+    keep_checkpoint_max: int = _key(0, "also keep this many per-epoch checkpoints <model>-<epoch>.pth (0: none)")
+    ckpt_save_policy: str = _key("latest_k", "which per-epoch checkpoints to keep", ("latest_k", "top_k"))
+    ckpt_save_interval: int = _key(1, "write a per-epoch checkpoint every N epochs")
+    device: str = _key("auto", "auto (cuda when available), cpu or cuda", ("auto", "cpu", "cuda"))
+
+
+SECTIONS = {"data": DataConfig, "loader": LoaderConfig, "model": ModelConfig,
+            "optim": OptimConfig, "sched": SchedConfig, "train": TrainConfig}
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_flat(self) -> dict[str, Any]:
+        """The flat MindCV-style key → value dict (plain Python values, lists for tuples)."""
+        flat: dict[str, Any] = {}
+        for section in SECTIONS:
+            for key, value in dataclasses.asdict(getattr(self, section)).items():
+                flat[key] = list(value) if isinstance(value, tuple) else value
+        return flat
+
+
+# key → (section name, field)
+KEYS: dict[str, tuple[str, dataclasses.Field]] = {
+    f.name: (section, f) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+_TYPES = {section: typing.get_type_hints(cls) for section, cls in SECTIONS.items()}
+
+# MindCV keys that mean nothing in PyTorch: accepted, logged once.
+IGNORED_KEYS = {
+    "mode": "MindSpore graph/pynative mode", "device_target": "PyTorch picks the device (see `device`)",
+    "dataset_sink_mode": "MindSpore data sinking", "loss_scale": "AMP uses a dynamic GradScaler",
+    "loss_scale_type": "AMP uses a dynamic GradScaler", "dynamic_loss_scale": "AMP uses a dynamic GradScaler",
+    "drop_overflow_update": "the GradScaler skips overflowing steps", "distribute": "launch with torchrun instead",
+    "enable_modelarts": "ModelArts platform", "multi_data_url": "ModelArts platform", "data_url": "ModelArts platform",
+    "ckpt_url": "ModelArts platform", "train_url": "ModelArts platform", "val_amp_level": "evaluation runs in fp32",
+}
+# MindCV keys accepted only at their no-op value; anything else is an error rather than a silent no-op.
+NOOP_KEYS = {"aux_factor": 0.0, "reduction": "mean", "aug_repeats": 0, "num_samples": None, "resume_opt": False}
+# Other tools' names for our keys.
+RENAMED_KEYS = {"class_num": "num_classes", "epochs": "epoch_size", "load_from": "ckpt_path",
+                "milestones": "multi_step_decay_milestones"}
+CASE_INSENSITIVE = {"opt", "loss", "scheduler", "interpolation", "weight_decay_filter", "ckpt_save_policy", "device",
+                    "freeze", "dataset"}
+DATASET_ALIASES = {"imagenet": "folder", "imagefolder": "folder", "": "folder", "image_folder": "folder"}
+SCHEDULER_ALIASES = {"warmup_cosine_decay": "cosine_decay", "cosine": "cosine_decay", "step": "step_decay",
+                     "multistep": "multi_step_decay", "multi_step": "multi_step_decay"}
+
+
+def closest_hint(name: str, options: typing.Iterable[str]) -> str:
+    matches = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
+    return f"; did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
+
+
+def key_type(key: str) -> Any:
+    """The value type of a key, without its Optional."""
+    hint = _TYPES[KEYS[key][0]][key]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if type(None) in typing.get_args(hint) else hint
+
+
+def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
+    """Convert `value` to the type of `key`, raising UserError with the key and where it came from."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))):
+        return None
+    base = next(a for a in args if a is not type(None)) if optional else hint
+    try:
+        return _convert(value, base)
+    except (TypeError, ValueError):
+        raise UserError(f"{key} = {value!r} ({where}) is not a valid {_type_name(base)}") from None
+
+
+def _convert(value: Any, base: Any) -> Any:
+    if typing.get_origin(base) is tuple:
+        item = typing.get_args(base)[0]
+        if isinstance(value, str):
+            value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_convert(v, item) for v in value)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "yes", "1", "on"):
+            return True
+        if text in ("false", "no", "0", "off"):
+            return False
+        raise ValueError(value)
+    if base is int:
+        number = float(value) if isinstance(value, str) else value
+        if isinstance(number, bool) or not float(number).is_integer():
+            raise ValueError(value)
+        return int(number)
+    if base is float:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return float(value)
+    if base is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError(value)
+        return str(value)
+    raise TypeError(base)
+
+
+def _type_name(base: Any) -> str:
+    if typing.get_origin(base) is tuple:
+        return f"list of {typing.get_args(base)[0].__name__}"
+    return {bool: "boolean (true/false)", int: "integer", float: "number", str: "string"}[base]
+
+
+def _normalise(key: str, value: Any) -> Any:
+    if key in CASE_INSENSITIVE and isinstance(value, str):
+        value = value.lower()
+        value = {"dataset": DATASET_ALIASES, "scheduler": SCHEDULER_ALIASES}.get(key, {}).get(value, value)
+    if key == "amp_level" and isinstance(value, str):
+        value = value.upper()
+    return value
+
+
+def _accept(key: str, value: Any, where: str) -> tuple[str, Any] | None:
+    """Map a raw (key, value) onto a known key, or None when it is an ignored MindCV key."""
+    if key in RENAMED_KEYS:
+        logger.info("config: %s (%s) is read as %s", key, where, RENAMED_KEYS[key])
+        key = RENAMED_KEYS[key]
+    if key == "filter_bias_and_bn":
+        value = _coerce(key, value, bool, where)
+        logger.info("config: filter_bias_and_bn=%s is read as weight_decay_filter", value)
+        return "weight_decay_filter", "norm_and_bias" if value else "disable"
+    if key in IGNORED_KEYS:
+        logger.info("config: MindCV key %s ignored (%s)", key, IGNORED_KEYS[key])
+        return None
+    if key in NOOP_KEYS:
+        default = NOOP_KEYS[key]
+        if value != default and not (isinstance(value, str) and str(default) == value):
+            raise UserError(f"{key} = {value!r} ({where}) is not supported by tunecv; remove it or set {default!r}")
+        logger.info("config: MindCV key %s=%r ignored (it is the no-op value)", key, value)
+        return None
+    if key not in KEYS:
+        known = list(KEYS) + list(RENAMED_KEYS)
+        raise UserError(f"unknown config key {key!r} ({where}){closest_hint(key, known)}")
+    return key, value
+
+
+def _validate(key: str, value: Any, where: str) -> None:
+    choices = KEYS[key][1].metadata["choices"]
+    if choices and value is not None and value not in choices:
+        raise UserError(f"{key} = {value!r} ({where}) is not one of {', '.join(choices)}"
+                        f"{closest_hint(str(value), choices)}")
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a config file: a flat mapping of keys (MindCV style)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; check the --config path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UserError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of key: value lines")
+    return data
+
+
+def config_from_dict(layers: list[tuple[dict[str, Any], str]]) -> Config:
+    """Build a Config from (mapping, where) layers; later layers win. `where` names the source in errors."""
+    values: dict[str, Any] = {}
+    for mapping, where in layers:
+        for raw_key, raw_value in mapping.items():
+            accepted = _accept(str(raw_key), raw_value, where)
+            if accepted is None:
+                continue
+            key, value = accepted
+            section, _ = KEYS[key]
+            value = _normalise(key, _coerce(key, value, _TYPES[section][key], where))
+            _validate(key, value, where)
+            values[key] = value
+    return _resolve(_build(values))
+
+
+def _build(values: dict[str, Any]) -> Config:
+    sections = {name: cls(**{k: v for k, v in values.items() if KEYS[k][0] == name}) for name, cls in SECTIONS.items()}
+    return Config(**sections)
+
+
+def _resolve(cfg: Config) -> Config:
+    """Fill derived values and check the cross-key rules."""
+    models.check_model_name(cfg.model.model)
+    data_defaults = models.data_defaults(cfg.model.model)
+    data = cfg.data
+    mean, std = data.mean or data_defaults["mean"], data.std or data_defaults["std"]
+    if max(mean) > 1.0 or max(std) > 1.0:  # MindCV writes mean/std on the 0-255 scale
+        mean, std = tuple(m / 255.0 for m in mean), tuple(s / 255.0 for s in std)
+    if len(mean) != cfg.model.in_channels or len(std) != cfg.model.in_channels:
+        raise UserError(f"mean and std need {cfg.model.in_channels} values (in_channels), got {mean} and {std}")
+    data = dataclasses.replace(
+        data, mean=tuple(round(m, 6) for m in mean), std=tuple(round(s, 6) for s in std),
+        interpolation=data.interpolation or data_defaults["interpolation"],
+        crop_pct=data.crop_pct or data_defaults["crop_pct"])
+    if data.dataset == "folder" and not data.data_dir:
+        raise UserError("data_dir is not set; pass --data_dir DIR (DIR/<train_split>/<class>/*.jpg)")
+    if len(data.scale) != 2 or len(data.ratio) != 2:
+        raise UserError("scale and ratio take two numbers each, e.g. scale: [0.08, 1.0]")
+    if cfg.optim.use_nesterov and cfg.optim.opt in ("sgd", "momentum") and cfg.optim.momentum <= 0:
+        raise UserError("use_nesterov needs momentum > 0")
+    if cfg.model.ckpt_prefix and not cfg.model.ckpt_path:
+        raise UserError("ckpt_prefix is set but ckpt_path is not; give the checkpoint to load the prefix from")
+    for key, minimum in (("batch_size", 1), ("epoch_size", 1), ("val_interval", 1), ("log_interval", 1),
+                         ("gradient_accumulation_steps", 1), ("image_resize", 8), ("num_cycles", 1)):
+        section = getattr(cfg, KEYS[key][0])
+        if getattr(section, key) < minimum:
+            raise UserError(f"{key} must be at least {minimum}, got {getattr(section, key)}")
+    if cfg.model.num_classes is not None and cfg.model.num_classes < 1:
+        raise UserError(f"num_classes must be at least 1, got {cfg.model.num_classes}")
+    return dataclasses.replace(cfg, data=data)
+
+
+def load_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults < the YAML file < command-line overrides → a validated, resolved Config."""
+    layers: list[tuple[dict[str, Any], str]] = []
+    if path:
+        layers.append((read_yaml(path), str(path)))
+    layers.append((overrides or {}, "command line"))
+    return config_from_dict(layers)
+
+
+def with_num_classes(cfg: Config, num_classes: int) -> Config:
+    """A copy of cfg with the class count found in the data."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=num_classes))
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_flat(), sort_keys=False)
+
+
+def save_config(cfg: Config, directory: str | os.PathLike) -> Path:
+    """Write the resolved config as config.yaml in `directory` (atomically)."""
+    target = Path(directory) / "config.yaml"
+    atomic_write_text(target, to_yaml(cfg))
+    return target

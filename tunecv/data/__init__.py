@@ -1,0 +1,7 @@
+"""Data stage: datasets, transforms and loaders."""
+
+from tunecv.data.datasets import create_dataset
+from tunecv.data.loader import create_loader, create_mixup
+from tunecv.data.transforms import create_transforms
+
+__all__ = ["create_dataset", "create_loader", "create_mixup", "create_transforms"]

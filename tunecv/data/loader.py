@@ -1,0 +1,61 @@
+"""Loaders: `create_loader(dataset, cfg.loader, is_training)`; samplers, workers, mixup. Must not know the model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from timm.data import Mixup
+from torch.utils.data import DataLoader, Dataset
+
+if TYPE_CHECKING:
+    from tunecv.config import LoaderConfig
+
+logger = logging.getLogger(__name__)
+
+
+def num_workers(requested: int) -> int:
+    """Workers beyond the core count only add contention."""
+    return max(0, min(requested, os.cpu_count() or 1))
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def create_loader(dataset: Dataset, cfg: LoaderConfig, is_training: bool, *, seed: int = 0,
+                  pin_memory: bool = False) -> DataLoader:
+    """Training loaders shuffle (seeded) and drop a last batch of one (BatchNorm cannot train on it),
+    or of odd size under mixup."""
+    remainder = len(dataset) % cfg.batch_size
+    mixing = cfg.mixup > 0 or cfg.cutmix > 0  # timm Mixup needs an even batch
+    drop_last = is_training and (cfg.drop_remainder or remainder == 1 or (mixing and remainder % 2 == 1))
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    workers = num_workers(cfg.num_parallel_workers)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=is_training and cfg.shuffle,
+        drop_last=drop_last,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+    )
+
+
+def create_mixup(cfg: LoaderConfig, num_classes: int, label_smoothing: float) -> Mixup | None:
+    """timm Mixup/CutMix on batches, or None when both alphas are 0."""
+    if cfg.mixup <= 0 and cfg.cutmix <= 0:
+        return None
+    logger.info("mixup: alpha %.2f, cutmix alpha %.2f, prob %.2f", cfg.mixup, cfg.cutmix, cfg.cutmix_prob)
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.cutmix_prob,
+                 label_smoothing=label_smoothing, num_classes=num_classes)

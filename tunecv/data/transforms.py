@@ -1,0 +1,36 @@
+"""Transforms: `create_transforms(cfg.data, is_training)` wraps timm's `create_transform`; must not read paths."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Callable
+
+from timm.data import create_transform
+
+if TYPE_CHECKING:
+    from tunecv.config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+
+def create_transforms(cfg: DataConfig, is_training: bool) -> Callable:
+    """Training: RandomResizedCrop + flips + colour jitter/auto-augment + erasing; eval: resize + centre crop."""
+    interpolation = cfg.interpolation or "bilinear"
+    if not is_training and interpolation == "random":
+        interpolation = "bilinear"
+    transform = create_transform(
+        input_size=cfg.image_resize,
+        is_training=is_training,
+        scale=tuple(cfg.scale),
+        ratio=tuple(cfg.ratio),
+        hflip=cfg.hflip,
+        vflip=cfg.vflip,
+        color_jitter=cfg.color_jitter or 0.0,
+        auto_augment=cfg.auto_augment,
+        interpolation=interpolation,
+        mean=tuple(cfg.mean),
+        std=tuple(cfg.std),
+        re_prob=cfg.re_prob,
+        crop_pct=cfg.crop_pct,
+    )
+    return transform

@@ -1,0 +1,285 @@
+"""Engine: `train_one_epoch`, `evaluate`, `fit`; AMP, accumulation, clipping, EMA, progress bars, metrics.
+
+Must not parse config files or print (progress goes through tqdm, facts through logging).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from timm.data import Mixup
+from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
+from torch import nn
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from tunecv.models import set_train_mode
+
+if TYPE_CHECKING:
+    from tunecv.checkpoint import CheckpointSaver
+    from tunecv.config import TrainConfig
+    from tunecv.report import ResultsWriter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Autocast settings: fp32 everywhere but CUDA with amp_level O1-O3."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None
+
+    @classmethod
+    def create(cls, device: torch.device, amp_level: str) -> Precision:
+        if amp_level == "O0":
+            return cls(device)
+        if device.type != "cuda":
+            logger.info("amp: amp_level %s needs CUDA; running fp32 on %s", amp_level, device.type)
+            return cls(device)
+        return cls(device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+    def autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
+
+    def describe(self) -> str:
+        return "fp32" if self.dtype is None else f"AMP {str(self.dtype).removeprefix('torch.')}"
+
+
+@dataclass
+class Trainer:
+    """What one optimizer step needs besides the batch; built once by `create_trainer`."""
+
+    loss_fn: Callable
+    precision: Precision
+    accumulation_steps: int = 1
+    clip_norm: float | None = None
+    mixup: Mixup | None = None
+    ema: ModelEmaV3 | None = None
+    scaler: torch.amp.GradScaler | None = None
+    log_interval: int = 100
+    global_step: int = 0
+
+
+def create_loss(cfg: TrainConfig, mixing: bool) -> nn.Module:
+    """Cross-entropy (+ smoothing) or BCE; with mixup the targets are soft and the smoothing is in the mix."""
+    if cfg.loss == "bce":
+        return BinaryCrossEntropy(smoothing=0.0 if mixing else cfg.label_smoothing)
+    if mixing:
+        return SoftTargetCrossEntropy()
+    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+
+def create_trainer(model: nn.Module, cfg: TrainConfig, device: torch.device, mixup: Mixup | None) -> Trainer:
+    precision = Precision.create(device, cfg.amp_level)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
+    return Trainer(loss_fn=create_loss(cfg, mixup is not None), precision=precision,
+                   accumulation_steps=cfg.gradient_accumulation_steps,
+                   clip_norm=cfg.clip_value if cfg.clip_grad else None, mixup=mixup, ema=ema,
+                   scaler=precision.scaler(), log_interval=cfg.log_interval)
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    loss: float
+    lr: float
+    images: int
+    seconds: float
+
+
+def optimizer_steps(num_batches: int, accumulation_steps: int) -> int:
+    return math.ceil(num_batches / accumulation_steps)
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, trainer: Trainer,
+                    epoch: int) -> TrainStats:
+    """One pass over `loader`; the scheduler steps after every optimizer update."""
+    set_train_mode(model)
+    device = trainer.precision.device
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    loss_sum = torch.zeros((), device=device)
+    images, start, lr = 0, time.perf_counter(), optimizer.param_groups[0]["lr"]
+    optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(loader, desc=f"train {epoch}", leave=False, disable=None, dynamic_ncols=True)
+    for step, (inputs, targets) in enumerate(bar, start=1):
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if trainer.mixup is not None:
+            inputs, targets = trainer.mixup(inputs, targets)
+        with trainer.precision.autocast():
+            loss = trainer.loss_fn(model(inputs), targets)
+        scaled = loss / trainer.accumulation_steps
+        (trainer.scaler.scale(scaled) if trainer.scaler else scaled).backward()
+        if step % trainer.accumulation_steps == 0 or step == len(loader):
+            lr = optimizer.param_groups[0]["lr"]
+            _optimizer_step(optimizer, params, trainer)
+            scheduler.step()
+            trainer.global_step += 1
+            if trainer.ema is not None:
+                trainer.ema.update(model, step=trainer.global_step)
+        loss_sum += loss.detach() * inputs.shape[0]
+        images += inputs.shape[0]
+        if step % trainer.log_interval == 0 or step == len(loader):
+            # .item() syncs with the device: only at the log interval
+            rate = images / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{loss_sum.item() / images:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+    loss_value = loss_sum.item() / max(images, 1)
+    if not math.isfinite(loss_value):
+        logger.warning("epoch %d: training loss is %s; lower lr", epoch, loss_value)
+    return TrainStats(loss=loss_value, lr=lr, images=images, seconds=time.perf_counter() - start)
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], trainer: Trainer) -> None:
+    if trainer.scaler is not None:
+        trainer.scaler.unscale_(optimizer)
+    if trainer.clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, trainer.clip_norm)
+    if trainer.scaler is not None:
+        trainer.scaler.step(optimizer)
+        trainer.scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    top1: float
+    top5: float
+    topk: int
+    images: int
+    seconds: float
+    predictions: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    targets: list[int] = field(default_factory=list)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader, precision: Precision, num_classes: int, *,
+             desc: str = "eval") -> EvalResult:
+    """Loss (plain cross-entropy), top-1 and top-k (k = min(5, num_classes)) in percent, and per-image predictions."""
+    model.eval()
+    device, k = precision.device, min(5, num_classes)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    preds, scores, labels, correct_k = [], [], [], 0
+    start = time.perf_counter()
+    for inputs, targets in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with precision.autocast():
+            logits = model(inputs)
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").double()
+        probs = logits.softmax(dim=1)
+        top = probs.topk(k, dim=1)
+        correct_k += (top.indices == targets[:, None]).any(dim=1).sum().item()
+        preds.extend(top.indices[:, 0].tolist())
+        scores.extend(top.values[:, 0].tolist())
+        labels.extend(targets.tolist())
+    count = len(labels)
+    correct1 = sum(int(p == t) for p, t in zip(preds, labels))
+    return EvalResult(loss=loss_sum.item() / max(count, 1), top1=100.0 * correct1 / max(count, 1),
+                      top5=100.0 * correct_k / max(count, 1), topk=k, images=count,
+                      seconds=time.perf_counter() - start, predictions=preds, scores=scores, targets=labels)
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    lr: float
+    train_loss: float
+    val_loss: float | None
+    top1: float | None
+    top5: float | None
+    time_s: float
+    train_images_per_s: float
+    eval_images_per_s: float | None
+
+
+@dataclass
+class FitResult:
+    history: list[EpochMetrics]
+    best_epoch: int
+    best_top1: float | None
+    best_path: str
+    last_path: str
+    results_path: str
+    elapsed_s: float
+
+    def summary(self) -> str:
+        best = f"best top-1 {self.best_top1:.2f}% at epoch {self.best_epoch}" if self.best_top1 is not None \
+            else f"no validation set; last epoch {self.best_epoch}"
+        return (f"tunecv: {best}; {self.elapsed_s:.1f} s\n  best checkpoint: {self.best_path}\n"
+                f"  results: {self.results_path}")
+
+
+def _should_validate(epoch: int, epochs: int, cfg: TrainConfig) -> bool:
+    return cfg.val_while_train and (epoch % cfg.val_interval == 0 or epoch == epochs)
+
+
+def fit(model: nn.Module, train_loader, val_loader, optimizer: torch.optim.Optimizer, scheduler, cfg: TrainConfig,
+        saver: CheckpointSaver, results: ResultsWriter, trainer: Trainer, num_classes: int) -> FitResult:
+    """Train `cfg.epoch_size` epochs; validate, checkpoint (`_last` every epoch, `_best` on improvement), report."""
+    start = time.perf_counter()
+    history: list[EpochMetrics] = []
+    best_top1: float | None = None
+    best_epoch = 0
+    with logging_redirect_tqdm():
+        for epoch in range(1, cfg.epoch_size + 1):
+            epoch_start = time.perf_counter()
+            stats = train_one_epoch(model, train_loader, optimizer, scheduler, trainer, epoch)
+            evaluated_model = trainer.ema.module if trainer.ema is not None else model
+            evaluation = None
+            if val_loader is not None and _should_validate(epoch, cfg.epoch_size, cfg):
+                evaluation = evaluate(evaluated_model, val_loader, trainer.precision, num_classes, desc=f"val {epoch}")
+            metrics = _epoch_metrics(epoch, stats, evaluation, time.perf_counter() - epoch_start)
+            history.append(metrics)
+            improved = _improved(metrics, best_top1, val_loader is None)
+            if improved:
+                best_top1, best_epoch = metrics.top1, epoch
+            saver.save(evaluated_model, epoch=epoch, metrics=_metrics_dict(metrics), is_best=improved,
+                       optimizer=optimizer)
+            results.add(metrics)
+            logger.info(_epoch_line(metrics))
+    elapsed = time.perf_counter() - start
+    results.finish(best_top1, best_epoch)
+    return FitResult(history=history, best_epoch=best_epoch, best_top1=best_top1, best_path=str(saver.best_path),
+                     last_path=str(saver.last_path), results_path=str(results.path), elapsed_s=elapsed)
+
+
+def _improved(metrics: EpochMetrics, best_top1: float | None, no_val_set: bool) -> bool:
+    if no_val_set:
+        return True  # without validation the last epoch is the best we know
+    return metrics.top1 is not None and (best_top1 is None or metrics.top1 > best_top1)
+
+
+def _epoch_metrics(epoch: int, stats: TrainStats, evaluation: EvalResult | None, seconds: float) -> EpochMetrics:
+    return EpochMetrics(
+        epoch=epoch, lr=stats.lr, train_loss=stats.loss,
+        val_loss=evaluation.loss if evaluation else None, top1=evaluation.top1 if evaluation else None,
+        top5=evaluation.top5 if evaluation else None, time_s=seconds,
+        train_images_per_s=stats.images / max(stats.seconds, 1e-9),
+        eval_images_per_s=evaluation.images / max(evaluation.seconds, 1e-9) if evaluation else None)
+
+
+def _metrics_dict(metrics: EpochMetrics) -> dict[str, Any]:
+    return {k: v for k, v in metrics.__dict__.items() if v is not None}
+
+
+def _epoch_line(m: EpochMetrics) -> str:
+    line = f"epoch {m.epoch}: lr {m.lr:.3g} train_loss {m.train_loss:.4f} ({m.train_images_per_s:.0f} img/s)"
+    if m.top1 is not None:
+        line += (f" | val_loss {m.val_loss:.4f} top1 {m.top1:.2f} top5 {m.top5:.2f}"
+                 f" ({m.eval_images_per_s:.0f} img/s)")
+    return line + f" | {m.time_s:.1f} s"

@@ -1,0 +1,109 @@
+"""Reports: results.txt and metrics.json for a run, per-class accuracy and pred.txt for validate.py."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tunecv.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import Dataset as Sized
+
+    from tunecv.config import Config
+    from tunecv.engine import EpochMetrics, EvalResult
+
+RESULTS_HEADER = "epoch lr train_loss val_loss top1 top5 time_s"
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def results_row(m: EpochMetrics) -> str:
+    return " ".join([str(m.epoch), f"{m.lr:.6g}", _cell(m.train_loss, 4), _cell(m.val_loss, 4),
+                     _cell(m.top1, 2), _cell(m.top5, 2), _cell(m.time_s, 1)])
+
+
+class ResultsWriter:
+    """results.txt: a header, one row per epoch (rewritten atomically each epoch), then the best line;
+    metrics.json holds the same, for machines."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.path = Path(directory) / "results.txt"
+        self.json_path = Path(directory) / "metrics.json"
+        self.rows: list[str] = []
+        self.history: list[dict] = []
+        atomic_write_text(self.path, RESULTS_HEADER + "\n")
+
+    def add(self, metrics: EpochMetrics) -> None:
+        self.rows.append(results_row(metrics))
+        self.history.append(asdict(metrics))
+        atomic_write_text(self.path, "\n".join([RESULTS_HEADER, *self.rows]) + "\n")
+
+    def finish(self, best_top1: float | None, best_epoch: int) -> None:
+        best = f"best top1 {_cell(best_top1, 2)} at epoch {best_epoch}"
+        atomic_write_text(self.path, "\n".join([RESULTS_HEADER, *self.rows, best]) + "\n")
+        summary = {"best_top1": best_top1, "best_epoch": best_epoch, "epochs": self.history}
+        atomic_write_text(self.json_path, json.dumps(summary, indent=2) + "\n")
+
+
+def per_class_accuracy(result: EvalResult, classes: list[str]) -> list[tuple[str, int, float]]:
+    """(class, images, top-1 %) for each class present in the evaluated data."""
+    rows = []
+    for label, name in enumerate(classes):
+        hits = [p == t for p, t in zip(result.predictions, result.targets) if t == label]
+        if hits:
+            rows.append((name, len(hits), 100.0 * sum(hits) / len(hits)))
+    return rows
+
+
+def format_per_class(rows: list[tuple[str, int, float]]) -> str:
+    width = max([len("class")] + [len(name) for name, _, _ in rows])
+    lines = [f"{'class':<{width}}  images  top1"]
+    lines += [f"{name:<{width}}  {count:>6}  {acc:6.2f}" for name, count, acc in rows]
+    return "\n".join(lines)
+
+
+def write_predictions(path: str | os.PathLike, sample_ids: list[str], result: EvalResult,
+                      classes: list[str]) -> Path:
+    """pred.txt: a header, then `path pred_label true_label score` per image (labels are class names)."""
+    lines = ["path pred_label true_label score"]
+    for sample_id, pred, target, score in zip(sample_ids, result.predictions, result.targets, result.scores):
+        lines.append(f"{sample_id} {classes[pred]} {classes[target]} {score:.4f}")
+    path = Path(path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: str, params: tuple[int, int],
+                optimizer: torch.optim.Optimizer, steps_per_epoch: int, device: torch.device, precision: str) -> str:
+    """The one block logged before training: what is about to run, in the user's terms."""
+    classes = train_set.classes
+    names = ", ".join(classes[:8]) + (f", ... ({len(classes)})" if len(classes) > 8 else "")
+    trainable, total = params
+    data, sched, train = cfg.data, cfg.sched, cfg.train
+    return "\n".join([
+        "tunecv run",
+        f"  data       {data.dataset}{' ' + data.data_dir if data.data_dir else ''}: train {len(train_set)} images,"
+        f" val {len(val_set) if val_set is not None else 'none'}",
+        f"  classes    {len(classes)}: {names}",
+        f"  model      {cfg.model.model}, weights: {weights}, freeze: {cfg.model.freeze}",
+        f"  params     {trainable:,} trainable / {total:,} total",
+        f"  input      {data.image_resize} px, {data.interpolation}, crop_pct {data.crop_pct},"
+        f" mean {list(data.mean)} std {list(data.std)}",
+        f"  optimizer  {type(optimizer).__name__} ({cfg.optim.opt}) lr {cfg.optim.lr:g}"
+        f" weight_decay {cfg.optim.weight_decay:g}",
+        f"  schedule   {sched.scheduler}, warm-up {sched.warmup_epochs:g} epochs, {train.epoch_size} epochs"
+        f" x {steps_per_epoch} steps, batch {cfg.loader.batch_size}"
+        + (f" x {train.gradient_accumulation_steps} accumulated" if train.gradient_accumulation_steps > 1 else ""),
+        f"  loss       {train.loss}, label_smoothing {train.label_smoothing:g}"
+        + (f", mixup {cfg.loader.mixup:g} cutmix {cfg.loader.cutmix:g}" if cfg.loader.mixup or cfg.loader.cutmix
+           else "") + (f", EMA {train.ema_decay:g}" if train.ema else ""),
+        f"  device     {device}, {precision}",
+        f"  output     {train.ckpt_save_dir}",
+    ])

@@ -1,0 +1,71 @@
+"""Evaluate a checkpoint written by finetune.py: loss, top-1/top-5, per-class accuracy and pred.txt.
+
+    python validate.py --ckpt_path ckpt/tf_efficientnet_lite0_best.pth --data_dir DIR
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from tunecv import cli
+from tunecv.checkpoint import load_checkpoint
+from tunecv.config import UserError, config_from_dict, read_yaml
+from tunecv.data import create_dataset, create_loader, create_transforms
+from tunecv.engine import EvalResult, Precision, evaluate
+from tunecv.models import create_model
+from tunecv.report import format_per_class, per_class_accuracy, write_predictions
+from tunecv.runtime import image_mode, resolve_device
+
+logger = logging.getLogger("tunecv")
+
+
+def run(ckpt_path: str, config_path: str | None, overrides: dict, split: str | None,
+        output: str | None) -> tuple[EvalResult, list[str], Path]:
+    checkpoint = load_checkpoint(ckpt_path)
+    layers = [(checkpoint["config"], f"checkpoint {ckpt_path}")]
+    if config_path:
+        layers.append((read_yaml(config_path), config_path))
+    cfg = config_from_dict(layers + [(overrides, "command line")])
+    classes = list(checkpoint["classes"])
+    split = split or cfg.data.val_split
+    dataset = create_dataset(cfg.data, split, create_transforms(cfg.data, is_training=False), classes=classes,
+                             image_mode=image_mode(cfg.model.in_channels))
+    device = resolve_device(cfg.train.device)
+    model = create_model(cfg.model, num_classes=len(classes))
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        raise UserError(f"checkpoint {ckpt_path} does not fit model {cfg.model.model} "
+                        f"({str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err})") from None
+    model.to(device)
+    loader = create_loader(dataset, cfg.loader, is_training=False)
+    result = evaluate(model, loader, Precision.create(device, cfg.train.amp_level), len(classes), desc=split)
+    target = Path(output) if output else Path(ckpt_path).parent / "pred.txt"
+    write_predictions(target, [path for path, _ in dataset.samples], result, classes)
+    return result, classes, target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.build_parser("validate.py", "Evaluate a tunecv checkpoint; any config key can be overridden.",
+                              exclude=("ckpt_path",))
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by finetune.py (<model>_best.pth)")
+    parser.add_argument("--split", help="split to evaluate (default: the checkpoint's val_split)")
+    parser.add_argument("--output", help="where to write the predictions (default: pred.txt beside the checkpoint)")
+
+    def main_body() -> int:
+        args, overrides = cli.parse_args(parser, argv, script_flags=("ckpt_path", "split", "output"))
+        cli.setup_logging()
+        result, classes, pred_path = run(args.ckpt_path, args.config, overrides, args.split, args.output)
+        print(f"{result.images} images: loss {result.loss:.4f}  top1 {result.top1:.2f}  "
+              f"top{result.topk} {result.top5:.2f}  ({result.images / max(result.seconds, 1e-9):.0f} img/s)")
+        print(format_per_class(per_class_accuracy(result, classes)))
+        print(f"predictions: {pred_path}")
+        return 0
+
+    return cli.error_boundary(main_body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
