@@ -15,7 +15,7 @@ from tunecv.checkpoint import CheckpointSaver
 from tunecv.config import Config, UserError, load_config, save_config, to_yaml, with_num_classes
 from tunecv.data import create_dataset, create_loader, create_mixup, create_transforms
 from tunecv.data.datasets import has_split
-from tunecv.engine import FitResult, create_trainer, fit, optimizer_steps
+from tunecv.engine import Compute, FitResult, create_trainer, fit, optimizer_steps
 from tunecv.models import apply_freeze, count_params, create_model
 from tunecv.optim import create_optimizer
 from tunecv.report import ResultsWriter, run_summary
@@ -51,19 +51,20 @@ def run(cfg: Config) -> FitResult:
     model = create_model(cfg.model, num_classes=len(classes))
     weights = load_initial_weights(model, cfg.model)
     apply_freeze(model, cfg.model.freeze)
-    model.to(device)
+    compute = Compute.create(device, cfg.train.amp_level, cfg.train.channels_last)
+    model = compute.prepare_model(model)
     optimizer = create_optimizer(model, cfg.optim)
     steps_per_epoch = optimizer_steps(len(train_loader), cfg.train.gradient_accumulation_steps)
     scheduler = create_scheduler(optimizer, cfg.sched, lr=cfg.optim.lr, steps_per_epoch=steps_per_epoch,
                                  epochs=cfg.train.epoch_size)
-    trainer = create_trainer(model, cfg.train, device, create_mixup(cfg.loader, len(classes),
-                                                                     cfg.train.label_smoothing))
+    trainer = create_trainer(model, cfg.train, compute,
+                             create_mixup(cfg.loader, len(classes), cfg.train.label_smoothing))
     out_dir = Path(cfg.train.ckpt_save_dir)
     save_config(cfg, out_dir)
     saver = CheckpointSaver(out_dir, cfg.model.model, cfg.to_flat(), classes, keep_max=cfg.train.keep_checkpoint_max,
                             policy=cfg.train.ckpt_save_policy, interval=cfg.train.ckpt_save_interval)
     logger.info(run_summary(cfg, train_set, val_set, weights, count_params(model), optimizer, steps_per_epoch,
-                            device, trainer.precision.describe()))
+                            device, compute.describe()))
     return fit(model, train_loader, val_loader, optimizer, scheduler, cfg.train, saver, ResultsWriter(out_dir),
                trainer, num_classes=len(classes))
 

@@ -13,7 +13,7 @@ from tunecv import cli
 from tunecv.checkpoint import load_checkpoint
 from tunecv.config import UserError, config_from_dict, read_yaml
 from tunecv.data import create_dataset, create_loader, create_transforms
-from tunecv.engine import EvalResult, Precision, evaluate
+from tunecv.engine import Compute, EvalResult, evaluate
 from tunecv.models import create_model
 from tunecv.report import format_per_class, per_class_accuracy, write_predictions
 from tunecv.runtime import image_mode, resolve_device
@@ -39,9 +39,10 @@ def run(ckpt_path: str, config_path: str | None, overrides: dict, split: str | N
     except RuntimeError as err:
         raise UserError(f"checkpoint {ckpt_path} does not fit model {cfg.model.model} "
                         f"({str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err})") from None
-    model.to(device)
+    compute = Compute.create(device, cfg.train.amp_level, cfg.train.channels_last)
+    model = compute.prepare_model(model)
     loader = create_loader(dataset, cfg.loader, is_training=False)
-    result = evaluate(model, loader, Precision.create(device, cfg.train.amp_level), len(classes), desc=split)
+    result = evaluate(model, loader, compute, len(classes), desc=split)
     target = Path(output) if output else Path(ckpt_path).parent / "pred.txt"
     write_predictions(target, [path for path, _ in dataset.samples], result, classes)
     return result, classes, target

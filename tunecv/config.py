@@ -126,6 +126,7 @@ class TrainConfig:
     ckpt_save_policy: str = _key("latest_k", "which per-epoch checkpoints to keep", ("latest_k", "top_k"))
     ckpt_save_interval: int = _key(1, "write a per-epoch checkpoint every N epochs")
     device: str = _key("auto", "auto (cuda when available), cpu or cuda", ("auto", "cpu", "cuda"))
+    channels_last: bool = _key(True, "NHWC memory format (measured faster for CNNs on CPU and GPU)")
 
 
 SECTIONS = {"data": DataConfig, "loader": LoaderConfig, "model": ModelConfig,

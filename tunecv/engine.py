@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from timm.data import Mixup
@@ -31,20 +32,31 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Precision:
-    """Autocast settings: fp32 everywhere but CUDA with amp_level O1-O3."""
+class Compute:
+    """Where and how tensors are computed: the device, the autocast dtype (fp32 everywhere but CUDA with
+    amp_level O1-O3) and the memory format (channels_last: ~1.2-1.5x faster efficientnet training on CPU)."""
 
     device: torch.device
     dtype: torch.dtype | None = None
+    channels_last: bool = False
 
     @classmethod
-    def create(cls, device: torch.device, amp_level: str) -> Precision:
-        if amp_level == "O0":
-            return cls(device)
-        if device.type != "cuda":
+    def create(cls, device: torch.device, amp_level: str, channels_last: bool) -> Compute:
+        dtype = None
+        if amp_level != "O0" and device.type != "cuda":
             logger.info("amp: amp_level %s needs CUDA; running fp32 on %s", amp_level, device.type)
-            return cls(device)
-        return cls(device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        elif amp_level != "O0":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return cls(device, dtype, channels_last)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and images.ndim == 4:
+            return images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        return images.to(self.device, non_blocking=True)
 
     def autocast(self):
         if self.dtype is None:
@@ -63,7 +75,7 @@ class Trainer:
     """What one optimizer step needs besides the batch; built once by `create_trainer`."""
 
     loss_fn: Callable
-    precision: Precision
+    compute: Compute
     accumulation_steps: int = 1
     clip_norm: float | None = None
     mixup: Mixup | None = None
@@ -82,13 +94,13 @@ def create_loss(cfg: TrainConfig, mixing: bool) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
 
-def create_trainer(model: nn.Module, cfg: TrainConfig, device: torch.device, mixup: Mixup | None) -> Trainer:
-    precision = Precision.create(device, cfg.amp_level)
+def create_trainer(model: nn.Module, cfg: TrainConfig, compute: Compute, mixup: Mixup | None) -> Trainer:
+    """The model must already be on its device (the EMA copies it)."""
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
-    return Trainer(loss_fn=create_loss(cfg, mixup is not None), precision=precision,
+    return Trainer(loss_fn=create_loss(cfg, mixup is not None), compute=compute,
                    accumulation_steps=cfg.gradient_accumulation_steps,
                    clip_norm=cfg.clip_value if cfg.clip_grad else None, mixup=mixup, ema=ema,
-                   scaler=precision.scaler(), log_interval=cfg.log_interval)
+                   scaler=compute.scaler(), log_interval=cfg.log_interval)
 
 
 @dataclass(frozen=True)
@@ -107,17 +119,17 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     epoch: int) -> TrainStats:
     """One pass over `loader`; the scheduler steps after every optimizer update."""
     set_train_mode(model)
-    device = trainer.precision.device
+    device = trainer.compute.device
     params = [p for g in optimizer.param_groups for p in g["params"]]
     loss_sum = torch.zeros((), device=device)
     images, start, lr = 0, time.perf_counter(), optimizer.param_groups[0]["lr"]
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=f"train {epoch}", leave=False, disable=None, dynamic_ncols=True)
     for step, (inputs, targets) in enumerate(bar, start=1):
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        inputs, targets = trainer.compute.inputs(inputs), targets.to(device, non_blocking=True)
         if trainer.mixup is not None:
             inputs, targets = trainer.mixup(inputs, targets)
-        with trainer.precision.autocast():
+        with trainer.compute.autocast():
             loss = trainer.loss_fn(model(inputs), targets)
         scaled = loss / trainer.accumulation_steps
         (trainer.scaler.scale(scaled) if trainer.scaler else scaled).backward()
@@ -167,17 +179,17 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, precision: Precision, num_classes: int, *,
+def evaluate(model: nn.Module, loader, compute: Compute, num_classes: int, *,
              desc: str = "eval") -> EvalResult:
     """Loss (plain cross-entropy), top-1 and top-k (k = min(5, num_classes)) in percent, and per-image predictions."""
     model.eval()
-    device, k = precision.device, min(5, num_classes)
+    device, k = compute.device, min(5, num_classes)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     preds, scores, labels, correct_k = [], [], [], 0
     start = time.perf_counter()
     for inputs, targets in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with precision.autocast():
+        inputs, targets = compute.inputs(inputs), targets.to(device, non_blocking=True)
+        with compute.autocast():
             logits = model(inputs)
         logits = logits.float()
         loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").double()
@@ -242,7 +254,7 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer: torch.optim.Optim
             evaluated_model = trainer.ema.module if trainer.ema is not None else model
             evaluation = None
             if val_loader is not None and _should_validate(epoch, cfg.epoch_size, cfg):
-                evaluation = evaluate(evaluated_model, val_loader, trainer.precision, num_classes, desc=f"val {epoch}")
+                evaluation = evaluate(evaluated_model, val_loader, trainer.compute, num_classes, desc=f"val {epoch}")
             metrics = _epoch_metrics(epoch, stats, evaluation, time.perf_counter() - epoch_start)
             history.append(metrics)
             improved = _improved(metrics, best_top1, val_loader is None)

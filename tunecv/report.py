@@ -81,7 +81,7 @@ def write_predictions(path: str | os.PathLike, sample_ids: list[str], result: Ev
 
 
 def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: str, params: tuple[int, int],
-                optimizer: torch.optim.Optimizer, steps_per_epoch: int, device: torch.device, precision: str) -> str:
+                optimizer: torch.optim.Optimizer, steps_per_epoch: int, device: torch.device, compute: str) -> str:
     """The one block logged before training: what is about to run, in the user's terms."""
     classes = train_set.classes
     names = ", ".join(classes[:8]) + (f", ... ({len(classes)})" if len(classes) > 8 else "")
@@ -104,6 +104,6 @@ def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: s
         f"  loss       {train.loss}, label_smoothing {train.label_smoothing:g}"
         + (f", mixup {cfg.loader.mixup:g} cutmix {cfg.loader.cutmix:g}" if cfg.loader.mixup or cfg.loader.cutmix
            else "") + (f", EMA {train.ema_decay:g}" if train.ema else ""),
-        f"  device     {device}, {precision}",
+        f"  device     {device}, {compute}",
         f"  output     {train.ckpt_save_dir}",
     ])

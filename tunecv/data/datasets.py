@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -137,8 +138,8 @@ def _image_files(directory: Path) -> list[Path]:
 def _check_header(path: str) -> None:
     """Reads only the header: catches empty and non-image files before training starts, cheaply."""
     try:
-        with Image.open(path) as image:
-            image.size
+        with Image.open(path):
+            pass
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
         raise UserError(f"cannot read image {path} ({err}); remove or replace the file") from None
 
