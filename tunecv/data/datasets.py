@@ -79,6 +79,8 @@ def create_dataset(cfg: DataConfig, split: str, transform: Callable | None, *,
           train/  ants/001.jpg  bees/002.jpg ...
           val/    ants/101.jpg  bees/102.jpg ...
     """
+    if cfg.dataset_download:
+        logger.info("dataset_download: %s data needs no download; nothing fetched", cfg.dataset)
     if cfg.dataset == "digits":
         dataset = _digits(cfg, split, transform, image_mode)
     elif cfg.dataset == "folder":
