@@ -47,6 +47,9 @@ def run(cfg: Config) -> FitResult:
     train_loader = create_loader(train_set, cfg.loader, is_training=True, seed=cfg.train.seed,
                                  pin_memory=device.type == "cuda")
     val_loader = create_loader(val_set, cfg.loader, is_training=False) if val_set is not None else None
+    if len(train_loader) == 0:
+        raise UserError(f"{len(train_set)} training images give no batch of {cfg.loader.batch_size}; "
+                        "lower batch_size or set drop_remainder false")
 
     model = create_model(cfg.model, num_classes=len(classes))
     weights = load_initial_weights(model, cfg.model)

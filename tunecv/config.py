@@ -43,11 +43,14 @@ class DataConfig:
     ratio: tuple[float, ...] = _key((0.75, 1.333), "RandomResizedCrop aspect-ratio range")
     hflip: float = _key(0.5, "horizontal flip probability")
     vflip: float = _key(0.0, "vertical flip probability")
-    color_jitter: float | None = _key(0.4, "colour jitter strength (null: off)")
+    color_jitter: tuple[float, ...] | None = _key((0.4,), "colour jitter: one strength, or brightness, contrast, "
+                                                  "saturation[, hue] (null: off)")
     interpolation: str | None = _key(None, "resize interpolation (default: the model's)",
                                      ("bilinear", "bicubic", "nearest", "random"))
-    auto_augment: str | None = _key(None, "timm policy string, e.g. randaug-m7-mstd0.5")
+    auto_augment: str | None = _key(None, "timm or MindCV policy: rand-m7-mstd0.5 (MindCV randaug-m7-mstd0.5), "
+                                          "original (MindCV autoaug), augmix-m5, v0, 3a")
     re_prob: float = _key(0.0, "random erasing probability")
+    re_value: str = _key("0", "random erasing fill: 0 (zeros) or random (per-pixel noise)", ("0", "random"))
     mean: tuple[float, ...] | None = _key(None, "normalisation mean (default: the model's; 0-255 scale accepted)")
     std: tuple[float, ...] | None = _key(None, "normalisation std (default: the model's; 0-255 scale accepted)")
     crop_pct: float | None = _key(None, "evaluation centre-crop fraction (default: the model's)")
@@ -166,12 +169,14 @@ IGNORED_KEYS = {
     "ckpt_url": "ModelArts platform", "train_url": "ModelArts platform", "val_amp_level": "evaluation runs in fp32",
 }
 # MindCV keys accepted only at their no-op value; anything else is an error rather than a silent no-op.
-NOOP_KEYS = {"aux_factor": 0.0, "reduction": "mean", "aug_repeats": 0, "num_samples": None, "resume_opt": False}
+NOOP_KEYS: dict[str, tuple[Any, Any]] = {  # key: (no-op value, its type)
+    "aux_factor": (0.0, float), "reduction": ("mean", str), "aug_repeats": (0, int),
+    "num_samples": (None, int | None), "resume_opt": (False, bool)}
 # Other tools' names for our keys.
 RENAMED_KEYS = {"class_num": "num_classes", "epochs": "epoch_size", "load_from": "ckpt_path",
                 "milestones": "multi_step_decay_milestones"}
 CASE_INSENSITIVE = {"opt", "loss", "scheduler", "interpolation", "weight_decay_filter", "ckpt_save_policy", "device",
-                    "freeze", "dataset"}
+                    "freeze", "dataset", "re_value"}
 DATASET_ALIASES = {"imagenet": "folder", "imagefolder": "folder", "": "folder", "image_folder": "folder"}
 SCHEDULER_ALIASES = {"warmup_cosine_decay": "cosine_decay", "cosine": "cosine_decay", "step": "step_decay",
                      "multistep": "multi_step_decay", "multi_step": "multi_step_decay"}
@@ -247,7 +252,36 @@ def _normalise(key: str, value: Any) -> Any:
         value = {"dataset": DATASET_ALIASES, "scheduler": SCHEDULER_ALIASES}.get(key, {}).get(value, value)
     if key == "amp_level" and isinstance(value, str):
         value = value.upper()
+    if key == "auto_augment" and isinstance(value, str):
+        value = _timm_policy(value)
+    if key == "re_value" and value in ("0", "0.0"):
+        value = "0"
     return value
+
+
+# MindCV policy names → timm's (longest prefix first)
+AUTO_AUGMENT_PREFIXES = (("autoaugr", "originalr"), ("autoaug", "original"), ("randaug", "rand"))
+
+
+def _timm_policy(policy: str) -> str:
+    name, sep, rest = policy.partition("-")
+    for mindcv, timm_name in AUTO_AUGMENT_PREFIXES:
+        if name == mindcv:
+            return timm_name + sep + rest
+    return policy
+
+
+def _check_auto_augment(policy: str) -> None:
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    # the same dispatch as timm's create_transform
+    builder = rand_augment_transform if policy.startswith("rand") else \
+        augment_and_mix_transform if policy.startswith("augmix") else auto_augment_transform
+    try:
+        builder(policy, {"translate_const": 100})
+    except (AssertionError, KeyError, ValueError, IndexError):
+        raise UserError(f"auto_augment {policy!r} is not a policy timm knows; use e.g. rand-m7-mstd0.5, "
+                        "original, augmix-m5 or 3a") from None
 
 
 def _accept(key: str, value: Any, where: str) -> tuple[str, Any] | None:
@@ -263,8 +297,12 @@ def _accept(key: str, value: Any, where: str) -> tuple[str, Any] | None:
         logger.info("config: MindCV key %s ignored (%s)", key, IGNORED_KEYS[key])
         return None
     if key in NOOP_KEYS:
-        default = NOOP_KEYS[key]
-        if value != default and not (isinstance(value, str) and str(default) == value):
+        default, kind = NOOP_KEYS[key]
+        try:
+            same = _coerce(key, value, kind, where) == default
+        except UserError:
+            same = False
+        if not same:
             raise UserError(f"{key} = {value!r} ({where}) is not supported by tunecv; remove it or set {default!r}")
         logger.info("config: MindCV key %s=%r ignored (it is the no-op value)", key, value)
         return None
@@ -324,8 +362,12 @@ def _resolve(cfg: Config) -> Config:
     data_defaults = models.data_defaults(cfg.model.model)
     data = cfg.data
     mean, std = data.mean or data_defaults["mean"], data.std or data_defaults["std"]
-    if max(mean) > 1.0 or max(std) > 1.0:  # MindCV writes mean/std on the 0-255 scale
-        mean, std = tuple(m / 255.0 for m in mean), tuple(s / 255.0 for s in std)
+    if max(mean) > 1.0:  # MindCV writes mean/std on the 0-255 scale
+        mean = tuple(m / 255.0 for m in mean)
+    if max(std) > 1.0:
+        std = tuple(s / 255.0 for s in std)
+    if cfg.model.in_channels == 1:  # grayscale input: one value, the average of the model's RGB ones
+        mean, std = mean if data.mean else (sum(mean) / len(mean),), std if data.std else (sum(std) / len(std),)
     if len(mean) != cfg.model.in_channels or len(std) != cfg.model.in_channels:
         raise UserError(f"mean and std need {cfg.model.in_channels} values (in_channels), got {mean} and {std}")
     data = dataclasses.replace(
@@ -334,6 +376,10 @@ def _resolve(cfg: Config) -> Config:
         crop_pct=data.crop_pct or data_defaults["crop_pct"])
     if data.dataset == "folder" and not data.data_dir:
         raise UserError("data_dir is not set; pass --data_dir DIR (DIR/<train_split>/<class>/*.jpg)")
+    if data.auto_augment:
+        _check_auto_augment(data.auto_augment)
+    if data.color_jitter is not None and len(data.color_jitter) not in (1, 3, 4):
+        raise UserError("color_jitter takes one number or 3-4 (brightness, contrast, saturation[, hue])")
     if len(data.scale) != 2 or len(data.ratio) != 2:
         raise UserError("scale and ratio take two numbers each, e.g. scale: [0.08, 1.0]")
     if cfg.optim.use_nesterov and cfg.optim.opt in ("sgd", "momentum") and cfg.optim.momentum <= 0:

@@ -115,6 +115,8 @@ def zero_init_classifier(model: nn.Module) -> None:
     gives 10-class logits a std of ~13 on pretrained features (initial loss ~18) and the first steps wreck the
     backbone."""
     head = model.get_submodule(classifier_name(model))
+    if not isinstance(head, nn.Linear):
+        return  # squeezenet's conv head feeds a ReLU: at zero no gradient would ever flow
     with torch.no_grad():
         for param in head.parameters():
             param.zero_()
@@ -187,6 +189,16 @@ def frozen_modules(model: nn.Module) -> list[nn.Module]:
 
     for child in model.children():
         visit(child)
+    # Modules with buffers but no parameters (BatchNorm with affine=False) follow the parameterised module
+    # defined before them: frozen after a frozen convolution, trainable after a trainable one.
+    inside = {id(m) for top in found for m in top.modules()}
+    previous_trainable = True
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if own:
+            previous_trainable = any(p.requires_grad for p in own)
+        elif not previous_trainable and list(module.buffers(recurse=False)) and id(module) not in inside:
+            found.append(module)
     return found
 
 

@@ -49,6 +49,8 @@ class ImageDataset(Dataset):
         try:
             with Image.open(path) as image:
                 image = ImageOps.exif_transpose(image)
+                if image.mode.startswith("I"):
+                    image = _to_8bit(image)
                 if image.mode in ("RGBA", "LA", "P") and self.image_mode == "RGB":
                     image = _on_white(image)
                 return image.convert(self.image_mode)
@@ -60,6 +62,13 @@ class ImageDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[index]
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16/32-bit integer images: convert("RGB") would clip at 255 (all white); scale the range instead."""
+    pixels = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+    return Image.fromarray(np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8), "L")
 
 
 def _on_white(image: Image.Image) -> Image.Image:

@@ -26,12 +26,19 @@ def create_transforms(cfg: DataConfig, is_training: bool) -> Callable:
         ratio=tuple(cfg.ratio),
         hflip=cfg.hflip,
         vflip=cfg.vflip,
-        color_jitter=cfg.color_jitter or 0.0,
+        color_jitter=_jitter(cfg.color_jitter),
         auto_augment=cfg.auto_augment,
         interpolation=interpolation,
         mean=tuple(cfg.mean),
         std=tuple(cfg.std),
         re_prob=cfg.re_prob,
+        re_mode="pixel" if cfg.re_value == "random" else "const",
         crop_pct=cfg.crop_pct,
     )
     return transform
+
+
+def _jitter(values: tuple[float, ...] | None) -> float | tuple[float, ...]:
+    if not values:
+        return 0.0
+    return values[0] if len(values) == 1 else tuple(values)

@@ -1,0 +1,114 @@
+"""Shared fixtures: a tiny real ImageFolder, a YAML writer, a tiny timm model, and logging hygiene."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from PIL import Image, ImageDraw
+
+TINY_MODEL = "test_efficientnet"  # timm's ~100k-parameter test model (BatchNorm, classifier "classifier")
+CLASSES = ("circle", "square", "stripes")
+TRAIN_PER_CLASS = 8
+VAL_PER_CLASS = 4
+
+
+def _draw(kind: str, index: int, size: int) -> Image.Image:
+    """Visually separable classes: red discs, green squares, blue/white stripes (size and offset vary)."""
+    pad = 3 + index % 4
+    if kind == "circle":
+        image = Image.new("RGB", (size, size), (250, 235, 235))
+        ImageDraw.Draw(image).ellipse([pad, pad, size - pad, size - pad], fill=(220, 20, 20))
+    elif kind == "square":
+        image = Image.new("RGB", (size, size), (235, 250, 235))
+        ImageDraw.Draw(image).rectangle([pad, pad, size - pad, size - pad], fill=(20, 160, 20))
+    else:
+        image = Image.new("RGB", (size, size), (255, 255, 255))
+        draw = ImageDraw.Draw(image)
+        for x in range(index % 3, size, 6):
+            draw.rectangle([x, 0, x + 2, size], fill=(20, 20, 200))
+    return image
+
+
+def write_image_folder(root: Path, train_per_class: int = TRAIN_PER_CLASS, val_per_class: int = VAL_PER_CLASS,
+                       classes: tuple[str, ...] = CLASSES) -> Path:
+    """root/train/<class>/*.png and root/val/<class>/*.png, 32-48 px images."""
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for kind in classes:
+            folder = root / split / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                size = 32 + (i * 5) % 17
+                _draw(kind, i + (100 if split == "val" else 0), size).save(folder / f"{kind}_{i:02d}.png")
+    return root
+
+
+def write_yaml(path: Path, values: dict[str, Any]) -> Path:
+    """A MindCV-style flat YAML config file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_image_folder(tmp_path: Path) -> Path:
+    return write_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def yaml_config(tmp_path: Path):
+    """Call with a dict (and optionally a file name) to get the path of a written YAML config."""
+    def make(values: dict[str, Any], name: str = "config.yaml") -> Path:
+        return write_yaml(tmp_path / name, values)
+    return make
+
+
+@pytest.fixture
+def tiny_model() -> str:
+    return TINY_MODEL
+
+
+@pytest.fixture
+def tiny_overrides(tiny_image_folder: Path, tmp_path: Path) -> dict[str, Any]:
+    """Config keys for a fast run on the tiny folder with the tiny model (as load_config overrides)."""
+    return {"data_dir": str(tiny_image_folder), "model": TINY_MODEL, "pretrained": False, "image_resize": 32,
+            "batch_size": 4, "epoch_size": 1, "num_parallel_workers": 0, "device": "cpu",
+            "ckpt_save_dir": str(tmp_path / "ckpt")}
+
+
+@pytest.fixture
+def tiny_cfg(tiny_overrides: dict[str, Any]):
+    from tunecv.config import load_config
+
+    return load_config(None, tiny_overrides)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """On a shared 2-core machine, intra-op threads fight other processes (100x slower steps); one is plenty
+    for these tiny models. Subprocesses get OMP_NUM_THREADS=1 from test_e2e."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """The entry scripts reconfigure the root logger (stderr + train.log handlers); undo that after each test,
+    so no handler outlives the test's captured stderr or keeps a tmp file open."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,64 @@
+"""Transforms: tensors of (3, S, S), normalised with the config's mean/std; eval is deterministic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from tunecv.config import load_config
+from tunecv.data.transforms import create_transforms
+from tunecv.errors import UserError
+
+
+def _data_cfg(tmp_path, **overrides):
+    return load_config(None, {"data_dir": str(tmp_path), "model": "test_efficientnet", **overrides}).data
+
+
+@pytest.mark.parametrize("is_training", [True, False])
+@pytest.mark.parametrize("size", [32, 48])
+def test_output_shape(tmp_path, is_training, size):
+    transform = create_transforms(_data_cfg(tmp_path, image_resize=size), is_training=is_training)
+    for image_size in [(20, 60), (100, 40)]:
+        out = transform(Image.new("RGB", image_size, (255, 0, 0)))
+        assert isinstance(out, torch.Tensor) and out.shape == (3, size, size) and out.dtype == torch.float32
+
+
+def test_eval_normalises_with_config_mean_std(tmp_path):
+    cfg = _data_cfg(tmp_path, image_resize=16, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    out = create_transforms(cfg, is_training=False)(Image.new("RGB", (30, 30), (255, 0, 128)))
+    assert out[0].mean().item() == pytest.approx((1.0 - 0.5) / 0.25, abs=1e-3)
+    assert out[1].mean().item() == pytest.approx((0.0 - 0.5) / 0.25, abs=1e-3)
+
+
+def test_eval_is_deterministic_train_is_random(tmp_path):
+    cfg = _data_cfg(tmp_path, image_resize=32, scale=[0.2, 1.0])
+    image = Image.effect_mandelbrot((64, 64), (-2, -1.5, 1, 1.5), 50).convert("RGB")
+    evaluation = create_transforms(cfg, is_training=False)
+    assert torch.equal(evaluation(image), evaluation(image))
+    train = create_transforms(cfg, is_training=True)
+    torch.manual_seed(0)
+    outputs = [train(image) for _ in range(4)]
+    assert any(not torch.equal(outputs[0], other) for other in outputs[1:])
+
+
+def test_random_interpolation_allowed_for_eval(tmp_path):
+    transform = create_transforms(_data_cfg(tmp_path, image_resize=24, interpolation="random"), is_training=False)
+    assert transform(Image.new("RGB", (50, 30))).shape == (3, 24, 24)
+
+
+
+def test_timm_auto_augment_policy(tmp_path):
+    cfg = _data_cfg(tmp_path, image_resize=32, auto_augment="rand-m9-mstd0.5-inc1")
+    assert create_transforms(cfg, is_training=True)(Image.new("RGB", (40, 40))).shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("policy", ["randaug-m7-mstd0.5", "randaug-m9-mstd0.5-inc1", "autoaug"])
+def test_mindcv_auto_augment_policies(tmp_path, policy):
+    cfg = _data_cfg(tmp_path, image_resize=32, auto_augment=policy)
+    assert create_transforms(cfg, is_training=True)(Image.new("RGB", (40, 40))).shape == (3, 32, 32)
+
+
+def test_invalid_auto_augment_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="auto_augment"):
+        _data_cfg(tmp_path, auto_augment="sometimes")

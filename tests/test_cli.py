@@ -1,0 +1,256 @@
+"""Command line: flag parsing, and both scripts' error boundary (bad input → exit 2, one `tunecv: error:` line)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import finetune
+import validate
+from conftest import TINY_MODEL, write_image_folder
+from tunecv import cli
+from tunecv.config import KEYS, load_config
+
+
+def _parse(argv: list[str]):
+    return cli.parse_args(cli.build_parser("t", "t"), argv, script_flags=())
+
+
+def _tiny_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data_dir", str(data_dir), "--model", TINY_MODEL, "--image_resize", "32", "--batch_size", "4",
+            "--epoch_size", "1", "--num_parallel_workers", "0", "--device", "cpu", "--ckpt_save_dir", str(out),
+            *extra]
+
+
+def _error_lines(capsys) -> tuple[list[str], str]:
+    err = capsys.readouterr().err
+    return [line for line in err.splitlines() if line.startswith("tunecv: error:")], err
+
+
+def _assert_one_error(capsys, *needles: str) -> str:
+    lines, err = _error_lines(capsys)
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+# --- parse_args ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [["--lr", "0.002"], ["--lr=0.002"]])
+def test_value_flag(argv):
+    _, overrides = _parse(argv)
+    assert overrides == {"lr": "0.002"}
+
+
+def test_bare_bool_flag_is_true():
+    _, overrides = _parse(["--pretrained", "--lr", "0.1"])
+    assert overrides == {"pretrained": "true", "lr": "0.1"}
+
+
+def test_bool_flag_with_value(tmp_path):
+    _, overrides = _parse(["--pretrained", "False"])
+    assert overrides == {"pretrained": "False"}
+    assert load_config(None, {**overrides, "data_dir": str(tmp_path)}).model.pretrained is False
+
+
+@pytest.mark.parametrize("argv", [["--scale", "0.5", "1.0"], ["--scale", "0.5,1.0"], ["--scale=0.5,1.0"]])
+def test_tuple_flag(tmp_path, argv):
+    _, overrides = _parse(argv)
+    assert load_config(None, {**overrides, "data_dir": str(tmp_path)}).data.scale == (0.5, 1.0)
+
+
+def test_unknown_and_renamed_flags_go_to_the_config_layer(tmp_path):
+    _, overrides = _parse(["--class_num", "5", "--mode", "0", "--lr", "0.1"])
+    assert overrides == {"class_num": "5", "mode": "0", "lr": "0.1"}
+    cfg = load_config(None, {**overrides, "data_dir": str(tmp_path)})
+    assert cfg.model.num_classes == 5 and cfg.optim.lr == 0.1
+
+
+def test_flags_override_yaml(yaml_config, tmp_path):
+    path = yaml_config({"data_dir": str(tmp_path), "lr": 0.5, "opt": "sgd"})
+    args, overrides = _parse(["--config", str(path), "--lr", "0.01"])
+    cfg = load_config(args.config, overrides)
+    assert cfg.optim.lr == 0.01 and cfg.optim.opt == "sgd"
+
+
+@pytest.mark.parametrize("main", [finetune.main, validate.main], ids=["finetune", "validate"])
+def test_help_lists_every_key(capsys, main):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    missing = [key for key in KEYS if f"--{key}" not in out and key != "ckpt_path"]
+    assert not missing
+    assert "--ckpt_path" in out
+
+
+# --- finetune.py: bad input → exit 2 --------------------------------------------------------------------------------
+
+def test_unknown_key_exit_2_one_line(capsys, tiny_image_folder, tmp_path):
+    code = finetune.main(["--data_dir", str(tiny_image_folder), "--lrr", "0.1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["tunecv: error: unknown config key 'lrr' (command line); did you mean 'lr'?"]
+
+
+def test_unknown_key_in_yaml_names_file(capsys, yaml_config, tiny_image_folder):
+    path = yaml_config({"data_dir": str(tiny_image_folder), "batchsize": 4})
+    assert finetune.main(["--config", str(path)]) == 2
+    _assert_one_error(capsys, "'batchsize'", str(path), "did you mean 'batch_size'")
+
+
+def test_stray_positional_argument_exit_2(capsys, tiny_image_folder):
+    assert finetune.main(["--data_dir", str(tiny_image_folder), "oops"]) == 2
+    _assert_one_error(capsys, "'oops'")
+
+
+def test_missing_data_dir_exit_2(capsys, tmp_path):
+    assert finetune.main(["--ckpt_save_dir", str(tmp_path / "ckpt")]) == 2
+    _assert_one_error(capsys, "data_dir")
+
+
+def test_data_dir_that_does_not_exist_exit_2(capsys, tmp_path):
+    missing = tmp_path / "nowhere"
+    assert finetune.main(_tiny_args(missing, tmp_path / "ckpt")) == 2
+    _assert_one_error(capsys, str(missing))
+
+
+def test_missing_train_split_exit_2(capsys, tmp_path):
+    root = tmp_path / "data"
+    (root / "val" / "a").mkdir(parents=True)
+    assert finetune.main(_tiny_args(root, tmp_path / "ckpt")) == 2
+    _assert_one_error(capsys, str(root / "train"), "found: val")
+
+
+def test_empty_class_folder_exit_2(capsys, tiny_image_folder, tmp_path):
+    empty = tiny_image_folder / "train" / "empty_class"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    assert finetune.main(_tiny_args(tiny_image_folder, tmp_path / "ckpt")) == 2
+    _assert_one_error(capsys, str(empty))
+
+
+@pytest.mark.parametrize("name, content", [("broken.jpg", b"\x00garbage bytes, not a JPEG" * 10),
+                                           ("empty.png", b"")])
+def test_corrupt_image_exit_2_naming_file(capsys, tiny_image_folder, tmp_path, name, content):
+    bad = tiny_image_folder / "train" / "square" / name
+    bad.write_bytes(content)
+    assert finetune.main(_tiny_args(tiny_image_folder, tmp_path / "ckpt")) == 2
+    _assert_one_error(capsys, str(bad))
+    assert not (tmp_path / "ckpt" / f"{TINY_MODEL}_last.pth").exists()  # failed before training
+
+
+def test_truncated_image_in_worker_exit_2_naming_file(capsys, tiny_image_folder, tmp_path):
+    # the header is fine, so the file passes the scan; decoding fails inside a DataLoader worker process
+    from PIL import Image
+
+    bad = tiny_image_folder / "train" / "circle" / "truncated.jpg"
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(bad, quality=95)
+    data = bad.read_bytes()
+    bad.write_bytes(data[:data.index(b"\xff\xda") + 20])  # keep the headers, cut the scan data
+    code = finetune.main(_tiny_args(tiny_image_folder, tmp_path / "ckpt", "--num_parallel_workers", "1"))
+    assert code == 2
+    _assert_one_error(capsys, str(bad))
+
+
+def test_num_classes_mismatch_exit_2(capsys, tiny_image_folder, tmp_path):
+    assert finetune.main(_tiny_args(tiny_image_folder, tmp_path / "ckpt", "--num_classes", "5")) == 2
+    _assert_one_error(capsys, "num_classes", "5", "3")
+
+
+def test_renamed_class_num_mismatch_exit_2(capsys, tiny_image_folder, tmp_path):
+    assert finetune.main(_tiny_args(tiny_image_folder, tmp_path / "ckpt", "--class_num", "2")) == 2
+    _assert_one_error(capsys, "num_classes")
+
+
+def test_invalid_choice_exit_2(capsys, tiny_image_folder, tmp_path):
+    assert finetune.main(_tiny_args(tiny_image_folder, tmp_path / "ckpt", "--opt", "sgdd")) == 2
+    _assert_one_error(capsys, "opt", "did you mean 'sgd'")
+
+
+def test_no_training_batch_exit_2(capsys, tiny_image_folder, tmp_path):
+    code = finetune.main(_tiny_args(tiny_image_folder, tmp_path / "ckpt", "--batch_size", "64",
+                                    "--drop_remainder"))
+    assert code == 2
+    _assert_one_error(capsys, "batch_size")
+
+
+def test_print_config_prints_yaml_and_exits_0(capsys, tiny_image_folder, tmp_path):
+    code = finetune.main(_tiny_args(tiny_image_folder, tmp_path / "ckpt", "--lr", "0.0123", "--print_config"))
+    assert code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["lr"] == 0.0123 and printed["model"] == TINY_MODEL and printed["image_resize"] == 32
+    assert printed["data_dir"] == str(tiny_image_folder)
+    assert not (tmp_path / "ckpt").exists()  # nothing written
+
+
+# --- validate.py: bad input → exit 2 --------------------------------------------------------------------------------
+
+def test_validate_missing_checkpoint_exit_2(capsys, tmp_path):
+    missing = tmp_path / "none.pth"
+    assert validate.main(["--ckpt_path", str(missing)]) == 2
+    _assert_one_error(capsys, str(missing), "not found")
+
+
+def test_validate_plain_state_dict_is_not_a_tunecv_checkpoint(capsys, tmp_path):
+    path = tmp_path / "plain.pth"
+    torch.save({"weight": torch.zeros(2)}, path)
+    assert validate.main(["--ckpt_path", str(path)]) == 2
+    _assert_one_error(capsys, str(path), "not a tunecv checkpoint")
+
+
+def test_validate_garbage_file_exit_2(capsys, tmp_path):
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(b"this is not a checkpoint")
+    assert validate.main(["--ckpt_path", str(path)]) == 2
+    _assert_one_error(capsys, str(path))
+
+
+# --- in-process happy path ------------------------------------------------------------------------------------------
+
+def test_finetune_then_validate_in_process(capsys, tiny_image_folder, tmp_path):
+    out = tmp_path / "ckpt"
+    assert finetune.main(_tiny_args(tiny_image_folder, out)) == 0
+    summary = capsys.readouterr().out
+    best = out / f"{TINY_MODEL}_best.pth"
+    assert str(best) in summary and best.is_file()
+
+    pred = tmp_path / "train_pred.txt"
+    assert validate.main(["--ckpt_path", str(best), "--split", "train", "--output", str(pred)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("24 images:") and f"predictions: {pred}" in printed
+    rows = pred.read_text().splitlines()
+    assert rows[0] == "path pred_label true_label score" and len(rows) == 1 + 24
+
+    # a class the checkpoint does not know → exit 2
+    other = write_image_folder(tmp_path / "other", classes=("circle", "triangle"))
+    assert validate.main(["--ckpt_path", str(best), "--data_dir", str(other)]) == 2
+    _assert_one_error(capsys, "triangle")
+
+
+def test_print_config_output_loads_back_to_the_same_config(capsys, tiny_image_folder, tmp_path):
+    args = _tiny_args(tiny_image_folder, tmp_path / "ckpt", "--lr", "3e-4", "--scale", "0.5", "1.0", "--mode", "0")
+    assert finetune.main([*args, "--print_config"]) == 0
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    _, overrides = _parse(args)
+    assert load_config(printed) == load_config(None, overrides)
+
+
+def test_missing_val_split_trains_without_validation(capsys, tiny_image_folder, tmp_path):
+    import shutil
+
+    shutil.rmtree(tiny_image_folder / "val")
+    out = tmp_path / "ckpt"
+    assert finetune.main(_tiny_args(tiny_image_folder, out)) == 0
+    captured = capsys.readouterr()
+    assert "warning: no val split" in captured.err
+    assert "no validation set; last epoch 1" in captured.out
+    lines = (out / "results.txt").read_text().splitlines()
+    assert lines[1].split()[3:6] == ["-", "-", "-"] and lines[-1] == "best top1 - at epoch 1"
+    assert (out / f"{TINY_MODEL}_best.pth").is_file()

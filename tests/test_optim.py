@@ -1,0 +1,91 @@
+"""Optimizer: parameter groups (no decay on 1-D/bias, frozen excluded) and the factory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY_MODEL
+from tunecv.config import ModelConfig, OptimConfig
+from tunecv.errors import UserError
+from tunecv.models import apply_freeze, create_model
+from tunecv.optim import OPTIMIZERS, create_optimizer, param_groups
+
+
+def _net() -> nn.Module:
+    # conv (4-D weight + bias), BatchNorm (1-D weight + bias), linear (2-D weight + bias)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+
+def _ids(params) -> set[int]:
+    return {id(p) for p in params}
+
+
+def test_param_groups_no_decay_on_1d_and_bias():
+    net = _net()
+    groups = param_groups(list(net.named_parameters()), 0.05, "auto")
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    assert _ids(groups[0]["params"]) == _ids([net[0].weight, net[4].weight])
+    assert _ids(groups[1]["params"]) == _ids([net[0].bias, net[1].weight, net[1].bias, net[4].bias])
+
+
+def test_param_groups_disable_keeps_one_group():
+    net = _net()
+    groups = param_groups(list(net.named_parameters()), 0.05, "disable")
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.05
+    assert _ids(groups[0]["params"]) == _ids(net.parameters())
+
+
+def test_param_groups_zero_decay_one_group():
+    groups = param_groups(list(_net().named_parameters()), 0.0, "auto")
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.0
+
+
+def test_param_groups_exclude_frozen():
+    model = create_model(ModelConfig(model=TINY_MODEL), num_classes=3)
+    apply_freeze(model, "all")
+    groups = param_groups(list(model.named_parameters()), 0.01, "auto")
+    assert _ids(groups[0]["params"]) == {id(model.classifier.weight)}
+    assert _ids(groups[1]["params"]) == {id(model.classifier.bias)}
+    assert sum(len(g["params"]) for g in groups) == 2
+
+
+@pytest.mark.parametrize("opt, nesterov", [("sgd", True), ("sgd", False), ("momentum", True)])
+def test_sgd_nesterov(opt, nesterov):
+    optimizer = create_optimizer(_net(), OptimConfig(opt=opt, lr=0.1, momentum=0.8, use_nesterov=nesterov))
+    assert type(optimizer) is torch.optim.SGD
+    assert all(g["nesterov"] is nesterov and g["momentum"] == 0.8 and g["lr"] == 0.1
+               for g in optimizer.param_groups)
+
+
+def test_adamw_groups_keep_their_weight_decay():
+    net = _net()
+    optimizer = create_optimizer(net, OptimConfig(opt="adamw", lr=0.01, weight_decay=0.05, eps=1e-6))
+    assert type(optimizer) is torch.optim.AdamW
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
+    assert all(g["eps"] == 1e-6 for g in optimizer.param_groups)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(net.parameters()))
+
+
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+def test_every_registered_optimizer_builds_and_steps(opt):
+    net = _net()
+    optimizer = create_optimizer(net, OptimConfig(opt=opt, lr=0.01))
+    before = net[4].weight.detach().clone()
+    net(torch.randn(2, 3, 8, 8)).sum().backward()
+    optimizer.step()
+    assert not torch.equal(net[4].weight, before)
+
+
+def test_unknown_optimizer():
+    with pytest.raises(UserError, match=r"unknown optimizer 'adamx'; choose from .*adamw"):
+        create_optimizer(_net(), OptimConfig(opt="adamx"))
+
+
+def test_everything_frozen():
+    net = _net()
+    for p in net.parameters():
+        p.requires_grad = False
+    with pytest.raises(UserError, match="no trainable parameters"):
+        create_optimizer(net, OptimConfig())
