@@ -14,7 +14,7 @@ from tunecv import cli
 from tunecv.checkpoint import CheckpointSaver
 from tunecv.config import Config, UserError, load_config, save_config, to_yaml, with_num_classes
 from tunecv.data import create_dataset, create_loader, create_mixup, create_transforms
-from tunecv.data.datasets import has_split
+from tunecv.data.datasets import check_num_classes, check_split
 from tunecv.engine import Compute, FitResult, create_trainer, fit, optimizer_steps
 from tunecv.models import apply_freeze, count_params, create_model
 from tunecv.optim import create_optimizer
@@ -33,17 +33,13 @@ def run(cfg: Config) -> FitResult:
     train_set = create_dataset(cfg.data, cfg.data.train_split, create_transforms(cfg.data, is_training=True),
                                image_mode=mode)
     classes = train_set.classes
-    if cfg.model.num_classes is not None and cfg.model.num_classes != len(classes):
-        raise UserError(f"num_classes is {cfg.model.num_classes} but {cfg.data.train_split} has {len(classes)} "
-                        f"classes; set --num_classes {len(classes)} or leave it out")
+    check_num_classes(cfg.model.num_classes, classes, cfg.data.train_split)
     cfg = with_num_classes(cfg, len(classes))
     val_set = None
-    if cfg.train.val_while_train and has_split(cfg.data, cfg.data.val_split):
+    if cfg.train.val_while_train:
+        check_split(cfg.data, cfg.data.val_split, hint="--val_while_train false trains without validation")
         val_set = create_dataset(cfg.data, cfg.data.val_split, create_transforms(cfg.data, is_training=False),
                                  classes=classes, image_mode=mode)
-    elif cfg.train.val_while_train:
-        logger.warning("no %s split: training without validation; the last epoch is saved as best",
-                       cfg.data.val_split)
     train_loader = create_loader(train_set, cfg.loader, is_training=True, seed=cfg.train.seed,
                                  pin_memory=device.type == "cuda")
     val_loader = create_loader(val_set, cfg.loader, is_training=False) if val_set is not None else None
@@ -51,6 +47,10 @@ def run(cfg: Config) -> FitResult:
         raise UserError(f"{len(train_set)} training images give no batch of {cfg.loader.batch_size}; "
                         "lower batch_size or set drop_remainder false")
 
+    out_dir = Path(cfg.train.ckpt_save_dir)
+    if (out_dir / "results.txt").exists():
+        logger.warning("%s holds an earlier run; its results and checkpoints will be replaced", out_dir)
+    cli.setup_logging(out_dir / "train.log")
     model = create_model(cfg.model, num_classes=len(classes))
     weights = load_initial_weights(model, cfg.model)
     apply_freeze(model, cfg.model.freeze)
@@ -61,38 +61,37 @@ def run(cfg: Config) -> FitResult:
     scheduler = create_scheduler(optimizer, cfg.sched, lr=cfg.optim.lr, steps_per_epoch=steps_per_epoch,
                                  epochs=cfg.train.epoch_size)
     trainer = create_trainer(model, cfg.train, compute,
-                             create_mixup(cfg.loader, len(classes), cfg.train.label_smoothing))
-    out_dir = Path(cfg.train.ckpt_save_dir)
+                             create_mixup(cfg.loader, len(classes), cfg.train.label_smoothing), len(classes))
     save_config(cfg, out_dir)
     saver = CheckpointSaver(out_dir, cfg.model.model, cfg.to_flat(), classes, keep_max=cfg.train.keep_checkpoint_max,
                             policy=cfg.train.ckpt_save_policy, interval=cfg.train.ckpt_save_interval)
     logger.info(run_summary(cfg, train_set, val_set, weights, count_params(model), optimizer, steps_per_epoch,
-                            device, compute.describe()))
+                            train_loader.num_workers, compute.describe()))
     return fit(model, train_loader, val_loader, optimizer, scheduler, cfg.train, saver, ResultsWriter(out_dir),
-               trainer, num_classes=len(classes))
+               trainer)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.build_parser("finetune.py", "Fine-tune an ImageNet-pretrained classifier (MindCV config keys).")
     parser.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
-
-    def main_body() -> int:
+    try:
         args, overrides = cli.parse_args(parser, argv, script_flags=("print_config", "verbose"))
         cli.setup_logging(verbose=args.verbose)
         cfg = load_config(args.config, overrides)
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
-        out_dir = Path(cfg.train.ckpt_save_dir)
-        if (out_dir / "results.txt").exists():
-            logger.warning("%s holds an earlier run; its results and checkpoints will be replaced", out_dir)
-        cli.setup_logging(out_dir / "train.log", verbose=args.verbose)
         result = run(cfg)
-        print(result.summary())
-        return 0
-
-    return cli.error_boundary(main_body)
+    except UserError as err:
+        logger.debug("user error", exc_info=True)
+        print(f"tunecv: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tunecv: interrupted", file=sys.stderr)
+        return 130
+    print(result.summary())
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
+
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tunecv import cli
 from tunecv.checkpoint import load_checkpoint
@@ -21,7 +24,7 @@ from tunecv.runtime import image_mode, resolve_device
 logger = logging.getLogger("tunecv")
 
 
-def run(ckpt_path: str, config_path: str | None, overrides: dict, split: str | None,
+def run(ckpt_path: str, config_path: str | None, overrides: dict[str, Any], split: str | None,
         output: str | None) -> tuple[EvalResult, list[str], Path]:
     checkpoint = load_checkpoint(ckpt_path)
     layers = [(checkpoint["config"], f"checkpoint {ckpt_path}")]
@@ -54,18 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by finetune.py (<model>_best.pth)")
     parser.add_argument("--split", help="split to evaluate (default: the checkpoint's val_split)")
     parser.add_argument("--output", help="where to write the predictions (default: pred.txt beside the checkpoint)")
-
-    def main_body() -> int:
+    try:
         args, overrides = cli.parse_args(parser, argv, script_flags=("ckpt_path", "split", "output"))
         cli.setup_logging()
-        result, classes, pred_path = run(args.ckpt_path, args.config, overrides, args.split, args.output)
-        print(f"{result.images} images: loss {result.loss:.4f}  top1 {result.top1:.2f}  "
-              f"top{result.topk} {result.top5:.2f}  ({result.images / max(result.seconds, 1e-9):.0f} img/s)")
-        print(format_per_class(per_class_accuracy(result, classes)))
-        print(f"predictions: {pred_path}")
-        return 0
-
-    return cli.error_boundary(main_body)
+        with logging_redirect_tqdm():
+            result, classes, pred_path = run(args.ckpt_path, args.config, overrides, args.split, args.output)
+    except UserError as err:
+        print(f"tunecv: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tunecv: interrupted", file=sys.stderr)
+        return 130
+    print(f"{result.images} images: loss {result.loss:.4f}  top1 {result.top1:.2f}  "
+          f"top{result.topk} {result.top5:.2f}  ({result.images / max(result.seconds, 1e-9):.0f} img/s)")
+    print(format_per_class(per_class_accuracy(result, classes)))
+    print(f"predictions: {pred_path}")
+    return 0
 
 
 if __name__ == "__main__":

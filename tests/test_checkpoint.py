@@ -64,10 +64,11 @@ def test_saver_last_and_best(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.ones(1, 2)).sum().backward()
     optimizer.step()
-    saver.save(model, epoch=1, metrics={"top1": 50.0}, is_best=True, optimizer=optimizer)
+    state = {"optimizer": optimizer.state_dict()}
+    saver.save(model, epoch=1, metrics={"top1": 50.0}, is_best=True, best_top1=50.0, training_state=state)
     with torch.no_grad():
         model.weight.add_(1.0)
-    saver.save(model, epoch=2, metrics={"top1": 40.0}, is_best=False, optimizer=optimizer)
+    saver.save(model, epoch=2, metrics={"top1": 40.0}, is_best=False, best_top1=50.0, training_state=state)
     best, last = load_checkpoint(saver.best_path), load_checkpoint(saver.last_path)
     assert saver.best_path.name == "net_best.pth" and saver.last_path.name == "net_last.pth"
     assert best["epoch"] == 1 and last["epoch"] == 2
@@ -76,6 +77,7 @@ def test_saver_last_and_best(tmp_path):
     assert "optimizer" in last and "optimizer" not in best
     assert best["classes"] == ["a", "b"] and best["config"]["model"] == "net"
     assert best["tunecv_version"] == __version__ and best["metrics"] == {"top1": 50.0}
+    assert best["best_metric"] == 50.0 and last["best_metric"] == 50.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net_best.pth", "net_last.pth"]  # keep_max 0
 
 
@@ -109,6 +111,6 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     # primitives and tensors only: a plain torch.load(weights_only=True) reads it
     saver = _saver(tmp_path)
     saver.save(nn.BatchNorm1d(2), epoch=1, metrics={"top1": 1.0, "lr": 0.1}, is_best=True,
-               optimizer=torch.optim.AdamW(nn.Linear(2, 2).parameters()))
+               training_state={"optimizer": torch.optim.AdamW(nn.Linear(2, 2).parameters()).state_dict()})
     data = torch.load(saver.last_path, weights_only=True)
     assert set(data) >= {"model", "config", "classes", "epoch", "metrics", "tunecv_version", "optimizer"}

@@ -33,7 +33,7 @@ def _error_lines(capsys) -> tuple[list[str], str]:
 def _assert_one_error(capsys, *needles: str) -> str:
     lines, err = _error_lines(capsys)
     assert len(lines) == 1, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "usage:" not in err
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
@@ -225,7 +225,7 @@ def test_finetune_then_validate_in_process(capsys, tiny_image_folder, tmp_path):
     printed = capsys.readouterr().out
     assert printed.startswith("24 images:") and f"predictions: {pred}" in printed
     rows = pred.read_text().splitlines()
-    assert rows[0] == "path pred_label true_label score" and len(rows) == 1 + 24
+    assert rows[0] == "path\tpred_label\ttrue_label\tscore" and len(rows) == 1 + 24
 
     # a class the checkpoint does not know → exit 2
     other = write_image_folder(tmp_path / "other", classes=("circle", "triangle"))
@@ -242,15 +242,48 @@ def test_print_config_output_loads_back_to_the_same_config(capsys, tiny_image_fo
     assert load_config(printed) == load_config(None, overrides)
 
 
-def test_missing_val_split_trains_without_validation(capsys, tiny_image_folder, tmp_path):
+def test_missing_val_split_is_an_error_unless_validation_is_off(capsys, tiny_image_folder, tmp_path):
     import shutil
 
     shutil.rmtree(tiny_image_folder / "val")
     out = tmp_path / "ckpt"
-    assert finetune.main(_tiny_args(tiny_image_folder, out)) == 0
+    assert finetune.main(_tiny_args(tiny_image_folder, out)) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tunecv: error:")]
+    assert len(errors) == 1 and "val does not exist" in errors[0] and "--val_while_train false" in errors[0]
+    assert finetune.main(_tiny_args(tiny_image_folder, out) + ["--val_while_train", "false"]) == 0
     captured = capsys.readouterr()
-    assert "warning: no val split" in captured.err
     assert "no validation set; last epoch 1" in captured.out
     lines = (out / "results.txt").read_text().splitlines()
     assert lines[1].split()[3:6] == ["-", "-", "-"] and lines[-1] == "best top1 - at epoch 1"
     assert (out / f"{TINY_MODEL}_best.pth").is_file()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--min_lr", "-1e-6"], "min_lr must be"),           # a negative number is a value, not a flag
+    (["--mean"], "--mean"),                              # a flag without its value
+    (["--scale", "0.08", "1.0]"], "scale"),              # a list that does not parse
+    (["--batch_size", "3", "--mixup", "0.2"], "even batch_size"),
+    (["--hflip", "1.5"], "hflip must be between 0 and 1"),
+    (["--ckpt_save_dir", ""], "ckpt_save_dir"),
+])
+def test_bad_command_line_is_one_error_line(capsys, tiny_image_folder, tmp_path, argv, needle):
+    assert finetune.main(_tiny_args(tiny_image_folder, tmp_path / "ckpt") + argv) == 2
+    _assert_one_error(capsys, needle)
+
+
+def test_validate_without_ckpt_path_is_one_error_line(capsys):
+    assert validate.main([]) == 2
+    _assert_one_error(capsys, "--ckpt_path")
+
+
+def test_renamed_list_key_takes_several_values(tiny_image_folder):
+    parser = cli.build_parser("finetune.py", "")
+    _, overrides = cli.parse_args(parser, ["--milestones", "30", "60", "--data_dir", str(tiny_image_folder)], ())
+    cfg = load_config(None, overrides)
+    assert cfg.sched.multi_step_decay_milestones == (30, 60)
+
+
+def test_fixed_size_model_with_another_image_size_is_an_error(capsys, tiny_image_folder, tmp_path):
+    argv = _tiny_args(tiny_image_folder, tmp_path / "ckpt") + ["--model", "vit_tiny_patch16_224"]
+    assert finetune.main(argv) == 2
+    _assert_one_error(capsys, "takes 224 px inputs only", "image_resize 224")

@@ -243,7 +243,7 @@ def test_choices_match_registries():
 @pytest.mark.parametrize("key, value", [("mode", 0), ("distribute", True), ("device_target", "Ascend"),
                                         ("loss_scale", 1024), ("dataset_sink_mode", True)])
 def test_mindcv_system_keys_accepted_and_logged(caplog, data_dir, key, value):
-    with caplog.at_level(logging.INFO, logger="tunecv.config"):
+    with caplog.at_level(logging.INFO, logger="tunecv.compat"):
         cfg = load_config(None, {"data_dir": data_dir, key: value})
     assert cfg == load_config(None, {"data_dir": data_dir})
     assert any(key in record.getMessage() and "ignored" in record.getMessage() for record in caplog.records)

@@ -94,11 +94,11 @@ def test_validate_reproduces_best_top1(run_dir):
     assert match.group(2) == best_top1
 
     lines = (out / "pred.txt").read_text().splitlines()
-    assert lines[0] == "path pred_label true_label score"
+    assert lines[0] == "path\tpred_label\ttrue_label\tscore"
     assert len(lines) == 1 + len(CLASSES) * VAL_PER_CLASS
     correct = 0
     for line in lines[1:]:
-        path, pred, true, score = line.split()
+        path, pred, true, score = line.split("\t")
         assert Path(path).is_file() and Path(path).parent.name == true
         assert pred in CLASSES and 0 < float(score) <= 1
         correct += pred == true

@@ -75,7 +75,7 @@ def test_evaluate_puts_model_in_eval_mode():
 
 def test_amp_on_cpu_is_fp32():
     compute = Compute.create(CPU, "O3", channels_last=False)
-    assert compute.dtype is None and compute.describe() == "fp32"
+    assert compute.dtype is None and compute.describe() == "cpu, fp32"
 
 
 def test_channels_last_gives_the_same_evaluation():
@@ -104,7 +104,7 @@ def _train(model: nn.Module, loader, train_cfg: TrainConfig = TrainConfig(), epo
     optimizer = create_optimizer(model, OptimConfig(opt="sgd", lr=0.5, weight_decay=0.01))
     steps = math.ceil(len(loader) / train_cfg.gradient_accumulation_steps)
     scheduler = create_scheduler(optimizer, SchedConfig(), lr=0.5, steps_per_epoch=steps, epochs=epochs)
-    trainer = create_trainer(model, train_cfg, Compute(CPU), None)
+    trainer = create_trainer(model, train_cfg, Compute(CPU), None, num_classes=3)
     return optimizer, scheduler, trainer
 
 
@@ -150,8 +150,7 @@ def test_fit_validates_at_interval_and_writes_reports(tmp_path):
     cfg = TrainConfig(epoch_size=3, val_interval=2, ckpt_save_dir=str(tmp_path))
     optimizer, scheduler, trainer = _train(model, train_loader, cfg, epochs=3)
     saver = CheckpointSaver(tmp_path, TINY_MODEL, {"model": TINY_MODEL}, ["a", "b", "c"])
-    result = fit(model, train_loader, val_loader, optimizer, scheduler, cfg, saver, ResultsWriter(tmp_path),
-                 trainer, num_classes=3)
+    result = fit(model, train_loader, val_loader, optimizer, scheduler, cfg, saver, ResultsWriter(tmp_path), trainer)
     assert [m.top1 is not None for m in result.history] == [False, True, True]  # epoch 2 and the last
     rows = (tmp_path / "results.txt").read_text().splitlines()
     assert rows[0] == RESULTS_HEADER and len(rows) == 5
@@ -170,8 +169,7 @@ def test_fit_with_ema_saves_the_averaged_weights(tmp_path):
     cfg = dataclasses.replace(TrainConfig(), epoch_size=1, ema=True, ema_decay=0.5)
     optimizer, scheduler, trainer = _train(model, loader, cfg)
     saver = CheckpointSaver(tmp_path, TINY_MODEL, {}, ["a", "b", "c"])
-    result = fit(model, loader, None, optimizer, scheduler, cfg, saver, ResultsWriter(tmp_path), trainer,
-                 num_classes=3)
+    result = fit(model, loader, None, optimizer, scheduler, cfg, saver, ResultsWriter(tmp_path), trainer)
     saved = load_checkpoint(result.last_path)["model"]
     assert torch.equal(saved["classifier.weight"], trainer.ema.module.classifier.weight)
     assert not torch.equal(saved["classifier.weight"], model.classifier.weight)

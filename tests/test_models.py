@@ -150,3 +150,8 @@ def test_squeezenet_head_receives_a_gradient():
     loss = nn.functional.cross_entropy(model(torch.randn(2, 3, 64, 64)), torch.tensor([0, 1]))
     loss.backward()
     assert model.classifier[1].weight.grad.abs().sum() > 0
+
+
+def test_googlenet_normalises_its_input_as_its_imagenet_weights_expect():
+    model = create_model(ModelConfig(model="googlenet"), num_classes=4)
+    assert model.transform_input is True and model.aux_logits is False

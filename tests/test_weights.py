@@ -206,3 +206,11 @@ def test_pretrained_offline_is_a_user_error_with_the_offline_options():
         load_initial_weights(_model(), ModelConfig(model=TINY_MODEL, pretrained=True))
     message = str(info.value)
     assert "unreachable" in message and "ckpt_path" in message and "tf_efficientnet_lite0" in message
+
+
+def test_prefix_without_trailing_dot(tmp_path):
+    source = _model()
+    path = tmp_path / "wrapped.pth"
+    torch.save({f"backbone.{k}": v for k, v in source.state_dict().items()}, path)
+    state = read_state_dict(path, prefix="backbone")
+    assert set(state) == set(source.state_dict())

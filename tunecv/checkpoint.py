@@ -70,20 +70,20 @@ class CheckpointSaver:
     def last_path(self) -> Path:
         return self.directory / f"{self.stem}_last.pth"
 
-    def payload(self, model: nn.Module, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    def payload(self, model: nn.Module, epoch: int, metrics: dict[str, Any],
+                best_top1: float | None) -> dict[str, Any]:
         return {"model": model.state_dict(), "config": self.config, "classes": self.classes, "epoch": epoch,
-                "metrics": metrics, "tunecv_version": __version__}
+                "metrics": metrics, "best_metric": best_top1, "tunecv_version": __version__}
 
     def save(self, model: nn.Module, *, epoch: int, metrics: dict[str, Any], is_best: bool,
-             optimizer: torch.optim.Optimizer | None = None) -> None:
-        payload = self.payload(model, epoch, metrics)
+             best_top1: float | None = None, training_state: dict[str, Any] | None = None) -> None:
+        """`training_state` (optimizer, scheduler, scaler, step) goes into `_last` only, for resuming."""
+        payload = self.payload(model, epoch, metrics, best_top1)
         if is_best:
             save_checkpoint(payload, self.best_path)
         if self.keep_max > 0 and epoch % self.interval == 0:
             self._save_epoch(payload, epoch, metrics.get("top1", 0.0))
-        if optimizer is not None:
-            payload = {**payload, "optimizer": optimizer.state_dict()}
-        save_checkpoint(payload, self.last_path)
+        save_checkpoint({**payload, **(training_state or {})}, self.last_path)
 
     def _save_epoch(self, payload: dict[str, Any], epoch: int, top1: float) -> None:
         path = self.directory / f"{self.stem}-{epoch}.pth"

@@ -6,7 +6,6 @@ import argparse
 import logging
 import sys
 import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,16 @@ from tunecv.config import KEYS, SECTIONS, key_type
 from tunecv.errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one UserError line instead of a usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser(prog: str, description: str, exclude: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """A parser with `--config` and one flag per config key (but `exclude`), grouped by section, values as text."""
-    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    parser = _Parser(prog=prog, description=description, allow_abbrev=False)
     parser.add_argument("-c", "--config", help="YAML config file (MindCV keys); flags override it")
     for section in SECTIONS:
         group = parser.add_argument_group(f"{section} keys")
@@ -41,7 +47,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None,
                script_flags: tuple[str, ...]) -> tuple[argparse.Namespace, dict[str, Any]]:
     """(script options, config overrides). Flags that are no known key go to the config layer, which maps
     other tools' names (`--class_num`), ignores MindCV system keys, or rejects them with the closest key."""
-    args, rest = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(_attach_negative_numbers(sys.argv[1:] if argv is None else argv))
     overrides = {k: (",".join(v) if isinstance(v, list) else v) for k, v in vars(args).items()
                  if k in KEYS}
     overrides.update(_parse_rest(rest))
@@ -50,7 +56,27 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None,
     return args, overrides
 
 
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _attach_negative_numbers(argv: list[str]) -> list[str]:
+    """`--min_lr -1e-6` → `--min_lr=-1e-6`: argparse would read a negative number as an option."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and token.startswith("-") and _is_number(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def _parse_rest(tokens: list[str]) -> dict[str, str]:
+    """Flags argparse does not know (other tools' names, MindCV keys): `--k v [v ...]`, `--k=v`, bare `--k`."""
     parsed: dict[str, str] = {}
     i = 0
     while i < len(tokens):
@@ -59,10 +85,11 @@ def _parse_rest(tokens: list[str]) -> dict[str, str]:
             raise UserError(f"unexpected argument {token!r}; options look like --key value")
         key, eq, value = token[2:].partition("=")
         if not eq:
-            if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
-                value, i = tokens[i + 1], i + 1
-            else:
-                value = "true"
+            values = []
+            while i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+                values.append(tokens[i + 1])
+                i += 1
+            value = ",".join(values) if values else "true"
         parsed[key] = value
         i += 1
     return parsed
@@ -89,15 +116,3 @@ def setup_logging(log_file: str | Path | None = None, verbose: bool = False) -> 
         file_handler = logging.FileHandler(log_file, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(file_handler)
-
-
-def error_boundary(main: Callable[[], int]) -> int:
-    """User errors: one line on stderr, exit 2. Ctrl-C: exit 130. Bugs keep their traceback."""
-    try:
-        return main()
-    except UserError as err:
-        print(f"tunecv: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tunecv: interrupted", file=sys.stderr)
-        return 130

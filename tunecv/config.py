@@ -7,7 +7,6 @@ them (PyYAML reads `lr: 4e-3` as a string). Derived values (mean/std/interpolati
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import os
 import typing
@@ -17,9 +16,12 @@ from typing import Any
 
 import yaml
 
-from tunecv import models
+from tunecv import compat, models
+from tunecv.config_values import closest_hint, coerce
 from tunecv.errors import UserError
 from tunecv.fileio import atomic_write_text
+from tunecv.optim import OPTIMIZERS
+from tunecv.scheduler import SCHEDULERS
 
 __all__ = ["Config", "UserError", "load_config", "config_from_dict", "save_config", "KEYS"]
 
@@ -83,7 +85,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    opt: str = _key("adamw", "optimizer", ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad", "nadam", "lamb"))
+    opt: str = _key("adamw", "optimizer", tuple(OPTIMIZERS))
     lr: float = _key(0.001, "peak learning rate")
     momentum: float = _key(0.9, "momentum (sgd/momentum/rmsprop)")
     weight_decay: float = _key(1e-4, "weight decay")
@@ -95,8 +97,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class SchedConfig:
-    scheduler: str = _key("cosine_decay", "learning-rate schedule", ("constant", "cosine_decay", "step_decay",
-                          "multi_step_decay", "exponential_decay", "polynomial_decay"))
+    scheduler: str = _key("cosine_decay", "learning-rate schedule", SCHEDULERS)
     min_lr: float = _key(1e-6, "floor of cosine/polynomial decay")
     warmup_epochs: float = _key(0.0, "linear warm-up length in epochs")
     warmup_factor: float = _key(0.0, "warm-up starts at lr * warmup_factor")
@@ -159,157 +160,12 @@ KEYS: dict[str, tuple[str, dataclasses.Field]] = {
     f.name: (section, f) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 _TYPES = {section: typing.get_type_hints(cls) for section, cls in SECTIONS.items()}
 
-# MindCV keys that mean nothing in PyTorch: accepted, logged once.
-IGNORED_KEYS = {
-    "mode": "MindSpore graph/pynative mode", "device_target": "PyTorch picks the device (see `device`)",
-    "dataset_sink_mode": "MindSpore data sinking", "loss_scale": "AMP uses a dynamic GradScaler",
-    "loss_scale_type": "AMP uses a dynamic GradScaler", "dynamic_loss_scale": "AMP uses a dynamic GradScaler",
-    "drop_overflow_update": "the GradScaler skips overflowing steps", "distribute": "launch with torchrun instead",
-    "enable_modelarts": "ModelArts platform", "multi_data_url": "ModelArts platform", "data_url": "ModelArts platform",
-    "ckpt_url": "ModelArts platform", "train_url": "ModelArts platform", "val_amp_level": "evaluation runs in fp32",
-}
-# MindCV keys accepted only at their no-op value; anything else is an error rather than a silent no-op.
-NOOP_KEYS: dict[str, tuple[Any, Any]] = {  # key: (no-op value, its type)
-    "aux_factor": (0.0, float), "reduction": ("mean", str), "aug_repeats": (0, int),
-    "num_samples": (None, int | None), "resume_opt": (False, bool)}
-# Other tools' names for our keys.
-RENAMED_KEYS = {"class_num": "num_classes", "epochs": "epoch_size", "load_from": "ckpt_path",
-                "milestones": "multi_step_decay_milestones"}
-CASE_INSENSITIVE = {"opt", "loss", "scheduler", "interpolation", "weight_decay_filter", "ckpt_save_policy", "device",
-                    "freeze", "dataset", "re_value"}
-DATASET_ALIASES = {"imagenet": "folder", "imagefolder": "folder", "": "folder", "image_folder": "folder"}
-SCHEDULER_ALIASES = {"warmup_cosine_decay": "cosine_decay", "cosine": "cosine_decay", "step": "step_decay",
-                     "multistep": "multi_step_decay", "multi_step": "multi_step_decay"}
-
-
-def closest_hint(name: str, options: typing.Iterable[str]) -> str:
-    matches = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
-    return f"; did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
-
 
 def key_type(key: str) -> Any:
     """The value type of a key, without its Optional."""
     hint = _TYPES[KEYS[key][0]][key]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if type(None) in typing.get_args(hint) else hint
-
-
-def _coerce(key: str, value: Any, hint: Any, where: str) -> Any:
-    """Convert `value` to the type of `key`, raising UserError with the key and where it came from."""
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    if optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))):
-        return None
-    base = next(a for a in args if a is not type(None)) if optional else hint
-    try:
-        return _convert(value, base)
-    except (TypeError, ValueError):
-        raise UserError(f"{key} = {value!r} ({where}) is not a valid {_type_name(base)}") from None
-
-
-def _convert(value: Any, base: Any) -> Any:
-    if typing.get_origin(base) is tuple:
-        item = typing.get_args(base)[0]
-        if isinstance(value, str):
-            value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        return tuple(_convert(v, item) for v in value)
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("true", "yes", "1", "on"):
-            return True
-        if text in ("false", "no", "0", "off"):
-            return False
-        raise ValueError(value)
-    if base is int:
-        number = float(value) if isinstance(value, str) else value
-        if isinstance(number, bool) or not float(number).is_integer():
-            raise ValueError(value)
-        return int(number)
-    if base is float:
-        if isinstance(value, bool):
-            raise ValueError(value)
-        return float(value)
-    if base is str:
-        if isinstance(value, (dict, list)):
-            raise ValueError(value)
-        return str(value)
-    raise TypeError(base)
-
-
-def _type_name(base: Any) -> str:
-    if typing.get_origin(base) is tuple:
-        return f"list of {typing.get_args(base)[0].__name__}"
-    return {bool: "boolean (true/false)", int: "integer", float: "number", str: "string"}[base]
-
-
-def _normalise(key: str, value: Any) -> Any:
-    if key in CASE_INSENSITIVE and isinstance(value, str):
-        value = value.lower()
-        value = {"dataset": DATASET_ALIASES, "scheduler": SCHEDULER_ALIASES}.get(key, {}).get(value, value)
-    if key == "amp_level" and isinstance(value, str):
-        value = value.upper()
-    if key == "auto_augment" and isinstance(value, str):
-        value = _timm_policy(value)
-    if key == "re_value" and value in ("0", "0.0"):
-        value = "0"
-    return value
-
-
-# MindCV policy names → timm's (longest prefix first)
-AUTO_AUGMENT_PREFIXES = (("autoaugr", "originalr"), ("autoaug", "original"), ("randaug", "rand"))
-
-
-def _timm_policy(policy: str) -> str:
-    name, sep, rest = policy.partition("-")
-    for mindcv, timm_name in AUTO_AUGMENT_PREFIXES:
-        if name == mindcv:
-            return timm_name + sep + rest
-    return policy
-
-
-def _check_auto_augment(policy: str) -> None:
-    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
-
-    # the same dispatch as timm's create_transform
-    builder = rand_augment_transform if policy.startswith("rand") else \
-        augment_and_mix_transform if policy.startswith("augmix") else auto_augment_transform
-    try:
-        builder(policy, {"translate_const": 100})
-    except (AssertionError, KeyError, ValueError, IndexError):
-        raise UserError(f"auto_augment {policy!r} is not a policy timm knows; use e.g. rand-m7-mstd0.5, "
-                        "original, augmix-m5 or 3a") from None
-
-
-def _accept(key: str, value: Any, where: str) -> tuple[str, Any] | None:
-    """Map a raw (key, value) onto a known key, or None when it is an ignored MindCV key."""
-    if key in RENAMED_KEYS:
-        logger.info("config: %s (%s) is read as %s", key, where, RENAMED_KEYS[key])
-        key = RENAMED_KEYS[key]
-    if key == "filter_bias_and_bn":
-        value = _coerce(key, value, bool, where)
-        logger.info("config: filter_bias_and_bn=%s is read as weight_decay_filter", value)
-        return "weight_decay_filter", "norm_and_bias" if value else "disable"
-    if key in IGNORED_KEYS:
-        logger.info("config: MindCV key %s ignored (%s)", key, IGNORED_KEYS[key])
-        return None
-    if key in NOOP_KEYS:
-        default, kind = NOOP_KEYS[key]
-        try:
-            same = _coerce(key, value, kind, where) == default
-        except UserError:
-            same = False
-        if not same:
-            raise UserError(f"{key} = {value!r} ({where}) is not supported by tunecv; remove it or set {default!r}")
-        logger.info("config: MindCV key %s=%r ignored (it is the no-op value)", key, value)
-        return None
-    if key not in KEYS:
-        known = list(KEYS) + list(RENAMED_KEYS)
-        raise UserError(f"unknown config key {key!r} ({where}){closest_hint(key, known)}")
-    return key, value
 
 
 def _validate(key: str, value: Any, where: str) -> None:
@@ -340,12 +196,12 @@ def config_from_dict(layers: list[tuple[dict[str, Any], str]]) -> Config:
     values: dict[str, Any] = {}
     for mapping, where in layers:
         for raw_key, raw_value in mapping.items():
-            accepted = _accept(str(raw_key), raw_value, where)
+            accepted = compat.accept(str(raw_key), raw_value, where, KEYS)
             if accepted is None:
                 continue
             key, value = accepted
             section, _ = KEYS[key]
-            value = _normalise(key, _coerce(key, value, _TYPES[section][key], where))
+            value = compat.normalise(key, coerce(key, value, _TYPES[section][key], where))
             _validate(key, value, where)
             values[key] = value
     return _resolve(_build(values))
@@ -356,43 +212,69 @@ def _build(values: dict[str, Any]) -> Config:
     return Config(**sections)
 
 
-def _resolve(cfg: Config) -> Config:
-    """Fill derived values and check the cross-key rules."""
-    models.check_model_name(cfg.model.model)
-    data_defaults = models.data_defaults(cfg.model.model)
-    data = cfg.data
-    mean, std = data.mean or data_defaults["mean"], data.std or data_defaults["std"]
+# key: (lowest, highest) allowed, inclusive; None is open-ended.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "batch_size": (1, None), "epoch_size": (1, None), "val_interval": (1, None), "log_interval": (1, None),
+    "gradient_accumulation_steps": (1, None), "image_resize": (8, None), "num_cycles": (1, None),
+    "num_parallel_workers": (0, None), "ckpt_save_interval": (1, None), "keep_checkpoint_max": (0, None),
+    "num_classes": (1, None), "hflip": (0, 1), "vflip": (0, 1), "re_prob": (0, 1), "crop_pct": (0.05, 1),
+    "mixup": (0, None), "cutmix": (0, None), "cutmix_prob": (0, 1), "drop_rate": (0, 0.99),
+    "drop_path_rate": (0, 0.99), "lr": (1e-12, None), "momentum": (0, 1), "weight_decay": (0, None),
+    "min_lr": (0, None), "warmup_epochs": (0, None), "warmup_factor": (0, 1), "decay_epochs": (0, None),
+    "decay_rate": (0, None), "cycle_decay": (0, None), "label_smoothing": (0, 0.99), "clip_value": (1e-12, None),
+    "ema_decay": (0, 1),
+}
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, (low, high) in RANGES.items():
+        value = getattr(getattr(cfg, KEYS[key][0]), key)
+        if value is None:
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+            raise UserError(f"{key} must be {bounds}, got {value}")
+
+
+def _resolve_data(data: DataConfig, model: ModelConfig) -> DataConfig:
+    """mean/std/interpolation/crop_pct from the model when not given; MindCV's 0-255 mean/std rescaled."""
+    defaults = models.data_defaults(model.model)
+    mean, std = data.mean or defaults["mean"], data.std or defaults["std"]
     if max(mean) > 1.0:  # MindCV writes mean/std on the 0-255 scale
         mean = tuple(m / 255.0 for m in mean)
     if max(std) > 1.0:
         std = tuple(s / 255.0 for s in std)
-    if cfg.model.in_channels == 1:  # grayscale input: one value, the average of the model's RGB ones
+    if model.in_channels == 1:  # grayscale input: one value, the average of the model's RGB ones
         mean, std = mean if data.mean else (sum(mean) / len(mean),), std if data.std else (sum(std) / len(std),)
-    if len(mean) != cfg.model.in_channels or len(std) != cfg.model.in_channels:
-        raise UserError(f"mean and std need {cfg.model.in_channels} values (in_channels), got {mean} and {std}")
-    data = dataclasses.replace(
-        data, mean=tuple(round(m, 6) for m in mean), std=tuple(round(s, 6) for s in std),
-        interpolation=data.interpolation or data_defaults["interpolation"],
-        crop_pct=data.crop_pct or data_defaults["crop_pct"])
+    if len(mean) != model.in_channels or len(std) != model.in_channels:
+        raise UserError(f"mean and std need {model.in_channels} values (in_channels), got {mean} and {std}")
+    fixed = models.fixed_input_size(model.model)
+    if fixed is not None and data.image_resize != fixed:
+        raise UserError(f"model {model.model} takes {fixed} px inputs only; set image_resize {fixed}")
+    return dataclasses.replace(
+        data, data_dir=str(Path(data.data_dir).expanduser()) if data.data_dir else None,
+        mean=tuple(round(m, 6) for m in mean), std=tuple(round(s, 6) for s in std),
+        interpolation=data.interpolation or defaults["interpolation"], crop_pct=data.crop_pct or defaults["crop_pct"])
+
+
+def _resolve(cfg: Config) -> Config:
+    """Fill derived values and check the rules that span keys."""
+    _check_ranges(cfg)
+    data = _resolve_data(cfg.data, cfg.model)
     if data.dataset == "folder" and not data.data_dir:
         raise UserError("data_dir is not set; pass --data_dir DIR (DIR/<train_split>/<class>/*.jpg)")
     if data.auto_augment:
-        _check_auto_augment(data.auto_augment)
+        compat.check_auto_augment(data.auto_augment)
     if data.color_jitter is not None and len(data.color_jitter) not in (1, 3, 4):
         raise UserError("color_jitter takes one number or 3-4 (brightness, contrast, saturation[, hue])")
     if len(data.scale) != 2 or len(data.ratio) != 2:
         raise UserError("scale and ratio take two numbers each, e.g. scale: [0.08, 1.0]")
+    if (cfg.loader.mixup > 0 or cfg.loader.cutmix > 0) and cfg.loader.batch_size % 2:
+        raise UserError(f"mixup/cutmix need an even batch_size, got {cfg.loader.batch_size}")
     if cfg.optim.use_nesterov and cfg.optim.opt in ("sgd", "momentum") and cfg.optim.momentum <= 0:
         raise UserError("use_nesterov needs momentum > 0")
     if cfg.model.ckpt_prefix and not cfg.model.ckpt_path:
         raise UserError("ckpt_prefix is set but ckpt_path is not; give the checkpoint to load the prefix from")
-    for key, minimum in (("batch_size", 1), ("epoch_size", 1), ("val_interval", 1), ("log_interval", 1),
-                         ("gradient_accumulation_steps", 1), ("image_resize", 8), ("num_cycles", 1)):
-        section = getattr(cfg, KEYS[key][0])
-        if getattr(section, key) < minimum:
-            raise UserError(f"{key} must be at least {minimum}, got {getattr(section, key)}")
-    if cfg.model.num_classes is not None and cfg.model.num_classes < 1:
-        raise UserError(f"num_classes must be at least 1, got {cfg.model.num_classes}")
     return dataclasses.replace(cfg, data=data)
 
 

@@ -47,6 +47,7 @@ class Compute:
             logger.info("amp: amp_level %s needs CUDA; running fp32 on %s", amp_level, device.type)
         elif amp_level != "O0":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            logger.info("amp: amp_level %s -> autocast %s", amp_level, str(dtype).removeprefix("torch."))
         return cls(device, dtype, channels_last)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -67,7 +68,8 @@ class Compute:
         return torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
 
     def describe(self) -> str:
-        return "fp32" if self.dtype is None else f"AMP {str(self.dtype).removeprefix('torch.')}"
+        precision = "fp32" if self.dtype is None else f"AMP {str(self.dtype).removeprefix('torch.')}"
+        return f"{self.device}, {precision}{', channels_last' if self.channels_last else ''}"
 
 
 @dataclass
@@ -76,6 +78,7 @@ class Trainer:
 
     loss_fn: Callable
     compute: Compute
+    num_classes: int
     accumulation_steps: int = 1
     clip_norm: float | None = None
     mixup: Mixup | None = None
@@ -94,10 +97,11 @@ def create_loss(cfg: TrainConfig, mixing: bool) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
 
-def create_trainer(model: nn.Module, cfg: TrainConfig, compute: Compute, mixup: Mixup | None) -> Trainer:
+def create_trainer(model: nn.Module, cfg: TrainConfig, compute: Compute, mixup: Mixup | None,
+                   num_classes: int) -> Trainer:
     """The model must already be on its device (the EMA copies it)."""
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
-    return Trainer(loss_fn=create_loss(cfg, mixup is not None), compute=compute,
+    return Trainer(loss_fn=create_loss(cfg, mixup is not None), compute=compute, num_classes=num_classes,
                    accumulation_steps=cfg.gradient_accumulation_steps,
                    clip_norm=cfg.clip_value if cfg.clip_grad else None, mixup=mixup, ema=ema,
                    scaler=compute.scaler(), log_interval=cfg.log_interval)
@@ -241,7 +245,7 @@ def _should_validate(epoch: int, epochs: int, cfg: TrainConfig) -> bool:
 
 
 def fit(model: nn.Module, train_loader, val_loader, optimizer: torch.optim.Optimizer, scheduler, cfg: TrainConfig,
-        saver: CheckpointSaver, results: ResultsWriter, trainer: Trainer, num_classes: int) -> FitResult:
+        saver: CheckpointSaver, results: ResultsWriter, trainer: Trainer) -> FitResult:
     """Train `cfg.epoch_size` epochs; validate, checkpoint (`_last` every epoch, `_best` on improvement), report."""
     start = time.perf_counter()
     history: list[EpochMetrics] = []
@@ -254,20 +258,29 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer: torch.optim.Optim
             evaluated_model = trainer.ema.module if trainer.ema is not None else model
             evaluation = None
             if val_loader is not None and _should_validate(epoch, cfg.epoch_size, cfg):
-                evaluation = evaluate(evaluated_model, val_loader, trainer.compute, num_classes, desc=f"val {epoch}")
+                evaluation = evaluate(evaluated_model, val_loader, trainer.compute, trainer.num_classes,
+                                      desc=f"val {epoch}")
             metrics = _epoch_metrics(epoch, stats, evaluation, time.perf_counter() - epoch_start)
             history.append(metrics)
             improved = _improved(metrics, best_top1, val_loader is None)
             if improved:
                 best_top1, best_epoch = metrics.top1, epoch
             saver.save(evaluated_model, epoch=epoch, metrics=_metrics_dict(metrics), is_best=improved,
-                       optimizer=optimizer)
+                       best_top1=best_top1, training_state=_training_state(optimizer, scheduler, trainer))
             results.add(metrics)
             logger.info(_epoch_line(metrics))
     elapsed = time.perf_counter() - start
     results.finish(best_top1, best_epoch)
     return FitResult(history=history, best_epoch=best_epoch, best_top1=best_top1, best_path=str(saver.best_path),
                      last_path=str(saver.last_path), results_path=str(results.path), elapsed_s=elapsed)
+
+
+def _training_state(optimizer: torch.optim.Optimizer, scheduler, trainer: Trainer) -> dict[str, Any]:
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "global_step": trainer.global_step}
+    if trainer.scaler is not None:
+        state["scaler"] = trainer.scaler.state_dict()
+    return state
 
 
 def _improved(metrics: EpochMetrics, best_top1: float | None, no_val_set: bool) -> bool:

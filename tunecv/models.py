@@ -70,8 +70,15 @@ def resolve_model_name(name: str) -> tuple[str, str]:
     raise UserError(f"unknown model {name!r}{hint}")
 
 
-def check_model_name(name: str) -> None:
-    resolve_model_name(name)
+def fixed_input_size(name: str) -> int | None:
+    """The only input size a model accepts (ViT/Swin-style fixed patch grids), or None when any size works."""
+    source, resolved = resolve_model_name(name)
+    if source == "torchvision":
+        return 224 if resolved.startswith(("vit_", "maxvit")) else None
+    pretrained_cfg = timm.models.get_pretrained_cfg(resolved)
+    if pretrained_cfg is None or not pretrained_cfg.fixed_input_size:
+        return None
+    return int(pretrained_cfg.input_size[-1])
 
 
 def data_defaults(name: str) -> dict[str, Any]:
@@ -102,7 +109,7 @@ def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
             raise UserError(f"model {name} does not accept these options ({err}); remove drop_rate/drop_path_rate") \
                 from None
     else:
-        model = create_torchvision_model(name, num_classes, weights=None)
+        model = create_torchvision_model(name, num_classes)
         if cfg.in_channels != 3:
             raise UserError(f"in_channels={cfg.in_channels} is only supported for timm models, not {name}")
     zero_init_classifier(model)
@@ -122,12 +129,13 @@ def zero_init_classifier(model: nn.Module) -> None:
             param.zero_()
 
 
-def create_torchvision_model(name: str, num_classes: int, weights: str | None) -> nn.Module:
+def create_torchvision_model(name: str, num_classes: int) -> nn.Module:
     """A torchvision classifier with its last 1000-way layer replaced by a `num_classes` one."""
-    kwargs = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
-    if weights is not None and name in ("googlenet", "inception_v3"):
-        kwargs.pop("init_weights")
-    model = torchvision.models.get_model(name, weights=weights, **kwargs)
+    kwargs: dict[str, Any] = {}
+    if name in ("googlenet", "inception_v3"):
+        # transform_input: the ImageNet weights expect it, and it is not in the state_dict, so always on
+        kwargs = {"aux_logits": False, "init_weights": True, "transform_input": True}
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
     head_name = classifier_name(model)
     old = model.get_submodule(head_name)
     if isinstance(old, nn.Linear):

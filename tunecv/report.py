@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from tunecv.engine import EpochMetrics, EvalResult
 
 RESULTS_HEADER = "epoch lr train_loss val_loss top1 top5 time_s"
+PRED_HEADER = ("path", "pred_label", "true_label", "score")
 
 
 def _cell(value: float | None, digits: int) -> str:
@@ -71,17 +72,18 @@ def format_per_class(rows: list[tuple[str, int, float]]) -> str:
 
 def write_predictions(path: str | os.PathLike, sample_ids: list[str], result: EvalResult,
                       classes: list[str]) -> Path:
-    """pred.txt: a header, then `path pred_label true_label score` per image (labels are class names)."""
-    lines = ["path pred_label true_label score"]
+    """pred.txt: a header, then `path pred_label true_label score` per image (labels are class names).
+    Tab-separated, so paths and class names with spaces stay one field."""
+    lines = ["\t".join(PRED_HEADER)]
     for sample_id, pred, target, score in zip(sample_ids, result.predictions, result.targets, result.scores):
-        lines.append(f"{sample_id} {classes[pred]} {classes[target]} {score:.4f}")
+        lines.append(f"{sample_id}\t{classes[pred]}\t{classes[target]}\t{score:.4f}")
     path = Path(path)
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
 def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: str, params: tuple[int, int],
-                optimizer: torch.optim.Optimizer, steps_per_epoch: int, device: torch.device, compute: str) -> str:
+                optimizer: torch.optim.Optimizer, steps_per_epoch: int, workers: int, compute: str) -> str:
     """The one block logged before training: what is about to run, in the user's terms."""
     classes = train_set.classes
     names = ", ".join(classes[:8]) + (f", ... ({len(classes)})" if len(classes) > 8 else "")
@@ -104,6 +106,6 @@ def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: s
         f"  loss       {train.loss}, label_smoothing {train.label_smoothing:g}"
         + (f", mixup {cfg.loader.mixup:g} cutmix {cfg.loader.cutmix:g}" if cfg.loader.mixup or cfg.loader.cutmix
            else "") + (f", EMA {train.ema_decay:g}" if train.ema else ""),
-        f"  device     {device}, {compute}",
+        f"  device     {compute}; {workers} loader workers",
         f"  output     {train.ckpt_save_dir}",
     ])

@@ -83,6 +83,7 @@ def read_state_dict(path: str | Path, prefix: str | None = None) -> dict[str, to
     if state and all(k.startswith("module.") for k in state):  # saved from a DataParallel/DDP wrapper
         state = {k[len("module."):]: v for k, v in state.items()}
     if prefix:
+        prefix = prefix if prefix.endswith(".") else prefix + "."
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
             raise UserError(f"no tensors under prefix {prefix!r} in {path}; check ckpt_prefix")
@@ -140,14 +141,27 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str)
 
 
 def _hub_reachable(host: str, timeout_s: float = 3.0) -> bool:
+    previous = socket.getdefaulttimeout()
     try:
         socket.setdefaulttimeout(timeout_s)
         socket.getaddrinfo(host, 443)
     except OSError:
         return False
     finally:
-        socket.setdefaulttimeout(None)
+        socket.setdefaulttimeout(previous)
     return True
+
+
+def _download_state(cfg: ModelConfig, source: str, name: str, num_classes: int) -> dict[str, torch.Tensor]:
+    if source == "timm":
+        import timm
+
+        # timm adapts in_chans itself; its pretrained loader uses safetensors or weights_only
+        return timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=cfg.in_channels).state_dict()
+    import torchvision
+
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True, check_hash=True)
 
 
 def _load_from_hub(model: nn.Module, cfg: ModelConfig, source: str, name: str) -> str:
@@ -157,16 +171,10 @@ def _load_from_hub(model: nn.Module, cfg: ModelConfig, source: str, name: str) -
         raise UserError(f"pretrained weights for {name} need a download and {host} is unreachable; "
                         + OFFLINE_HINT)
     try:
-        if source == "timm":
-            import timm
-
-            # timm adapts in_chans and resets the head itself; the reset head has our shape.
-            state = timm.create_model(name, pretrained=True, num_classes=models.num_outputs(model),
-                                      in_chans=cfg.in_channels).state_dict()
-        else:
-            state = models.create_torchvision_model(name, 1000, weights="DEFAULT").state_dict()
+        state = _download_state(cfg, source, name, models.num_outputs(model))
     except Exception as err:  # network and hub errors come in many types
         raise UserError(f"downloading pretrained weights for {name} failed ({str(err).splitlines()[0][:160]}); "
                         + OFFLINE_HINT) from None
-    load_matching(model, state, source=f"{source} pretrained {name}")
+    head = models.classifier_keys(model)  # keep our zero-initialised head, never a downloaded random one
+    load_matching(model, {k: v for k, v in state.items() if k not in head}, source=f"{source} pretrained {name}")
     return f"{source} pretrained weights ({name})"

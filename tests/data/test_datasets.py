@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS
 from tunecv.config import DataConfig
-from tunecv.data.datasets import create_dataset, has_split
+from tunecv.data.datasets import check_num_classes, check_split, create_dataset
 from tunecv.errors import UserError
 
 
@@ -120,7 +120,16 @@ def test_split_folder_missing(tmp_path):
     _png(tmp_path / "training" / "a" / "x.png")
     with pytest.raises(UserError, match="found: training"):
         create_dataset(_folder(tmp_path), "train", None)
-    assert not has_split(_folder(tmp_path), "val") and has_split(_folder(tmp_path), "training")
+    check_split(_folder(tmp_path), "training")
+    with pytest.raises(UserError, match="val_while_train false"):
+        check_split(_folder(tmp_path), "val", hint="--val_while_train false trains without validation")
+
+
+def test_num_classes_must_match_the_folders():
+    check_num_classes(None, ["a", "b"], "train")
+    check_num_classes(2, ["a", "b"], "train")
+    with pytest.raises(UserError, match="--num_classes 2"):
+        check_num_classes(3, ["a", "b"], "train")
 
 
 def test_split_without_class_folders(tmp_path):
@@ -160,3 +169,21 @@ def test_digits_split():
     assert image.mode == "RGB" and image.size == (8, 8)
     with pytest.raises(UserError, match="splits"):
         create_dataset(cfg, "test", None)
+
+
+def test_any_format_pil_reads_is_found(tmp_path):
+    _png(tmp_path / "train" / "a" / "x.png")
+    Image.new("RGB", (12, 8), (1, 2, 3)).save(tmp_path / "train" / "a" / "y.jfif", format="JPEG")
+    Image.new("RGB", (12, 8), (1, 2, 3)).save(tmp_path / "train" / "a" / "z.ico", format="ICO")
+    (tmp_path / "train" / "a" / "notes.txt").write_text("not an image")
+    dataset = create_dataset(_folder(tmp_path), "train", None)
+    assert sorted(Path(p).name for p, _ in dataset.samples) == ["x.png", "y.jfif", "z.ico"]
+
+
+def test_float_tiff_keeps_its_content(tmp_path):
+    ramp = np.tile(np.linspace(0.0, 1.0, 32, dtype=np.float32), (8, 1))
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "train" / "a" / "ramp.tif")
+    image = create_dataset(_folder(tmp_path), "train", None).load_image(0)
+    pixels = np.asarray(image)[0, :, 0]
+    assert image.mode == "RGB" and pixels[0] == 0 and pixels[-1] == 255 and 100 < pixels[16] < 160

@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+# Every format PIL opens, but those that need an external program or plug-in (their files are not photos anyway).
+_NEEDS_PLUGIN = {"BUFR", "GRIB", "HDF5", "EPS", "MPEG", "WMF"}
+IMAGE_EXTENSIONS = tuple(sorted(ext for ext, fmt in Image.registered_extensions().items()
+                                if fmt in Image.OPEN and fmt not in _NEEDS_PLUGIN))
+UNREADABLE = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0  # fixed, so every run and validate.py see the same digits split
 
@@ -49,13 +53,13 @@ class ImageDataset(Dataset):
         try:
             with Image.open(path) as image:
                 image = ImageOps.exif_transpose(image)
-                if image.mode.startswith("I"):
+                if image.mode.startswith("I") or image.mode == "F":
                     image = _to_8bit(image)
                 if image.mode in ("RGBA", "LA", "P") and self.image_mode == "RGB":
                     image = _on_white(image)
                 return image.convert(self.image_mode)
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
-            raise UserError(f"cannot read image {path} ({err}); remove or replace the file") from None
+        except UNREADABLE as err:
+            raise unreadable(path, err) from None
 
     def __getitem__(self, index: int):
         image = self.load_image(index)
@@ -65,9 +69,10 @@ class ImageDataset(Dataset):
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """16/32-bit integer images: convert("RGB") would clip at 255 (all white); scale the range instead."""
+    """16/32-bit integer and float images: convert("RGB") would clip at 255 (all white); scale the range."""
     pixels = np.asarray(image, dtype=np.float64)
-    top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+    peak = pixels.max(initial=0.0)
+    top = 65535.0 if image.mode.startswith("I;16") or peak > 255 else 1.0 if image.mode == "F" and peak <= 1 else 255.0
     return Image.fromarray(np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8), "L")
 
 
@@ -90,6 +95,7 @@ def create_dataset(cfg: DataConfig, split: str, transform: Callable | None, *,
     """
     if cfg.dataset_download:
         logger.info("dataset_download: %s data needs no download; nothing fetched", cfg.dataset)
+    check_split(cfg, split)
     if cfg.dataset == "digits":
         dataset = _digits(cfg, split, transform, image_mode)
     elif cfg.dataset == "folder":
@@ -98,30 +104,37 @@ def create_dataset(cfg: DataConfig, split: str, transform: Callable | None, *,
         raise UserError(f"unknown dataset {cfg.dataset!r}; choose from folder, digits")
     if classes is not None and dataset.classes != classes:
         dataset = _relabel(dataset, classes)
+    logger.info("dataset: %s %s: %d images, %d classes", cfg.dataset, split, len(dataset), len(dataset.classes))
     return dataset
 
 
 def split_dir(cfg: DataConfig, split: str) -> Path:
-    if not cfg.data_dir:
-        raise UserError("data_dir is not set; pass --data_dir DIR")
-    root = Path(cfg.data_dir)
+    root = Path(cfg.data_dir or ".")
     if not root.is_dir():
         raise UserError(f"data_dir {root} does not exist; check --data_dir")
     return root / split
 
 
-def has_split(cfg: DataConfig, split: str) -> bool:
-    """Whether the split exists (a missing val split means training without validation)."""
+def check_split(cfg: DataConfig, split: str, hint: str = "") -> None:
+    """A UserError naming the split folders that do exist, when `split` does not."""
     if cfg.dataset == "digits":
-        return split in (cfg.train_split, cfg.val_split)
-    return split_dir(cfg, split).is_dir()
-
-
-def _image_folder(root: Path, transform: Callable | None, image_mode: str) -> ImageDataset:
+        if split not in (cfg.train_split, cfg.val_split):
+            raise UserError(f"digits has the splits {cfg.train_split} and {cfg.val_split}, not {split!r}")
+        return
+    root = split_dir(cfg, split)
     if not root.is_dir():
         found = sorted(p.name for p in root.parent.iterdir() if p.is_dir() and not p.name.startswith("."))
         raise UserError(f"split folder {root} does not exist (found: {', '.join(found) or 'nothing'}); "
-                        "set train_split/val_split or check data_dir")
+                        f"set train_split/val_split or check data_dir{'; ' + hint if hint else ''}")
+
+
+def check_num_classes(expected: int | None, classes: list[str], split: str) -> None:
+    if expected is not None and expected != len(classes):
+        raise UserError(f"num_classes is {expected} but {split} has {len(classes)} classes; "
+                        f"set --num_classes {len(classes)} or leave it out")
+
+
+def _image_folder(root: Path, transform: Callable | None, image_mode: str) -> ImageDataset:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise UserError(f"{root} has no class folders; expected {root}/<class>/<image>")
@@ -129,7 +142,7 @@ def _image_folder(root: Path, transform: Callable | None, image_mode: str) -> Im
     for label, class_dir in enumerate(class_dirs):
         files = _image_files(class_dir)
         if not files:
-            raise UserError(f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+            raise UserError(f"class folder {class_dir} has no images (.jpg, .png, ... any format PIL reads); "
                             "add images or remove the folder")
         samples.extend((str(path), label) for path in files)
     for path, _ in samples:
@@ -151,8 +164,12 @@ def _check_header(path: str) -> None:
     try:
         with Image.open(path):
             pass
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
-        raise UserError(f"cannot read image {path} ({err}); remove or replace the file") from None
+    except UNREADABLE as err:
+        raise unreadable(path, err) from None
+
+
+def unreadable(path: str, err: Exception) -> UserError:
+    return UserError(f"cannot read image {path} ({err}); remove or replace the file")
 
 
 def _relabel(dataset: ImageDataset, classes: list[str]) -> ImageDataset:
@@ -170,8 +187,6 @@ def _digits(cfg: DataConfig, split: str, transform: Callable | None, image_mode:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if split not in (cfg.train_split, cfg.val_split):
-        raise UserError(f"digits has the splits {cfg.train_split} and {cfg.val_split}, not {split!r}")
     digits = load_digits()
     images = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
     indices = np.arange(len(images))

@@ -39,6 +39,8 @@ def create_loader(dataset: Dataset, cfg: LoaderConfig, is_training: bool, *, see
     generator = torch.Generator()
     generator.manual_seed(seed)
     workers = num_workers(cfg.num_parallel_workers)
+    logger.info("loader: %s, batch %d, %d workers%s", "train" if is_training else "eval", cfg.batch_size, workers,
+                ", last batch dropped" if drop_last and remainder else "")
     return DataLoader(
         dataset,
         batch_size=cfg.batch_size,

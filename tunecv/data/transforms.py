@@ -16,9 +16,8 @@ logger = logging.getLogger(__name__)
 
 def create_transforms(cfg: DataConfig, is_training: bool) -> Callable:
     """Training: RandomResizedCrop + flips + colour jitter/auto-augment + erasing; eval: resize + centre crop."""
-    interpolation = cfg.interpolation or "bilinear"
-    if not is_training and interpolation == "random":
-        interpolation = "bilinear"
+    # timm picks a random interpolation per image for "random"; evaluation must be deterministic
+    interpolation = "bilinear" if not is_training and cfg.interpolation == "random" else cfg.interpolation
     transform = create_transform(
         input_size=cfg.image_resize,
         is_training=is_training,
@@ -35,6 +34,8 @@ def create_transforms(cfg: DataConfig, is_training: bool) -> Callable:
         re_mode="pixel" if cfg.re_value == "random" else "const",
         crop_pct=cfg.crop_pct,
     )
+    logger.info("transforms (%s): %s", "train" if is_training else "eval",
+                ", ".join(type(t).__name__ for t in getattr(transform, "transforms", [transform])))
     return transform
 
 

@@ -1,0 +1,75 @@
+"""Config values typed by their key: text from YAML or the command line → int, float, bool, str or a tuple."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+import yaml
+
+from tunecv.errors import UserError
+
+NULLS = ("", "none", "null", "~")
+
+
+def closest_hint(name: str, options: Iterable[str]) -> str:
+    matches = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
+    return f"; did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
+
+
+def coerce(key: str, value: Any, hint: Any, where: str) -> Any:
+    """`value` as the type `hint` (`X | None` allows null), or a UserError naming the key and its source."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    text = value.strip().lower() if isinstance(value, str) else None
+    if optional and (value is None or text in NULLS):
+        return None
+    base = next(a for a in args if a is not type(None)) if optional else hint
+    if value is None or text == "":
+        raise UserError(f"{key} ({where}) cannot be empty; give a {type_name(base)}")
+    try:
+        return _convert(value, base)
+    except (TypeError, ValueError, yaml.YAMLError):
+        raise UserError(f"{key} = {value!r} ({where}) is not a valid {type_name(base)}") from None
+
+
+def _convert(value: Any, base: Any) -> Any:
+    if typing.get_origin(base) is tuple:
+        item = typing.get_args(base)[0]
+        if isinstance(value, str):
+            value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_convert(v, item) for v in value)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "yes", "1", "on"):
+            return True
+        if text in ("false", "no", "0", "off"):
+            return False
+        raise ValueError(value)
+    if base is int:
+        number = float(value) if isinstance(value, str) else value
+        if isinstance(number, bool) or not float(number).is_integer():
+            raise ValueError(value)
+        return int(number)
+    if base is float:
+        if isinstance(value, bool) or not math.isfinite(float(value)):
+            raise ValueError(value)
+        return float(value)
+    if base is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError(value)
+        return str(value)
+    raise TypeError(base)
+
+
+def type_name(base: Any) -> str:
+    if typing.get_origin(base) is tuple:
+        return f"list of {typing.get_args(base)[0].__name__}"
+    return {bool: "boolean (true/false)", int: "integer", float: "number", str: "string"}[base]
