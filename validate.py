@@ -20,6 +20,7 @@ from tunecv.engine import Compute, EvalResult, evaluate
 from tunecv.models import create_model
 from tunecv.report import format_per_class, per_class_accuracy, write_predictions
 from tunecv.runtime import image_mode, resolve_device
+from tunecv.weights import load_exact
 
 logger = logging.getLogger("tunecv")
 
@@ -37,11 +38,7 @@ def run(ckpt_path: str, config_path: str | None, overrides: dict[str, Any], spli
                              image_mode=image_mode(cfg.model.in_channels))
     device = resolve_device(cfg.train.device)
     model = create_model(cfg.model, num_classes=len(classes))
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as err:
-        raise UserError(f"checkpoint {ckpt_path} does not fit model {cfg.model.model} "
-                        f"({str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err})") from None
+    load_exact(model, checkpoint["model"], source=f"{ckpt_path} (model {cfg.model.model})")
     compute = Compute.create(device, cfg.train.amp_level, cfg.train.channels_last)
     model = compute.prepare_model(model)
     loader = create_loader(dataset, cfg.loader, is_training=False)

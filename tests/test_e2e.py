@@ -97,12 +97,25 @@ def test_validate_reproduces_best_top1(run_dir):
     assert lines[0] == "path\tpred_label\ttrue_label\tscore"
     assert len(lines) == 1 + len(CLASSES) * VAL_PER_CLASS
     correct = 0
+    per_class = {name: [0, 0] for name in CLASSES}
     for line in lines[1:]:
         path, pred, true, score = line.split("\t")
         assert Path(path).is_file() and Path(path).parent.name == true
         assert pred in CLASSES and 0 < float(score) <= 1
         correct += pred == true
+        per_class[true][0] += pred == true
+        per_class[true][1] += 1
     assert f"{100 * correct / (len(lines) - 1):.2f}" == best_top1
+    for name, (hits, count) in per_class.items():  # the per-class table agrees with pred.txt
+        assert re.search(rf"^{name}\s+{count}\s+{100 * hits / count:.2f}$", proc.stdout, re.MULTILINE), proc.stdout
+
+
+def test_validate_refuses_a_checkpoint_of_another_model(run_dir):
+    out, _ = run_dir
+    proc = _run("validate.py", "--ckpt_path", str(out / f"{TINY_MODEL}_best.pth"), "--model", "resnet18", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "(model resnet18) does not fit this model" in last and "missing" in last and len(last) < 600
 
 
 def test_same_seed_same_results(run_dir, data_dir, tmp_path):

@@ -18,6 +18,8 @@ from timm.data import Mixup
 from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -119,8 +121,8 @@ def optimizer_steps(num_batches: int, accumulation_steps: int) -> int:
     return math.ceil(num_batches / accumulation_steps)
 
 
-def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, scheduler, trainer: Trainer,
-                    epoch: int) -> TrainStats:
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
+                    trainer: Trainer, epoch: int) -> TrainStats:
     """One pass over `loader`; the scheduler steps after every optimizer update."""
     set_train_mode(model)
     device = trainer.compute.device
@@ -183,7 +185,7 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, compute: Compute, num_classes: int, *,
+def evaluate(model: nn.Module, loader: DataLoader, compute: Compute, num_classes: int, *,
              desc: str = "eval") -> EvalResult:
     """Loss (plain cross-entropy), top-1 and top-k (k = min(5, num_classes)) in percent, and per-image predictions."""
     model.eval()
@@ -244,7 +246,8 @@ def _should_validate(epoch: int, epochs: int, cfg: TrainConfig) -> bool:
     return cfg.val_while_train and (epoch % cfg.val_interval == 0 or epoch == epochs)
 
 
-def fit(model: nn.Module, train_loader, val_loader, optimizer: torch.optim.Optimizer, scheduler, cfg: TrainConfig,
+def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None, optimizer: torch.optim.Optimizer,
+        scheduler: LRScheduler, cfg: TrainConfig,
         saver: CheckpointSaver, results: ResultsWriter, trainer: Trainer) -> FitResult:
     """Train `cfg.epoch_size` epochs; validate, checkpoint (`_last` every epoch, `_best` on improvement), report."""
     start = time.perf_counter()
@@ -275,7 +278,7 @@ def fit(model: nn.Module, train_loader, val_loader, optimizer: torch.optim.Optim
                      last_path=str(saver.last_path), results_path=str(results.path), elapsed_s=elapsed)
 
 
-def _training_state(optimizer: torch.optim.Optimizer, scheduler, trainer: Trainer) -> dict[str, Any]:
+def _training_state(optimizer: torch.optim.Optimizer, scheduler: LRScheduler, trainer: Trainer) -> dict[str, Any]:
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "global_step": trainer.global_step}
     if trainer.scaler is not None:

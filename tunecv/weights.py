@@ -112,6 +112,21 @@ def _rename_in_order(state: dict[str, torch.Tensor], target: dict[str, torch.Ten
     return dict(zip(target, state.values()))
 
 
+def load_exact(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a checkpoint written for exactly this model (validate.py): every key and shape must match."""
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state)
+    unexpected = sorted(k for k in state if k not in own)
+    mismatched = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
+    problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
+                if keys]
+    if problems:
+        raise UserError(f"checkpoint {source} does not fit this model: {'; '.join(problems)} keys; "
+                        "do not override model, num_classes or in_channels")
+    model.load_state_dict(state)
+
+
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load `state`; a classifier of another shape is skipped (the new head stays), anything else must match."""
     own = model.state_dict()
