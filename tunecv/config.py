@@ -117,7 +117,7 @@ class TrainConfig:
     label_smoothing: float = _key(0.0, "label smoothing")
     val_while_train: bool = _key(True, "validate during training")
     val_interval: int = _key(1, "validate every N epochs (and after the last)")
-    log_interval: int = _key(100, "progress update every N steps")
+    log_interval: int = _key(20, "progress-bar update (loss, lr, img/s) every N steps")
     seed: int = _key(42, "random seed")
     amp_level: str = _key("O0", "O0: fp32; O1/O2/O3: mixed precision (CUDA)", ("O0", "O1", "O2", "O3"))
     clip_grad: bool = _key(False, "clip the gradient norm")
