@@ -25,11 +25,13 @@ NOOP_KEYS: dict[str, tuple[Any, Any]] = {  # key: (no-op value, its type)
     "num_samples": (None, int | None), "resume_opt": (False, bool)}
 # Other tools' names for our keys (PaddleClas class_num, MMPretrain load_from, ...).
 RENAMED_KEYS = {"class_num": "num_classes", "epochs": "epoch_size", "load_from": "ckpt_path",
-                "milestones": "multi_step_decay_milestones"}
+                "milestones": "multi_step_decay_milestones", "ann_file": "train_list", "data_prefix": "image_root",
+                "cls_label_path": "train_list", "class_id_map_file": "class_list"}
 CASE_INSENSITIVE = {"opt", "loss", "scheduler", "interpolation", "weight_decay_filter", "ckpt_save_policy", "device",
-                    "freeze", "dataset", "re_value"}
+                    "freeze", "dataset", "re_value", "annotation_level"}
 VALUE_ALIASES = {
-    "dataset": {"imagenet": "folder", "imagefolder": "folder", "": "folder", "image_folder": "folder"},
+    "dataset": {"imagenet": "folder", "imagefolder": "folder", "image_folder": "folder", "": "auto",
+                "customdataset": "auto", "custom": "auto", "fgvc_aircraft_native": "aircraft"},
     "scheduler": {"warmup_cosine_decay": "cosine_decay", "cosine": "cosine_decay", "step": "step_decay",
                   "multistep": "multi_step_decay", "multi_step": "multi_step_decay"},
     "re_value": {"0.0": "0"},

@@ -34,11 +34,19 @@ def _key(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = _key("folder", "folder (data_dir/<split>/<class>/*.jpg) or digits (scikit-learn, offline demo)",
-                        ("folder", "digits"))
-    data_dir: str | None = _key(None, "dataset root holding the split folders")
+    dataset: str = _key("auto", "data layout; auto detects it in data_dir (see Data layouts)",
+                        ("auto", "folder", "single_folder", "list", "csv", "aircraft", "digits"))
+    data_dir: str | None = _key(None, "dataset root: split folders, class folders, list/CSV files or FGVC-Aircraft")
     train_split: str = _key("train", "train split folder name")
     val_split: str = _key("val", "validation split folder name")
+    train_list: str | None = _key(None, "list file (`path label` lines) or CSV of the training images")
+    val_list: str | None = _key(None, "list file or CSV of the validation images")
+    image_root: str | None = _key(None, "folder the list/CSV paths are relative to (default: data_dir)")
+    class_list: str | None = _key(None, "class names, `<index> <name>` per line (PaddleClas label_list.txt)")
+    path_column: str = _key("path", "CSV column holding the image path")
+    label_column: str = _key("label", "CSV column holding the label (index or class name)")
+    annotation_level: str = _key("variant", "FGVC-Aircraft label level", ("variant", "family", "manufacturer"))
+    val_fraction: float = _key(0.2, "single_folder: seeded, stratified share of each class held out for val")
     dataset_download: bool = _key(False, "download the dataset when it supports it (folders and digits need none)")
     image_resize: int = _key(224, "training crop / evaluation input size in pixels")
     scale: tuple[float, ...] = _key((0.08, 1.0), "RandomResizedCrop area range")
@@ -217,7 +225,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "batch_size": (1, None), "epoch_size": (1, None), "val_interval": (1, None), "log_interval": (1, None),
     "gradient_accumulation_steps": (1, None), "image_resize": (8, None), "num_cycles": (1, None),
     "num_parallel_workers": (0, None), "ckpt_save_interval": (1, None), "keep_checkpoint_max": (0, None),
-    "num_classes": (1, None), "hflip": (0, 1), "vflip": (0, 1), "re_prob": (0, 1), "crop_pct": (0.05, 1),
+    "num_classes": (1, None), "val_fraction": (0, 0.9), "hflip": (0, 1), "vflip": (0, 1), "re_prob": (0, 1),
+    "crop_pct": (0.05, 1),
     "mixup": (0, None), "cutmix": (0, None), "cutmix_prob": (0, 1), "drop_rate": (0, 0.99),
     "drop_path_rate": (0, 0.99), "lr": (1e-12, None), "momentum": (0, 1), "weight_decay": (0, None),
     "min_lr": (0, None), "warmup_epochs": (0, None), "warmup_factor": (0, 1), "decay_epochs": (0, None),
@@ -261,7 +270,7 @@ def _resolve(cfg: Config) -> Config:
     """Fill derived values and check the rules that span keys."""
     _check_ranges(cfg)
     data = _resolve_data(cfg.data, cfg.model)
-    if data.dataset == "folder" and not data.data_dir:
+    if data.dataset != "digits" and not data.data_dir and not data.train_list:
         raise UserError("data_dir is not set; pass --data_dir DIR (DIR/<train_split>/<class>/*.jpg)")
     if data.auto_augment:
         compat.check_auto_augment(data.auto_augment)

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from tunecv.data import layouts
 from tunecv.errors import UserError
 
 if TYPE_CHECKING:
@@ -35,13 +36,14 @@ class ImageDataset(Dataset):
     """(image, label) pairs from files or in-memory uint8 arrays; images converted to `image_mode`."""
 
     def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform: Callable | None,
-                 image_mode: str = "RGB", arrays: np.ndarray | None = None) -> None:
+                 image_mode: str = "RGB", arrays: np.ndarray | None = None, crop_bottom: int = 0) -> None:
         self.samples = samples
         self.classes = classes
         self.targets = [label for _, label in samples]
         self.transform = transform
         self.image_mode = image_mode
         self.arrays = arrays
+        self.crop_bottom = crop_bottom
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -57,6 +59,8 @@ class ImageDataset(Dataset):
                     image = _to_8bit(image)
                 if image.mode in ("RGBA", "LA", "P") and self.image_mode == "RGB":
                     image = _on_white(image)
+                if self.crop_bottom and image.height > self.crop_bottom:
+                    image = image.crop((0, 0, image.width, image.height - self.crop_bottom))
                 return image.convert(self.image_mode)
         except UNREADABLE as err:
             raise unreadable(path, err) from None
@@ -85,47 +89,96 @@ def _on_white(image: Image.Image) -> Image.Image:
 
 def create_dataset(cfg: DataConfig, split: str, transform: Callable | None, *,
                    classes: list[str] | None = None, image_mode: str = "RGB") -> ImageDataset:
-    """The `split` of the configured dataset. `classes` (from training) fixes the label order.
+    """The `split` (a train_split/val_split name) of the configured data. `classes` (from training or a
+    checkpoint) fixes the label order. The layouts, `dataset: auto` detecting which one data_dir holds::
 
-    Folder layout (MindCV offline / MMPretrain CustomDataset / torchvision ImageFolder)::
-
-        data_dir/
-          train/  ants/001.jpg  bees/002.jpg ...
-          val/    ants/101.jpg  bees/102.jpg ...
+        folder         data_dir/train/ants/001.jpg, data_dir/val/ants/101.jpg (MindCV, MMPretrain, ImageFolder)
+        single_folder  data_dir/ants/001.jpg: a seeded, stratified val_fraction is held out for val
+        list           train_list.txt lines `relative/path.jpg label` (PaddleClas, MMPretrain ann_file)
+        csv            train.csv with a header: path,label (fastai, Kaggle)
+        aircraft       FGVC-Aircraft: data/images/*.jpg + data/images_variant_train.txt
+        digits         scikit-learn's handwritten digits (offline demo)
     """
     if cfg.dataset_download:
         logger.info("dataset_download: %s data needs no download; nothing fetched", cfg.dataset)
-    check_split(cfg, split)
+    cfg = resolve_layout(cfg)
     if cfg.dataset == "digits":
+        check_split(cfg, split)
         dataset = _digits(cfg, split, transform, image_mode)
-    elif cfg.dataset == "folder":
-        dataset = _image_folder(split_dir(cfg, split), transform, image_mode)
     else:
-        raise UserError(f"unknown dataset {cfg.dataset!r}; choose from folder, digits")
+        dataset = _from_labelled(read_split(cfg, split), transform, image_mode)
     if classes is not None and dataset.classes != classes:
         dataset = _relabel(dataset, classes)
     logger.info("dataset: %s %s: %d images, %d classes", cfg.dataset, split, len(dataset), len(dataset.classes))
     return dataset
 
 
-def split_dir(cfg: DataConfig, split: str) -> Path:
+def resolve_layout(cfg: DataConfig) -> DataConfig:
+    """The config with `dataset: auto` replaced by the layout found in data_dir."""
+    return layouts.detect_layout(cfg, IMAGE_EXTENSIONS)
+
+
+def _path(cfg: DataConfig, value: str) -> Path:
+    """Paths in the config: absolute, else relative to data_dir when that exists there, else to the cwd."""
+    path = Path(value).expanduser()
+    if not path.is_absolute() and cfg.data_dir and (Path(cfg.data_dir) / path).exists():
+        return Path(cfg.data_dir) / path
+    return path
+
+
+def _list_for(cfg: DataConfig, split: str) -> Path:
+    key = "train_list" if split == cfg.train_split else "val_list"
+    path = _path(cfg, getattr(cfg, key))
+    if not path.is_file():
+        raise UserError(f"{key} {path} not found; check the path")
+    return path
+
+
+def read_split(cfg: DataConfig, split: str) -> layouts.Labelled:
+    """(path, class name) pairs of a split, in the configured (resolved) layout."""
+    check_split(cfg, split)
     root = Path(cfg.data_dir or ".")
-    if not root.is_dir():
-        raise UserError(f"data_dir {root} does not exist; check --data_dir")
-    return root / split
+    if cfg.dataset == "folder":
+        return layouts.class_folders(root / split, IMAGE_EXTENSIONS)
+    if cfg.dataset == "single_folder":
+        everything = layouts.class_folders(root, IMAGE_EXTENSIONS)
+        train, val = layouts.stratified_split(everything.pairs, cfg.val_fraction)
+        return layouts.Labelled(train if split == cfg.train_split else val, everything.classes)
+    if cfg.dataset == "aircraft":
+        return layouts.read_aircraft(root, split, cfg.annotation_level)
+    image_root = _path(cfg, cfg.image_root) if cfg.image_root else root
+    class_names = layouts.read_class_list(_path(cfg, cfg.class_list)) if cfg.class_list else None
+    if cfg.dataset == "csv":
+        return layouts.read_csv_file(_list_for(cfg, split), image_root, class_names, cfg.path_column,
+                                     cfg.label_column)
+    return layouts.read_list_file(_list_for(cfg, split), image_root, class_names)
 
 
 def check_split(cfg: DataConfig, split: str, hint: str = "") -> None:
-    """A UserError naming the split folders that do exist, when `split` does not."""
-    if cfg.dataset == "digits":
+    """A UserError saying what exists, when `split` does not."""
+    suffix = f"; {hint}" if hint else ""
+    cfg = resolve_layout(cfg)
+    if cfg.dataset in ("digits", "single_folder"):
         if split not in (cfg.train_split, cfg.val_split):
-            raise UserError(f"digits has the splits {cfg.train_split} and {cfg.val_split}, not {split!r}")
+            raise UserError(f"{cfg.dataset} data has the splits {cfg.train_split} and {cfg.val_split}, not {split!r}")
         return
-    root = split_dir(cfg, split)
+    if cfg.dataset in ("list", "csv"):
+        if split not in (cfg.train_split, cfg.val_split):
+            raise UserError(f"{cfg.dataset} data has the splits {cfg.train_split} (train_list) and "
+                            f"{cfg.val_split} (val_list), not {split!r}")
+        key = "train_list" if split == cfg.train_split else "val_list"
+        if not getattr(cfg, key):
+            raise UserError(f"{key} is not set; give the {split} list file{suffix}")
+        return
+    root = Path(cfg.data_dir or ".")
     if not root.is_dir():
-        found = sorted(p.name for p in root.parent.iterdir() if p.is_dir() and not p.name.startswith("."))
-        raise UserError(f"split folder {root} does not exist (found: {', '.join(found) or 'nothing'}); "
-                        f"set train_split/val_split or check data_dir{'; ' + hint if hint else ''}")
+        raise UserError(f"data_dir {root} does not exist; check --data_dir")
+    if cfg.dataset == "aircraft":
+        return
+    if not (root / split).is_dir():
+        found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise UserError(f"split folder {root / split} does not exist (found: {', '.join(found) or 'nothing'}); "
+                        f"set train_split/val_split or check data_dir{suffix}")
 
 
 def check_num_classes(expected: int | None, classes: list[str], split: str) -> None:
@@ -134,33 +187,22 @@ def check_num_classes(expected: int | None, classes: list[str], split: str) -> N
                         f"set --num_classes {len(classes)} or leave it out")
 
 
-def _image_folder(root: Path, transform: Callable | None, image_mode: str) -> ImageDataset:
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise UserError(f"{root} has no class folders; expected {root}/<class>/<image>")
-    samples: list[tuple[str, int]] = []
-    for label, class_dir in enumerate(class_dirs):
-        files = _image_files(class_dir)
-        if not files:
-            raise UserError(f"class folder {class_dir} has no images (.jpg, .png, ... any format PIL reads); "
-                            "add images or remove the folder")
-        samples.extend((str(path), label) for path in files)
-    for path, _ in samples:
+def _from_labelled(labelled: layouts.Labelled, transform: Callable | None, image_mode: str) -> ImageDataset:
+    classes = labelled.classes or sorted({name for _, name in labelled.pairs})
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted({name for _, name in labelled.pairs if name not in index})
+    if unknown:
+        raise UserError(f"classes {', '.join(unknown[:5])} are not in the class list; check class_list")
+    for path, _ in labelled.pairs:
         _check_header(path)
-    return ImageDataset(samples, [p.name for p in class_dirs], transform, image_mode)
-
-
-def _image_files(directory: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(directory):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / name for name in sorted(filenames)
-                     if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS))
-    return found
+    samples = [(path, index[name]) for path, name in labelled.pairs]
+    return ImageDataset(samples, list(classes), transform, image_mode, crop_bottom=labelled.crop_bottom)
 
 
 def _check_header(path: str) -> None:
-    """Reads only the header: catches empty and non-image files before training starts, cheaply."""
+    """Reads only the header: catches missing, empty and non-image files before training starts, cheaply."""
+    if not os.path.isfile(path):
+        raise UserError(f"image {path} not found; check the list file and image_root")
     try:
         with Image.open(path):
             pass
@@ -179,7 +221,8 @@ def _relabel(dataset: ImageDataset, classes: list[str]) -> ImageDataset:
                         f"({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}); check the split")
     index = {name: classes.index(name) for name in dataset.classes}
     samples = [(path, index[dataset.classes[label]]) for path, label in dataset.samples]
-    return ImageDataset(samples, list(classes), dataset.transform, dataset.image_mode, dataset.arrays)
+    return ImageDataset(samples, list(classes), dataset.transform, dataset.image_mode, dataset.arrays,
+                        dataset.crop_bottom)
 
 
 def _digits(cfg: DataConfig, split: str, transform: Callable | None, image_mode: str) -> ImageDataset:
