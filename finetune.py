@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from tunecv import cli
 from tunecv.checkpoint import CheckpointSaver
 from tunecv.config import Config, UserError, load_config, save_config, to_yaml, with_num_classes
 from tunecv.data import create_dataset, create_loader, create_mixup, create_transforms
-from tunecv.data.datasets import check_num_classes, check_split
+from tunecv.data.datasets import check_num_classes, check_split, resolve_layout, write_bad_images
 from tunecv.engine import Compute, FitResult, create_trainer, fit, optimizer_steps
 from tunecv.models import apply_freeze, count_params, create_model
 from tunecv.optim import create_optimizer
@@ -30,8 +31,11 @@ def run(cfg: Config) -> FitResult:
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     mode = image_mode(cfg.model.in_channels)
+    cfg = replace(cfg, data=resolve_layout(cfg.data))
+    out_dir = Path(cfg.train.ckpt_save_dir)
+    scan_cache = out_dir / "scan_cache.json"
     train_set = create_dataset(cfg.data, cfg.data.train_split, create_transforms(cfg.data, is_training=True),
-                               image_mode=mode)
+                               image_mode=mode, scan_cache=scan_cache)
     classes = train_set.classes
     check_num_classes(cfg.model.num_classes, classes, cfg.data.train_split)
     cfg = with_num_classes(cfg, len(classes))
@@ -39,7 +43,7 @@ def run(cfg: Config) -> FitResult:
     if cfg.train.val_while_train:
         check_split(cfg.data, cfg.data.val_split, hint="--val_while_train false trains without validation")
         val_set = create_dataset(cfg.data, cfg.data.val_split, create_transforms(cfg.data, is_training=False),
-                                 classes=classes, image_mode=mode)
+                                 classes=classes, image_mode=mode, scan_cache=scan_cache)
     train_loader = create_loader(train_set, cfg.loader, is_training=True, seed=cfg.train.seed,
                                  pin_memory=device.type == "cuda")
     val_loader = create_loader(val_set, cfg.loader, is_training=False) if val_set is not None else None
@@ -47,7 +51,7 @@ def run(cfg: Config) -> FitResult:
         raise UserError(f"{len(train_set)} training images give no batch of {cfg.loader.batch_size}; "
                         "lower batch_size or set drop_remainder false")
 
-    out_dir = Path(cfg.train.ckpt_save_dir)
+    write_bad_images(out_dir, [train_set] + ([val_set] if val_set is not None else []))
     if (out_dir / "results.txt").exists():
         logger.warning("%s holds an earlier run; its results and checkpoints will be replaced", out_dir)
     cli.setup_logging(out_dir / "train.log")

@@ -44,7 +44,7 @@ def run(ckpt_path: str, config_path: str | None, overrides: dict[str, Any], spli
     loader = create_loader(dataset, cfg.loader, is_training=False)
     result = evaluate(model, loader, compute, len(classes), desc=split)
     target = Path(output) if output else Path(ckpt_path).parent / "pred.txt"
-    write_predictions(target, [path for path, _ in dataset.samples], result, classes)
+    write_predictions(target, [dataset.samples[i][0] for i in result.indices], result, classes)
     return result, classes, target
 
 

@@ -131,24 +131,28 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     images, start, lr = 0, time.perf_counter(), optimizer.param_groups[0]["lr"]
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=f"train {epoch}", leave=False, disable=None, dynamic_ncols=True)
-    for step, (inputs, targets) in enumerate(bar, start=1):
-        inputs, targets = trainer.compute.inputs(inputs), targets.to(device, non_blocking=True)
-        if trainer.mixup is not None:
-            inputs, targets = trainer.mixup(inputs, targets)
-        with trainer.compute.autocast():
-            loss = trainer.loss_fn(model(inputs), targets)
-        scaled = loss / trainer.accumulation_steps
-        (trainer.scaler.scale(scaled) if trainer.scaler else scaled).backward()
-        if step % trainer.accumulation_steps == 0 or step == len(loader):
+    pending = False  # gradients accumulated since the last optimizer step
+    for step, batch in enumerate(bar, start=1):
+        if batch is not None:  # None: every image of the batch failed to decode and was skipped
+            inputs, targets = trainer.compute.inputs(batch[0]), batch[1].to(device, non_blocking=True)
+            if trainer.mixup is not None:
+                inputs, targets = trainer.mixup(inputs, targets)
+            with trainer.compute.autocast():
+                loss = trainer.loss_fn(model(inputs), targets)
+            scaled = loss / trainer.accumulation_steps
+            (trainer.scaler.scale(scaled) if trainer.scaler else scaled).backward()
+            loss_sum += loss.detach() * inputs.shape[0]
+            images += inputs.shape[0]
+            pending = True
+        if pending and (step % trainer.accumulation_steps == 0 or step == len(loader)):
             lr = optimizer.param_groups[0]["lr"]
             _optimizer_step(optimizer, params, trainer)
             scheduler.step()
             trainer.global_step += 1
+            pending = False
             if trainer.ema is not None:
                 trainer.ema.update(model, step=trainer.global_step)
-        loss_sum += loss.detach() * inputs.shape[0]
-        images += inputs.shape[0]
-        if step % trainer.log_interval == 0 or step == len(loader):
+        if images and (step % trainer.log_interval == 0 or step == len(loader)):
             # .item() syncs with the device: only at the log interval
             rate = images / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(loss=f"{loss_sum.item() / images:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
@@ -182,6 +186,7 @@ class EvalResult:
     predictions: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     targets: list[int] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)  # dataset index of each prediction
 
 
 @torch.inference_mode()
@@ -191,10 +196,14 @@ def evaluate(model: nn.Module, loader: DataLoader, compute: Compute, num_classes
     model.eval()
     device, k = compute.device, min(5, num_classes)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    preds, scores, labels, correct_k = [], [], [], 0
+    preds, scores, labels, indices, correct_k = [], [], [], [], 0
     start = time.perf_counter()
-    for inputs, targets in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
-        inputs, targets = compute.inputs(inputs), targets.to(device, non_blocking=True)
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
+        if batch is None:
+            continue
+        inputs, targets = compute.inputs(batch[0]), batch[1].to(device, non_blocking=True)
+        # datasets return (image, label, index): the index keeps predictions tied to files when one is skipped
+        indices.extend(batch[2].tolist() if len(batch) > 2 else range(len(indices), len(indices) + len(targets)))
         with compute.autocast():
             logits = model(inputs)
         logits = logits.float()
@@ -209,7 +218,8 @@ def evaluate(model: nn.Module, loader: DataLoader, compute: Compute, num_classes
     correct1 = sum(int(p == t) for p, t in zip(preds, labels))
     return EvalResult(loss=loss_sum.item() / max(count, 1), top1=100.0 * correct1 / max(count, 1),
                       top5=100.0 * correct_k / max(count, 1), topk=k, images=count,
-                      seconds=time.perf_counter() - start, predictions=preds, scores=scores, targets=labels)
+                      seconds=time.perf_counter() - start, predictions=preds, scores=scores, targets=labels,
+                      indices=indices)
 
 
 @dataclass(frozen=True)

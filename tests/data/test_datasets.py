@@ -31,7 +31,8 @@ def test_classes_sorted_and_labels(tiny_image_folder):
     for path, label in train.samples:
         assert Path(path).parent.name == train.classes[label]
     assert train.targets == [label for _, label in train.samples]
-    image, label = train[0]
+    image, label, index = train[0]
+    assert index == 0
     assert isinstance(image, Image.Image) and image.mode == "RGB" and label == 0
 
 
@@ -80,7 +81,7 @@ def test_nested_folders_upper_case_extensions_hidden_files(tmp_path):
 def test_image_modes_come_out_rgb(tmp_path, mode, color):
     suffix = ".jpg" if mode == "CMYK" else ".png"
     _png(tmp_path / "train" / "a" / f"img{suffix}", color=color, mode=mode)
-    image, _ = create_dataset(_folder(tmp_path), "train", None)[0]
+    image, _, _ = create_dataset(_folder(tmp_path), "train", None)[0]
     assert image.mode == "RGB" and image.size == (12, 8)
 
 
@@ -100,7 +101,7 @@ def test_16_bit_grayscale_keeps_its_content(tmp_path):
     ramp = np.tile(np.linspace(0, 65535, 32, dtype=np.uint16), (8, 1))
     (tmp_path / "train" / "a").mkdir(parents=True)
     Image.fromarray(ramp).save(tmp_path / "train" / "a" / "ramp16.png")
-    image, _ = create_dataset(_folder(tmp_path), "train", None)[0]
+    image, _, _ = create_dataset(_folder(tmp_path), "train", None)[0]
     pixels = np.asarray(image)[0, :, 0].astype(int)
     assert image.mode == "RGB"
     assert pixels[0] < 10 and pixels[-1] > 245 and (pixels < 128).sum() > 10
@@ -112,7 +113,7 @@ def test_exif_orientation_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
     Image.new("RGB", (40, 20), (0, 100, 200)).save(path, exif=exif)
-    image, _ = create_dataset(_folder(tmp_path), "train", None)[0]
+    image, _, _ = create_dataset(_folder(tmp_path), "train", None)[0]
     assert image.size == (20, 40)
 
 
@@ -148,8 +149,13 @@ def test_class_folder_without_images(tiny_image_folder):
 def test_unreadable_image_found_before_training(tiny_image_folder, content):
     bad = tiny_image_folder / "val" / "circle" / "bad.gif"
     bad.write_bytes(content)
+    strict = DataConfig(dataset="folder", data_dir=str(tiny_image_folder), on_bad_image="error")
     with pytest.raises(UserError, match="bad.gif"):
-        create_dataset(_folder(tiny_image_folder), "val", None)
+        create_dataset(strict, "val", None)
+    skipped = create_dataset(_folder(tiny_image_folder), "val", None)
+    assert [path for path, _ in skipped.bad_images] == [str(bad)]
+    assert str(bad) not in {path for path, _ in skipped.samples}
+    assert len(skipped) == len(CLASSES) * VAL_PER_CLASS
 
 
 def test_val_split_sizes(tiny_image_folder):
@@ -165,7 +171,7 @@ def test_digits_split():
     assert not {p for p, _ in train.samples} & {p for p, _ in val.samples}
     again = create_dataset(cfg, "val", None)
     assert again.samples == val.samples and np.array_equal(again.arrays, val.arrays)
-    image, _ = val[0]
+    image, _, _ = val[0]
     assert image.mode == "RGB" and image.size == (8, 8)
     with pytest.raises(UserError, match="splits"):
         create_dataset(cfg, "test", None)

@@ -21,7 +21,7 @@ def _cfg(**kwargs) -> LoaderConfig:
 
 
 def _sizes(loader) -> list[int]:
-    return [len(targets) for _, targets in loader]
+    return [len(targets) for _, targets, *_ in loader]
 
 
 def test_training_drops_a_last_batch_of_one():
@@ -35,7 +35,7 @@ def test_training_keeps_a_last_batch_of_two_or_more():
 def test_eval_keeps_every_image():
     loader = create_loader(_data(9), _cfg(drop_remainder=True), is_training=False)
     assert _sizes(loader) == [4, 4, 1]
-    assert torch.cat([targets for _, targets in loader]).tolist() == list(range(9))  # in order
+    assert torch.cat([targets for _, targets, *_ in loader]).tolist() == list(range(9))  # in order
 
 
 def test_drop_remainder():
@@ -60,7 +60,7 @@ def test_shuffle_seeded():
 def test_workers_capped_and_give_the_same_batches():
     loader = create_loader(_data(8), _cfg(num_parallel_workers=64), is_training=False)
     assert 1 <= loader.num_workers <= 64 and loader.num_workers <= (torch.multiprocessing.cpu_count() or 1)
-    assert torch.cat([t for _, t in loader]).tolist() == list(range(8))
+    assert torch.cat([t for _, t, *_ in loader]).tolist() == list(range(8))
 
 
 def test_create_mixup():
@@ -76,7 +76,16 @@ def test_folder_pipeline_gives_normalised_batches(tiny_cfg):
     loader = create_loader(train, tiny_cfg.loader, is_training=True, seed=0)
     batches = list(loader)
     assert len(batches) == len(train) // 4 == 6
-    images, labels = batches[0]
+    images, labels, indices = batches[0]
+    assert sorted(torch.cat([b[2] for b in batches]).tolist()) == list(range(len(train)))
     assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
     assert labels.dtype == torch.int64 and set(torch.cat([b[1] for b in batches]).tolist()) == {0, 1, 2}
     assert -3 < images.mean().item() < 3 and images.std().item() > 0.1
+
+
+def test_collate_drops_samples_that_failed_to_decode():
+    from tunecv.data.loader import collate_skipping_none
+
+    batch = collate_skipping_none([(torch.zeros(3), 0, 0), None, (torch.ones(3), 1, 2)])
+    assert batch[0].shape == (2, 3) and batch[1].tolist() == [0, 1] and batch[2].tolist() == [0, 2]
+    assert collate_skipping_none([None, None]) is None

@@ -6,7 +6,6 @@ Must not batch or shuffle.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +15,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from tunecv.data import layouts
+from tunecv.data.scan import scan_images
 from tunecv.errors import UserError
+from tunecv.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from tunecv.config import DataConfig
@@ -36,7 +37,8 @@ class ImageDataset(Dataset):
     """(image, label) pairs from files or in-memory uint8 arrays; images converted to `image_mode`."""
 
     def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform: Callable | None,
-                 image_mode: str = "RGB", arrays: np.ndarray | None = None, crop_bottom: int = 0) -> None:
+                 image_mode: str = "RGB", arrays: np.ndarray | None = None, crop_bottom: int = 0,
+                 skip_unreadable: bool = False) -> None:
         self.samples = samples
         self.classes = classes
         self.targets = [label for _, label in samples]
@@ -44,6 +46,9 @@ class ImageDataset(Dataset):
         self.image_mode = image_mode
         self.arrays = arrays
         self.crop_bottom = crop_bottom
+        self.skip_unreadable = skip_unreadable
+        self.bad_images: list[tuple[str, str]] = []  # (path, why) left out at the start-up scan
+        self.sizes: dict[str, tuple[int, int]] = {}  # path → (width, height), from the scan
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -66,10 +71,18 @@ class ImageDataset(Dataset):
             raise unreadable(path, err) from None
 
     def __getitem__(self, index: int):
-        image = self.load_image(index)
+        """(image, label, index); None for a file that fails to decode mid-run when skipping unreadable files
+        (the loader's collate drops it, so a truncated JPEG never kills an epoch)."""
+        try:
+            image = self.load_image(index)
+        except UserError as err:
+            if not self.skip_unreadable:
+                raise
+            logger.warning("skipped: %s", err)
+            return None
         if self.transform is not None:
             image = self.transform(image)
-        return image, self.targets[index]
+        return image, self.targets[index], index
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -88,7 +101,8 @@ def _on_white(image: Image.Image) -> Image.Image:
 
 
 def create_dataset(cfg: DataConfig, split: str, transform: Callable | None, *,
-                   classes: list[str] | None = None, image_mode: str = "RGB") -> ImageDataset:
+                   classes: list[str] | None = None, image_mode: str = "RGB",
+                   scan_cache: Path | None = None) -> ImageDataset:
     """The `split` (a train_split/val_split name) of the configured data. `classes` (from training or a
     checkpoint) fixes the label order. The layouts, `dataset: auto` detecting which one data_dir holds::
 
@@ -106,7 +120,7 @@ def create_dataset(cfg: DataConfig, split: str, transform: Callable | None, *,
         check_split(cfg, split)
         dataset = _digits(cfg, split, transform, image_mode)
     else:
-        dataset = _from_labelled(read_split(cfg, split), transform, image_mode)
+        dataset = _from_labelled(read_split(cfg, split), transform, image_mode, cfg.on_bad_image, scan_cache)
     if classes is not None and dataset.classes != classes:
         dataset = _relabel(dataset, classes)
     logger.info("dataset: %s %s: %d images, %d classes", cfg.dataset, split, len(dataset), len(dataset.classes))
@@ -181,33 +195,48 @@ def check_split(cfg: DataConfig, split: str, hint: str = "") -> None:
                         f"set train_split/val_split or check data_dir{suffix}")
 
 
+def write_bad_images(directory: Path, datasets: list[ImageDataset]) -> Path | None:
+    """bad_images.txt: `path<TAB>why` for every image left out at the scan (nothing written when none was)."""
+    rows = [f"{path}\t{why}" for dataset in datasets for path, why in dataset.bad_images]
+    if not rows:
+        return None
+    target = directory / "bad_images.txt"
+    atomic_write_text(target, "\n".join(rows) + "\n")
+    logger.warning("%d unreadable images skipped; listed in %s", len(rows), target)
+    return target
+
+
 def check_num_classes(expected: int | None, classes: list[str], split: str) -> None:
     if expected is not None and expected != len(classes):
         raise UserError(f"num_classes is {expected} but {split} has {len(classes)} classes; "
                         f"set --num_classes {len(classes)} or leave it out")
 
 
-def _from_labelled(labelled: layouts.Labelled, transform: Callable | None, image_mode: str) -> ImageDataset:
+def _from_labelled(labelled: layouts.Labelled, transform: Callable | None, image_mode: str, on_bad_image: str,
+                   scan_cache: Path | None) -> ImageDataset:
     classes = labelled.classes or sorted({name for _, name in labelled.pairs})
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted({name for _, name in labelled.pairs if name not in index})
     if unknown:
         raise UserError(f"classes {', '.join(unknown[:5])} are not in the class list; check class_list")
-    for path, _ in labelled.pairs:
-        _check_header(path)
-    samples = [(path, index[name]) for path, name in labelled.pairs]
-    return ImageDataset(samples, list(classes), transform, image_mode, crop_bottom=labelled.crop_bottom)
-
-
-def _check_header(path: str) -> None:
-    """Reads only the header: catches missing, empty and non-image files before training starts, cheaply."""
-    if not os.path.isfile(path):
-        raise UserError(f"image {path} not found; check the list file and image_root")
-    try:
-        with Image.open(path):
-            pass
-    except UNREADABLE as err:
-        raise unreadable(path, err) from None
+    scan = scan_images([path for path, _ in labelled.pairs], scan_cache)
+    logger.debug("scan: %d files in %.2f s (%d from cache)", len(labelled.pairs), scan.seconds, scan.from_cache)
+    if scan.bad and on_bad_image == "error":
+        path, why = next(iter(scan.bad.items()))
+        raise UserError(f"cannot read image {path} ({why}); remove or replace it, or set on_bad_image: skip")
+    for path, why in scan.bad.items():
+        logger.warning("skipping unreadable image %s (%s)", path, why)
+    kept = [(path, name) for path, name in labelled.pairs if path not in scan.bad]
+    left = {name for _, name in kept}
+    emptied = [name for name in {n for _, n in labelled.pairs} if name not in left]
+    if emptied:
+        raise UserError(f"class {sorted(emptied)[0]} has no readable images; fix or remove its files")
+    samples = [(path, index[name]) for path, name in kept]
+    dataset = ImageDataset(samples, list(classes), transform, image_mode, crop_bottom=labelled.crop_bottom,
+                           skip_unreadable=on_bad_image == "skip")
+    dataset.bad_images = sorted(scan.bad.items())
+    dataset.sizes = scan.sizes
+    return dataset
 
 
 def unreadable(path: str, err: Exception) -> UserError:
@@ -221,8 +250,10 @@ def _relabel(dataset: ImageDataset, classes: list[str]) -> ImageDataset:
                         f"({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}); check the split")
     index = {name: classes.index(name) for name in dataset.classes}
     samples = [(path, index[dataset.classes[label]]) for path, label in dataset.samples]
-    return ImageDataset(samples, list(classes), dataset.transform, dataset.image_mode, dataset.arrays,
-                        dataset.crop_bottom)
+    relabelled = ImageDataset(samples, list(classes), dataset.transform, dataset.image_mode, dataset.arrays,
+                              dataset.crop_bottom, dataset.skip_unreadable)
+    relabelled.bad_images, relabelled.sizes = dataset.bad_images, dataset.sizes
+    return relabelled
 
 
 def _digits(cfg: DataConfig, split: str, transform: Callable | None, image_mode: str) -> ImageDataset:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from timm.data import Mixup
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 if TYPE_CHECKING:
     from tunecv.config import LoaderConfig
@@ -27,6 +27,12 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def collate_skipping_none(batch: list):
+    """default_collate without the samples that failed to decode (None); None when none is left."""
+    kept = [sample for sample in batch if sample is not None]
+    return default_collate(kept) if kept else None
 
 
 def create_loader(dataset: Dataset, cfg: LoaderConfig, is_training: bool, *, seed: int = 0,
@@ -50,6 +56,7 @@ def create_loader(dataset: Dataset, cfg: LoaderConfig, is_training: bool, *, see
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
         worker_init_fn=_seed_worker,
+        collate_fn=collate_skipping_none,
         generator=generator,
     )
 
