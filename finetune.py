@@ -16,6 +16,7 @@ from tunecv.checkpoint import CheckpointSaver
 from tunecv.config import Config, UserError, load_config, save_config, to_yaml, with_num_classes
 from tunecv.data import create_dataset, create_loader, create_mixup, create_transforms
 from tunecv.data.datasets import check_num_classes, check_split, resolve_layout, write_bad_images
+from tunecv.data.loader import class_counts
 from tunecv.engine import Compute, FitResult, create_trainer, fit, optimizer_steps
 from tunecv.models import apply_freeze, count_params, create_model
 from tunecv.optim import create_optimizer
@@ -65,7 +66,8 @@ def run(cfg: Config) -> FitResult:
     scheduler = create_scheduler(optimizer, cfg.sched, lr=cfg.optim.lr, steps_per_epoch=steps_per_epoch,
                                  epochs=cfg.train.epoch_size)
     trainer = create_trainer(model, cfg.train, compute,
-                             create_mixup(cfg.loader, len(classes), cfg.train.label_smoothing), len(classes))
+                             create_mixup(cfg.loader, len(classes), cfg.train.label_smoothing),
+                             class_counts(train_set.targets, len(classes)))
     save_config(cfg, out_dir)
     saver = CheckpointSaver(out_dir, cfg.model.model, cfg.to_flat(), classes, keep_max=cfg.train.keep_checkpoint_max,
                             policy=cfg.train.ckpt_save_policy, interval=cfg.train.ckpt_save_interval)

@@ -104,7 +104,7 @@ def _train(model: nn.Module, loader, train_cfg: TrainConfig = TrainConfig(), epo
     optimizer = create_optimizer(model, OptimConfig(opt="sgd", lr=0.5, weight_decay=0.01))
     steps = math.ceil(len(loader) / train_cfg.gradient_accumulation_steps)
     scheduler = create_scheduler(optimizer, SchedConfig(), lr=0.5, steps_per_epoch=steps, epochs=epochs)
-    trainer = create_trainer(model, train_cfg, Compute(CPU), None, num_classes=3)
+    trainer = create_trainer(model, train_cfg, Compute(CPU), None, class_counts=[1, 1, 1])
     return optimizer, scheduler, trainer
 
 

@@ -1,11 +1,18 @@
-"""Print the config-key reference (Markdown) that README.md carries; a test keeps the two equal.
+"""Print the config-key reference (Markdown) that README.md carries, or rewrite it in place; a test keeps
+the two equal.
 
-    python -m tools.config_keys
+    python -m tools.config_keys             # print
+    python -m tools.config_keys README.md   # replace the table between the keys:start / keys:end markers
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from tunecv.config import KEYS, SECTIONS
+
+START, END = "<!-- keys:start -->", "<!-- keys:end -->"
 
 
 def _yaml_value(value: object) -> str:
@@ -28,5 +35,15 @@ def key_table() -> str:
     return "\n".join(lines)
 
 
+def update(readme: Path) -> None:
+    text = readme.read_text(encoding="utf-8")
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    readme.write_text(f"{head}{START}\n\n{key_table()}\n{END}{tail}", encoding="utf-8")
+
+
 if __name__ == "__main__":
-    print(key_table(), end="")
+    if len(sys.argv) > 1:
+        update(Path(sys.argv[1]))
+    else:
+        print(key_table(), end="")

@@ -28,7 +28,7 @@ RENAMED_KEYS = {"class_num": "num_classes", "epochs": "epoch_size", "load_from":
                 "milestones": "multi_step_decay_milestones", "ann_file": "train_list", "data_prefix": "image_root",
                 "cls_label_path": "train_list", "class_id_map_file": "class_list"}
 CASE_INSENSITIVE = {"opt", "loss", "scheduler", "interpolation", "weight_decay_filter", "ckpt_save_policy", "device",
-                    "freeze", "dataset", "re_value", "annotation_level", "on_bad_image"}
+                    "freeze", "dataset", "re_value", "annotation_level", "on_bad_image", "sampler", "class_weights"}
 VALUE_ALIASES = {
     "dataset": {"imagenet": "folder", "imagefolder": "folder", "image_folder": "folder", "": "auto",
                 "customdataset": "auto", "custom": "auto", "fgvc_aircraft_native": "aircraft"},

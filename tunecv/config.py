@@ -77,6 +77,8 @@ class LoaderConfig:
     mixup: float = _key(0.0, "mixup alpha (0: off)")
     cutmix: float = _key(0.0, "cutmix alpha (0: off)")
     cutmix_prob: float = _key(1.0, "probability of applying mixup/cutmix to a batch")
+    sampler: str = _key("none", "balanced: draw training images with probability 1/class size (WeightedRandomSampler)",
+                        ("none", "balanced"))
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class TrainConfig:
     epoch_size: int = _key(10, "epochs")
     loss: str = _key("ce", "ce (cross-entropy) or bce (binary cross-entropy)", ("ce", "bce"))
     label_smoothing: float = _key(0.0, "label smoothing")
+    class_weights: str = _key("none", "auto: weight the cross-entropy by inverse class frequency", ("none", "auto"))
     val_while_train: bool = _key(True, "validate during training")
     val_interval: int = _key(1, "validate every N epochs (and after the last)")
     log_interval: int = _key(20, "progress-bar update (loss, lr, img/s) every N steps")
@@ -282,6 +285,8 @@ def _resolve(cfg: Config) -> Config:
         raise UserError("scale and ratio take two numbers each, e.g. scale: [0.08, 1.0]")
     if (cfg.loader.mixup > 0 or cfg.loader.cutmix > 0) and cfg.loader.batch_size % 2:
         raise UserError(f"mixup/cutmix need an even batch_size, got {cfg.loader.batch_size}")
+    if cfg.train.class_weights == "auto" and (cfg.loader.mixup > 0 or cfg.loader.cutmix > 0 or cfg.train.loss != "ce"):
+        raise UserError("class_weights: auto works with loss ce without mixup/cutmix; use sampler: balanced instead")
     if cfg.optim.use_nesterov and cfg.optim.opt in ("sgd", "momentum") and cfg.optim.momentum <= 0:
         raise UserError("use_nesterov needs momentum > 0")
     if cfg.model.ckpt_prefix and not cfg.model.ckpt_path:

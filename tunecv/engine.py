@@ -90,20 +90,29 @@ class Trainer:
     global_step: int = 0
 
 
-def create_loss(cfg: TrainConfig, mixing: bool) -> nn.Module:
-    """Cross-entropy (+ smoothing) or BCE; with mixup the targets are soft and the smoothing is in the mix."""
+def inverse_frequency_weights(counts: list[int]) -> torch.Tensor:
+    """N / (C * n_c): a class of average size weighs 1, a class ten times rarer 10."""
+    total, num_classes = sum(counts), len(counts)
+    return torch.tensor([total / (num_classes * max(n, 1)) for n in counts], dtype=torch.float32)
+
+
+def create_loss(cfg: TrainConfig, mixing: bool, class_counts: list[int] | None = None) -> nn.Module:
+    """Cross-entropy (+ smoothing, + inverse-frequency class weights) or BCE; with mixup the targets are soft and
+    the smoothing is in the mix."""
     if cfg.loss == "bce":
         return BinaryCrossEntropy(smoothing=0.0 if mixing else cfg.label_smoothing)
     if mixing:
         return SoftTargetCrossEntropy()
-    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    weight = inverse_frequency_weights(class_counts) if cfg.class_weights == "auto" and class_counts else None
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
 
 def create_trainer(model: nn.Module, cfg: TrainConfig, compute: Compute, mixup: Mixup | None,
-                   num_classes: int) -> Trainer:
-    """The model must already be on its device (the EMA copies it)."""
+                   class_counts: list[int]) -> Trainer:
+    """The model must already be on its device (the EMA copies it). `class_counts`: training images per class."""
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
-    return Trainer(loss_fn=create_loss(cfg, mixup is not None), compute=compute, num_classes=num_classes,
+    loss_fn = create_loss(cfg, mixup is not None, class_counts).to(compute.device)
+    return Trainer(loss_fn=loss_fn, compute=compute, num_classes=len(class_counts),
                    accumulation_steps=cfg.gradient_accumulation_steps,
                    clip_norm=cfg.clip_value if cfg.clip_grad else None, mixup=mixup, ema=ema,
                    scaler=compute.scaler(), log_interval=cfg.log_interval)

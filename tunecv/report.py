@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,14 +87,14 @@ def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: s
                 optimizer: torch.optim.Optimizer, steps_per_epoch: int, workers: int, compute: str) -> str:
     """The one block logged before training: what is about to run, in the user's terms."""
     classes = train_set.classes
-    names = ", ".join(classes[:8]) + (f", ... ({len(classes)})" if len(classes) > 8 else "")
     trainable, total = params
     data, sched, train = cfg.data, cfg.sched, cfg.train
     return "\n".join([
         "tunecv run",
         f"  data       {data.dataset}{' ' + data.data_dir if data.data_dir else ''}: train {len(train_set)} images,"
         f" val {len(val_set) if val_set is not None else 'none'}",
-        f"  classes    {len(classes)}: {names}",
+        f"  classes    {len(classes)} (images per class: train / val)",
+        class_histogram(classes, train_set.targets, val_set.targets if val_set is not None else None),
         f"  model      {cfg.model.model}, weights: {weights}, freeze: {cfg.model.freeze}",
         f"  params     {trainable:,} trainable / {total:,} total",
         f"  input      {data.image_resize} px, {data.interpolation}, crop_pct {data.crop_pct},"
@@ -104,8 +105,30 @@ def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: s
         f" x {steps_per_epoch} steps, batch {cfg.loader.batch_size}"
         + (f" x {train.gradient_accumulation_steps} accumulated" if train.gradient_accumulation_steps > 1 else ""),
         f"  loss       {train.loss}, label_smoothing {train.label_smoothing:g}"
+        + (", inverse-frequency class weights" if train.class_weights == "auto" else "")
+        + (", balanced sampler" if cfg.loader.sampler == "balanced" else "")
         + (f", mixup {cfg.loader.mixup:g} cutmix {cfg.loader.cutmix:g}" if cfg.loader.mixup or cfg.loader.cutmix
            else "") + (f", EMA {train.ema_decay:g}" if train.ema else ""),
         f"  device     {compute}; {workers} loader workers",
         f"  output     {train.ckpt_save_dir}",
     ])
+
+
+def class_histogram(classes: list[str], train_targets: list[int], val_targets: list[int] | None,
+                    max_rows: int = 12, width: int = 24) -> str:
+    """Indented rows `name  train  val  ####`; past `max_rows` classes, the smallest and largest few."""
+    train_counts, val_counts = Counter(train_targets), Counter(val_targets or [])
+    order = sorted(range(len(classes)), key=lambda c: (-train_counts[c], classes[c]))
+    if len(order) > max_rows:
+        order = order[:max_rows // 2] + [-1] + order[-(max_rows // 2):]
+    peak = max(train_counts.values(), default=1)
+    name_width = max(len(classes[c]) for c in order if c >= 0)
+    rows = []
+    for c in order:
+        if c < 0:
+            rows.append(f"             {'...':<{name_width}}")
+            continue
+        bar = "#" * max(1, round(width * train_counts[c] / peak))
+        val = str(val_counts[c]) if val_targets is not None else "-"
+        rows.append(f"             {classes[c]:<{name_width}}  {train_counts[c]:>6} / {val:>5}  {bar}")
+    return "\n".join(rows)

@@ -83,8 +83,8 @@ def read_class_list(path: Path) -> list[str]:
     """PaddleClas label_list.txt: `<index> <name>` per line (names may hold spaces), indices 0..n-1."""
     names: dict[int, str] = {}
     for number, line in _lines(path):
-        index, _, name = line.partition(" ")
-        if not index.isdigit() or not name.strip():
+        index, name = (line.split(None, 1) + [""])[:2]
+        if not (index.isascii() and index.isdigit()) or not name.strip():
             raise UserError(f"{path}:{number}: expected '<index> <class name>', got {line!r}")
         if int(index) in names:
             raise UserError(f"{path}:{number}: index {index} is given twice")
@@ -109,15 +109,15 @@ def read_list_file(path: Path, image_root: Path, class_names: list[str] | None) 
 def read_csv_file(path: Path, image_root: Path, class_names: list[str] | None, path_column: str,
                   label_column: str) -> Labelled:
     """A CSV with a header row naming `path_column` and `label_column` (fastai / Kaggle)."""
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: Excel writes a byte-order mark
         reader = csv.DictReader(handle)
         missing = [c for c in (path_column, label_column) if c not in (reader.fieldnames or [])]
         if missing:
             columns = ", ".join(reader.fieldnames or [])
             raise UserError(f"{path} has no column {', '.join(missing)} (columns: {columns}); "
                             "set path_column/label_column")
-        rows = [(number, row[path_column].strip(), (row[label_column] or "").strip())
-                for number, row in enumerate(reader, start=2)]
+        rows = [(reader.line_num, (row[path_column] or "").strip(), (row[label_column] or "").strip())
+                for row in reader]
     for number, image, label in rows:
         if not image or not label:
             raise UserError(f"{path}:{number}: empty path or label")
@@ -128,7 +128,9 @@ def _labelled(rows: list[tuple[int, str, str]], source: Path, image_root: Path,
               class_names: list[str] | None) -> Labelled:
     if not rows:
         raise UserError(f"{source} lists no images")
-    numeric = all(label.lstrip("-").isdigit() for _, _, label in rows)
+    # integer labels are indices, unless a class list names them (a class called "2007")
+    numeric = all(label.isascii() and label.lstrip("-").isdigit() for _, _, label in rows) and not (
+        class_names is not None and all(label in class_names for _, _, label in rows))
     pairs, seen = [], {}
     highest = max(int(label) for _, _, label in rows) if numeric else 0
     names = class_names if class_names is not None else [str(i) for i in range(highest + 1)] if numeric else None
@@ -174,6 +176,15 @@ def _lines(path: Path) -> list[tuple[int, str]]:
             if line.strip() and not line.lstrip().startswith("#")]
 
 
+def _has_image(directory: Path, extensions: tuple[str, ...]) -> bool:
+    """Stops at the first image instead of listing the folder."""
+    for _, dirnames, filenames in os.walk(directory):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(not n.startswith(".") and n.lower().endswith(extensions) for n in filenames):
+            return True
+    return False
+
+
 def _find(root: Path, names: tuple[str, ...]) -> Path | None:
     return next((root / name for name in names if (root / name).is_file()), None)
 
@@ -206,7 +217,7 @@ def detect_layout(cfg: DataConfig, extensions: tuple[str, ...]) -> DataConfig:
             candidates[kind] = replace(cfg, dataset=kind, train_list=str(found), val_list=str(val) if val else None)
     if _find(root, ("images_variant_train.txt", "data/images_variant_train.txt")):
         candidates["aircraft"] = replace(cfg, dataset="aircraft")
-    if not candidates and any(image_files(p, extensions)[:1] for p in root.iterdir()
+    if not candidates and any(_has_image(p, extensions) for p in root.iterdir()
                               if p.is_dir() and not p.name.startswith(".")):
         candidates["single_folder"] = replace(cfg, dataset="single_folder")
     if len(candidates) == 1:

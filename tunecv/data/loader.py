@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from timm.data import Mixup
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default_collate
 
 if TYPE_CHECKING:
     from tunecv.config import LoaderConfig
@@ -29,6 +29,20 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def class_counts(targets: list[int], num_classes: int) -> list[int]:
+    counts = [0] * num_classes
+    for label in targets:
+        counts[label] += 1
+    return counts
+
+
+def balanced_sampler(targets: list[int], generator: torch.Generator) -> WeightedRandomSampler:
+    """Each image drawn with probability ∝ 1 / (its class size): every class is seen equally often per epoch."""
+    counts = class_counts(targets, max(targets) + 1)
+    weights = [1.0 / counts[label] for label in targets]
+    return WeightedRandomSampler(weights, num_samples=len(targets), replacement=True, generator=generator)
+
+
 def collate_skipping_none(batch: list):
     """default_collate without the samples that failed to decode (None); None when none is left."""
     kept = [sample for sample in batch if sample is not None]
@@ -45,12 +59,14 @@ def create_loader(dataset: Dataset, cfg: LoaderConfig, is_training: bool, *, see
     generator = torch.Generator()
     generator.manual_seed(seed)
     workers = num_workers(cfg.num_parallel_workers)
-    logger.info("loader: %s, batch %d, %d workers%s", "train" if is_training else "eval", cfg.batch_size, workers,
-                ", last batch dropped" if drop_last and remainder else "")
+    sampler = balanced_sampler(dataset.targets, generator) if is_training and cfg.sampler == "balanced" else None
+    logger.info("loader: %s, batch %d, %d workers%s%s", "train" if is_training else "eval", cfg.batch_size, workers,
+                ", last batch dropped" if drop_last and remainder else "", ", balanced sampler" if sampler else "")
     return DataLoader(
         dataset,
         batch_size=cfg.batch_size,
-        shuffle=is_training and cfg.shuffle,
+        shuffle=is_training and cfg.shuffle and sampler is None,
+        sampler=sampler,
         drop_last=drop_last,
         num_workers=workers,
         persistent_workers=workers > 0,
