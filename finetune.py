@@ -14,7 +14,7 @@ from pathlib import Path
 from tunecv import cli
 from tunecv.checkpoint import CheckpointSaver
 from tunecv.config import Config, UserError, load_config, save_config, to_yaml, with_num_classes
-from tunecv.data import create_dataset, create_loader, create_mixup, create_transforms
+from tunecv.data import create_dataset, create_loader, create_mixup, create_transforms, draft_size
 from tunecv.data.datasets import check_num_classes, check_split, resolve_layout, write_bad_images
 from tunecv.data.loader import class_counts
 from tunecv.engine import Compute, FitResult, create_trainer, fit, optimizer_steps
@@ -36,7 +36,7 @@ def run(cfg: Config) -> FitResult:
     out_dir = Path(cfg.train.ckpt_save_dir)
     scan_cache = out_dir / "scan_cache.json"
     train_set = create_dataset(cfg.data, cfg.data.train_split, create_transforms(cfg.data, is_training=True),
-                               image_mode=mode, scan_cache=scan_cache)
+                               image_mode=mode, scan_cache=scan_cache, draft_size=draft_size(cfg.data, True))
     classes = train_set.classes
     check_num_classes(cfg.model.num_classes, classes, cfg.data.train_split)
     cfg = with_num_classes(cfg, len(classes))
@@ -44,7 +44,8 @@ def run(cfg: Config) -> FitResult:
     if cfg.train.val_while_train:
         check_split(cfg.data, cfg.data.val_split, hint="--val_while_train false trains without validation")
         val_set = create_dataset(cfg.data, cfg.data.val_split, create_transforms(cfg.data, is_training=False),
-                                 classes=classes, image_mode=mode, scan_cache=scan_cache)
+                                 classes=classes, image_mode=mode, scan_cache=scan_cache,
+                                 draft_size=draft_size(cfg.data, False))
     train_loader = create_loader(train_set, cfg.loader, is_training=True, seed=cfg.train.seed,
                                  pin_memory=device.type == "cuda")
     val_loader = create_loader(val_set, cfg.loader, is_training=False) if val_set is not None else None

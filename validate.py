@@ -15,7 +15,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from tunecv import cli
 from tunecv.checkpoint import load_checkpoint
 from tunecv.config import UserError, config_from_dict, read_yaml
-from tunecv.data import create_dataset, create_loader, create_transforms
+from tunecv.data import create_dataset, create_loader, create_transforms, draft_size
 from tunecv.engine import Compute, EvalResult, evaluate
 from tunecv.models import create_model
 from tunecv.report import format_per_class, per_class_accuracy, write_predictions
@@ -35,7 +35,7 @@ def run(ckpt_path: str, config_path: str | None, overrides: dict[str, Any], spli
     classes = list(checkpoint["classes"])
     split = split or cfg.data.val_split
     dataset = create_dataset(cfg.data, split, create_transforms(cfg.data, is_training=False), classes=classes,
-                             image_mode=image_mode(cfg.model.in_channels))
+                             image_mode=image_mode(cfg.model.in_channels), draft_size=draft_size(cfg.data, False))
     device = resolve_device(cfg.train.device)
     model = create_model(cfg.model, num_classes=len(classes))
     load_exact(model, checkpoint["model"], source=f"{ckpt_path} (model {cfg.model.model})")

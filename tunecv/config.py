@@ -46,6 +46,7 @@ class DataConfig:
     path_column: str = _key("path", "CSV column holding the image path")
     label_column: str = _key("label", "CSV column holding the label (index or class name)")
     annotation_level: str = _key("variant", "FGVC-Aircraft label level", ("variant", "family", "manufacturer"))
+    jpeg_draft: bool = _key(True, "decode large JPEGs at a reduced scale that still covers the input size")
     on_bad_image: str = _key("skip", "unreadable images: skip them (warned, listed in bad_images.txt) or error",
                              ("skip", "error"))
     val_fraction: float = _key(0.2, "single_folder: seeded, stratified share of each class held out for val")

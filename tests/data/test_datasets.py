@@ -193,3 +193,31 @@ def test_float_tiff_keeps_its_content(tmp_path):
     image = create_dataset(_folder(tmp_path), "train", None).load_image(0)
     pixels = np.asarray(image)[0, :, 0]
     assert image.mode == "RGB" and pixels[0] == 0 and pixels[-1] == 255 and 100 < pixels[16] < 160
+
+
+def test_jpeg_draft_decodes_at_a_reduced_scale_that_covers_the_size(tmp_path):
+    path = tmp_path / "train" / "a" / "big.jpg"
+    path.parent.mkdir(parents=True)
+    Image.new("RGB", (800, 600), (10, 120, 200)).save(path, quality=90)
+    dataset = create_dataset(_folder(tmp_path), "train", None, draft_size=140)
+    assert dataset.load_image(0).size == (200, 150)  # 1/4 scale: the smallest that keeps >= 140 px
+    full = create_dataset(_folder(tmp_path), "train", None)
+    assert full.load_image(0).size == (800, 600)
+    off = DataConfig(dataset="folder", data_dir=str(tmp_path), jpeg_draft=False)
+    assert create_dataset(off, "train", None, draft_size=140).load_image(0).size == (800, 600)
+
+
+def test_draft_sizes_cover_the_crops():
+    from tunecv.data import draft_size
+
+    cfg = DataConfig(image_resize=224, scale=(0.25, 1.0), crop_pct=0.875)
+    assert draft_size(cfg, is_training=True) == 448 and draft_size(cfg, is_training=False) == 256
+
+
+def test_animated_gif_gives_its_first_frame(tmp_path):
+    path = tmp_path / "train" / "a" / "anim.gif"
+    path.parent.mkdir(parents=True)
+    frames = [Image.new("RGB", (10, 10), color) for color in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    image = create_dataset(_folder(tmp_path), "train", None).load_image(0)
+    assert image.mode == "RGB" and image.getpixel((5, 5))[0] > 200

@@ -2,6 +2,6 @@
 
 from tunecv.data.datasets import create_dataset
 from tunecv.data.loader import create_loader, create_mixup
-from tunecv.data.transforms import create_transforms
+from tunecv.data.transforms import create_transforms, draft_size
 
-__all__ = ["create_dataset", "create_loader", "create_mixup", "create_transforms"]
+__all__ = ["create_dataset", "create_loader", "create_mixup", "create_transforms", "draft_size"]

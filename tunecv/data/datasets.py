@@ -38,7 +38,7 @@ class ImageDataset(Dataset):
 
     def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform: Callable | None,
                  image_mode: str = "RGB", arrays: np.ndarray | None = None, crop_bottom: int = 0,
-                 skip_unreadable: bool = False) -> None:
+                 skip_unreadable: bool = False, draft_size: int | None = None) -> None:
         self.samples = samples
         self.classes = classes
         self.targets = [label for _, label in samples]
@@ -47,6 +47,7 @@ class ImageDataset(Dataset):
         self.arrays = arrays
         self.crop_bottom = crop_bottom
         self.skip_unreadable = skip_unreadable
+        self.draft_size = draft_size  # JPEGs are decoded at the smallest power-of-2 scale covering this
         self.bad_images: list[tuple[str, str]] = []  # (path, why) left out at the start-up scan
         self.sizes: dict[str, tuple[int, int]] = {}  # path → (width, height), from the scan
 
@@ -58,14 +59,20 @@ class ImageDataset(Dataset):
             return Image.fromarray(self.arrays[index]).convert(self.image_mode)
         path = self.samples[index][0]
         try:
-            with Image.open(path) as image:
+            with Image.open(path) as image:  # an animated GIF/WebP opens at its first frame
+                crop = self.crop_bottom
+                if self.draft_size and image.format == "JPEG":
+                    # decode at 1/2, 1/4 or 1/8 scale when that still covers draft_size: far less work
+                    full_height = image.height
+                    image.draft(image.mode, (self.draft_size, self.draft_size))
+                    crop = round(crop * image.height / full_height)
+                if crop and image.height > crop:
+                    image = image.crop((0, 0, image.width, image.height - crop))
                 image = ImageOps.exif_transpose(image)
                 if image.mode.startswith("I") or image.mode == "F":
                     image = _to_8bit(image)
                 if image.mode in ("RGBA", "LA", "P") and self.image_mode == "RGB":
                     image = _on_white(image)
-                if self.crop_bottom and image.height > self.crop_bottom:
-                    image = image.crop((0, 0, image.width, image.height - self.crop_bottom))
                 return image.convert(self.image_mode)
         except UNREADABLE as err:
             raise unreadable(path, err) from None
@@ -102,7 +109,7 @@ def _on_white(image: Image.Image) -> Image.Image:
 
 def create_dataset(cfg: DataConfig, split: str, transform: Callable | None, *,
                    classes: list[str] | None = None, image_mode: str = "RGB",
-                   scan_cache: Path | None = None) -> ImageDataset:
+                   scan_cache: Path | None = None, draft_size: int | None = None) -> ImageDataset:
     """The `split` (a train_split/val_split name) of the configured data. `classes` (from training or a
     checkpoint) fixes the label order. The layouts, `dataset: auto` detecting which one data_dir holds::
 
@@ -123,6 +130,7 @@ def create_dataset(cfg: DataConfig, split: str, transform: Callable | None, *,
         dataset = _from_labelled(read_split(cfg, split), transform, image_mode, cfg.on_bad_image, scan_cache)
     if classes is not None and dataset.classes != classes:
         dataset = _relabel(dataset, classes)
+    dataset.draft_size = draft_size if cfg.jpeg_draft else None
     logger.info("dataset: %s %s: %d images, %d classes", cfg.dataset, split, len(dataset), len(dataset.classes))
     return dataset
 

@@ -43,3 +43,11 @@ def _jitter(values: tuple[float, ...] | None) -> float | tuple[float, ...]:
     if not values:
         return 0.0
     return values[0] if len(values) == 1 else tuple(values)
+
+
+def draft_size(cfg: DataConfig, is_training: bool) -> int:
+    """The shorter side a decoded image needs so no crop is upscaled: a RandomResizedCrop of area fraction
+    scale[0] spans sqrt(scale[0]) of the side (capped at 4x); evaluation resizes to image_resize / crop_pct."""
+    if is_training:
+        return round(cfg.image_resize / max(cfg.scale[0], 1 / 16) ** 0.5)
+    return round(cfg.image_resize / (cfg.crop_pct or 1.0))
