@@ -15,6 +15,7 @@ from tunecv import cli
 from tunecv.checkpoint import CheckpointSaver
 from tunecv.config import Config, UserError, load_config, save_config, to_yaml, with_num_classes
 from tunecv.data import create_dataset, create_loader, create_mixup, create_transforms, draft_size
+from tunecv.data.audit import audit, write_report
 from tunecv.data.datasets import check_num_classes, check_split, resolve_layout, write_bad_images
 from tunecv.data.loader import class_counts
 from tunecv.engine import Compute, FitResult, create_trainer, fit, optimizer_steps
@@ -54,6 +55,7 @@ def run(cfg: Config) -> FitResult:
                         "lower batch_size or set drop_remainder false")
 
     write_bad_images(out_dir, [train_set] + ([val_set] if val_set is not None else []))
+    write_report(audit(train_set, val_set), out_dir)
     if (out_dir / "results.txt").exists():
         logger.warning("%s holds an earlier run; its results and checkpoints will be replaced", out_dir)
     cli.setup_logging(out_dir / "train.log")

@@ -50,6 +50,7 @@ class ImageDataset(Dataset):
         self.draft_size = draft_size  # JPEGs are decoded at the smallest power-of-2 scale covering this
         self.bad_images: list[tuple[str, str]] = []  # (path, why) left out at the start-up scan
         self.sizes: dict[str, tuple[int, int]] = {}  # path → (width, height), from the scan
+        self.hashes: dict[str, str] = {}  # path → content digest, from the scan
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -243,7 +244,7 @@ def _from_labelled(labelled: layouts.Labelled, transform: Callable | None, image
     dataset = ImageDataset(samples, list(classes), transform, image_mode, crop_bottom=labelled.crop_bottom,
                            skip_unreadable=on_bad_image == "skip")
     dataset.bad_images = sorted(scan.bad.items())
-    dataset.sizes = scan.sizes
+    dataset.sizes, dataset.hashes = scan.sizes, scan.hashes
     return dataset
 
 
@@ -260,7 +261,7 @@ def _relabel(dataset: ImageDataset, classes: list[str]) -> ImageDataset:
     samples = [(path, index[dataset.classes[label]]) for path, label in dataset.samples]
     relabelled = ImageDataset(samples, list(classes), dataset.transform, dataset.image_mode, dataset.arrays,
                               dataset.crop_bottom, dataset.skip_unreadable)
-    relabelled.bad_images, relabelled.sizes = dataset.bad_images, dataset.sizes
+    relabelled.bad_images, relabelled.sizes, relabelled.hashes = dataset.bad_images, dataset.sizes, dataset.hashes
     return relabelled
 
 
