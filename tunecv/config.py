@@ -18,6 +18,7 @@ import yaml
 
 from tunecv import compat, models
 from tunecv.config_values import closest_hint, coerce
+from tunecv.data.torchvision_sets import DATASETS as TORCHVISION_DATASETS
 from tunecv.errors import UserError
 from tunecv.fileio import atomic_write_text
 from tunecv.optim import OPTIMIZERS
@@ -34,8 +35,8 @@ def _key(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = _key("auto", "data layout; auto detects it in data_dir (see Data layouts)",
-                        ("auto", "folder", "single_folder", "list", "csv", "aircraft", "digits"))
+    dataset: str = _key("auto", "data layout, auto-detected in data_dir, or a torchvision dataset (see Data layouts)",
+                        ("auto", "folder", "single_folder", "list", "csv", "aircraft", "digits", *TORCHVISION_DATASETS))
     data_dir: str | None = _key(None, "dataset root: split folders, class folders, list/CSV files or FGVC-Aircraft")
     train_split: str = _key("train", "train split folder name")
     val_split: str = _key("val", "validation split folder name")
@@ -50,7 +51,7 @@ class DataConfig:
     on_bad_image: str = _key("skip", "unreadable images: skip them (warned, listed in bad_images.txt) or error",
                              ("skip", "error"))
     val_fraction: float = _key(0.2, "single_folder: seeded, stratified share of each class held out for val")
-    dataset_download: bool = _key(False, "download the dataset when it supports it (folders and digits need none)")
+    dataset_download: bool = _key(False, "download a torchvision dataset into data_dir (folders and digits need none)")
     image_resize: int = _key(224, "training crop / evaluation input size in pixels")
     scale: tuple[float, ...] = _key((0.08, 1.0), "RandomResizedCrop area range")
     ratio: tuple[float, ...] = _key((0.75, 1.333), "RandomResizedCrop aspect-ratio range")

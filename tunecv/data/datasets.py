@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from tunecv.data import layouts
+from tunecv.data import layouts, torchvision_sets
 from tunecv.data.scan import scan_images
 from tunecv.errors import UserError
 from tunecv.fileio import atomic_write_text
@@ -120,13 +120,19 @@ def create_dataset(cfg: DataConfig, split: str, transform: Callable | None, *,
         csv            train.csv with a header: path,label (fastai, Kaggle)
         aircraft       FGVC-Aircraft: data/images/*.jpg + data/images_variant_train.txt
         digits         scikit-learn's handwritten digits (offline demo)
+        cifar10, flowers102, ...  torchvision's datasets in data_dir (dataset_download: true fetches them)
     """
-    if cfg.dataset_download:
+    if cfg.dataset_download and cfg.dataset not in torchvision_sets.DATASETS:
         logger.info("dataset_download: %s data needs no download; nothing fetched", cfg.dataset)
     cfg = resolve_layout(cfg)
     if cfg.dataset == "digits":
         check_split(cfg, split)
         dataset = _digits(cfg, split, transform, image_mode)
+    elif cfg.dataset in torchvision_sets.DATASETS:
+        labelled, arrays = torchvision_sets.load(cfg.dataset, cfg.data_dir or ".", split, cfg.dataset_download,
+                                                 cfg.annotation_level)
+        dataset = _from_labelled(labelled, transform, image_mode, cfg.on_bad_image, scan_cache) if arrays is None \
+            else _from_arrays(labelled, arrays, transform, image_mode)
     else:
         dataset = _from_labelled(read_split(cfg, split), transform, image_mode, cfg.on_bad_image, scan_cache)
     if classes is not None and dataset.classes != classes:
@@ -181,6 +187,9 @@ def check_split(cfg: DataConfig, split: str, hint: str = "") -> None:
     """A UserError saying what exists, when `split` does not."""
     suffix = f"; {hint}" if hint else ""
     cfg = resolve_layout(cfg)
+    if cfg.dataset in torchvision_sets.DATASETS:
+        torchvision_sets.torchvision_split(cfg.dataset, split)
+        return
     if cfg.dataset in ("digits", "single_folder"):
         if split not in (cfg.train_split, cfg.val_split):
             raise UserError(f"{cfg.dataset} data has the splits {cfg.train_split} and {cfg.val_split}, not {split!r}")
@@ -219,6 +228,13 @@ def check_num_classes(expected: int | None, classes: list[str], split: str) -> N
     if expected is not None and expected != len(classes):
         raise UserError(f"num_classes is {expected} but {split} has {len(classes)} classes; "
                         f"set --num_classes {len(classes)} or leave it out")
+
+
+def _from_arrays(labelled: layouts.Labelled, arrays: np.ndarray, transform: Callable | None,
+                 image_mode: str) -> ImageDataset:
+    index = {name: i for i, name in enumerate(labelled.classes)}
+    samples = [(sample_id, index[name]) for sample_id, name in labelled.pairs]
+    return ImageDataset(samples, list(labelled.classes), transform, image_mode, arrays=arrays)
 
 
 def _from_labelled(labelled: layouts.Labelled, transform: Callable | None, image_mode: str, on_bad_image: str,

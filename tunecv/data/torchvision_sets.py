@@ -1,0 +1,91 @@
+"""torchvision's classification datasets by name (`dataset: cifar10`, `flowers102`, ...), read into tunecv's
+own dataset so skipping, cropping and relabelling work the same; `dataset_download: true` fetches them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tunecv.data.layouts import Labelled
+from tunecv.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Source:
+    cls: str  # torchvision.datasets class name
+    splits: tuple[str, ...]
+    by_hand: str  # where the files go when placed without download
+
+
+DATASETS = {
+    "cifar10": Source("CIFAR10", ("train", "test"),
+                      "cifar-10-python.tar.gz extracted to <data_dir>/cifar-10-batches-py/"),
+    "cifar100": Source("CIFAR100", ("train", "test"),
+                       "cifar-100-python.tar.gz extracted to <data_dir>/cifar-100-python/"),
+    "flowers102": Source("Flowers102", ("train", "val", "test"),
+                         "102flowers.tgz, imagelabels.mat and setid.mat in <data_dir>/flowers-102/"),
+    "fgvc_aircraft": Source("FGVCAircraft", ("train", "val", "trainval", "test"),
+                            "fgvc-aircraft-2013b.tar.gz extracted to <data_dir>/fgvc-aircraft-2013b/"),
+    "oxford_iiit_pet": Source("OxfordIIITPet", ("trainval", "test"),
+                              "images.tar.gz and annotations.tar.gz extracted to <data_dir>/oxford-iiit-pet/"),
+    "dtd": Source("DTD", ("train", "val", "test"), "dtd-r1.0.1.tar.gz extracted to <data_dir>/dtd/ (dtd/dtd/images)"),
+    "food101": Source("Food101", ("train", "test"), "food-101.tar.gz extracted to <data_dir>/food-101/"),
+    "stanford_cars": Source("StanfordCars", ("train", "test"), "the Stanford Cars files in <data_dir>/stanford_cars/"),
+}
+
+
+def torchvision_split(name: str, split: str) -> str:
+    """Our split name in the dataset's terms: a 'val' the dataset does not have is its 'test' split."""
+    splits = DATASETS[name].splits
+    if split in splits:
+        return split
+    if split == "val" and "test" in splits:
+        logger.info("%s has no val split; validating on test", name)
+        return "test"
+    if split == "train" and "trainval" in splits:
+        return "trainval"
+    raise UserError(f"{name} has the splits {', '.join(splits)}, not {split!r}; set train_split/val_split")
+
+
+def load(name: str, root: str, split: str, download: bool, annotation_level: str) -> tuple[Labelled, np.ndarray | None]:
+    """(pairs of file path and class name, None) for file datasets; (class names only, uint8 arrays) for CIFAR."""
+    import torchvision.datasets as tv
+
+    source = DATASETS[name]
+    part = torchvision_split(name, split)
+    kwargs: dict = {"root": root, "download": download}
+    if name.startswith("cifar"):
+        kwargs["train"] = part == "train"
+    else:
+        kwargs["split"] = part
+    if name == "fgvc_aircraft":
+        kwargs["annotation_level"] = annotation_level
+    try:
+        dataset = getattr(tv, source.cls)(**kwargs)
+    except Exception as err:  # torchvision raises RuntimeError when missing, URLError/OSError when offline
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        how = "dataset_download: true fetches it (needs network)" if not download else "the download failed"
+        raise UserError(f"{name} not found in {Path(root).resolve()} ({reason}); {how}, or place {source.by_hand}"
+                        ) from None
+    return _labelled(name, dataset)
+
+
+def _labelled(name: str, dataset) -> tuple[Labelled, np.ndarray | None]:
+    classes = [str(c) for c in getattr(dataset, "classes", [])]
+    if name.startswith("cifar"):
+        targets = [int(t) for t in dataset.targets]
+        pairs = [(f"{name}/{i:05d}", classes[t]) for i, t in enumerate(targets)]
+        return Labelled(pairs, classes), np.asarray(dataset.data)
+    if name == "stanford_cars":
+        files, labels = zip(*dataset._samples) if dataset._samples else ((), ())
+    else:
+        files = getattr(dataset, "_image_files", None) or dataset._images
+        labels = dataset._labels
+    if not classes:  # Flowers102 ships no class names
+        classes = [str(i) for i in range(max(labels) + 1)]
+    return Labelled([(str(f), classes[int(label)]) for f, label in zip(files, labels)], classes), None
