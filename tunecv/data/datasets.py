@@ -246,6 +246,10 @@ def _from_labelled(labelled: layouts.Labelled, transform: Callable | None, image
         raise UserError(f"classes {', '.join(unknown[:5])} are not in the class list; check class_list")
     scan = scan_images([path for path, _ in labelled.pairs], scan_cache)
     logger.debug("scan: %d files in %.2f s (%d from cache)", len(labelled.pairs), scan.seconds, scan.from_cache)
+    missing = [path for path, why in scan.bad.items() if why == "file not found"]
+    if missing and len(missing) == len(labelled.pairs):
+        raise UserError(f"all {len(missing)} listed images are not found (first: {missing[0]}); "
+                        "check image_root (data_prefix) and the paths in the list file")
     if scan.bad and on_bad_image == "error":
         path, why = next(iter(scan.bad.items()))
         raise UserError(f"cannot read image {path} ({why}); remove or replace it, or set on_bad_image: skip")

@@ -124,25 +124,35 @@ def read_csv_file(path: Path, image_root: Path, class_names: list[str] | None, p
     return _labelled(rows, path, image_root, class_names)
 
 
+def _is_index(label: str) -> bool:
+    return label.isascii() and label.lstrip("-").isdigit()
+
+
 def _labelled(rows: list[tuple[int, str, str]], source: Path, image_root: Path,
               class_names: list[str] | None) -> Labelled:
+    """Labels are class indices or class names, decided per line: a class_list name wins (a class "2007"),
+    else digits are an index. Without a class_list the file must use one kind throughout."""
     if not rows:
         raise UserError(f"{source} lists no images")
-    # integer labels are indices, unless a class list names them (a class called "2007")
-    numeric = all(label.isascii() and label.lstrip("-").isdigit() for _, _, label in rows) and not (
-        class_names is not None and all(label in class_names for _, _, label in rows))
+    names = class_names
+    if names is None:
+        indices = [_is_index(label) for _, _, label in rows]
+        if any(indices) and not all(indices):
+            majority = sum(indices) * 2 >= len(indices)
+            number, _, label = next(row for row, index in zip(rows, indices) if index != majority)
+            kind = "an integer label" if majority else "a class name"
+            raise UserError(f"{source}:{number}: label {label!r} is not {kind} like the other lines")
+        if all(indices):
+            names = [str(i) for i in range(max(int(label) for _, _, label in rows) + 1)]
     pairs, seen = [], {}
-    highest = max(int(label) for _, _, label in rows) if numeric else 0
-    names = class_names if class_names is not None else [str(i) for i in range(highest + 1)] if numeric else None
     for number, image, label in rows:
-        if numeric:
-            index = int(label)
-            if not 0 <= index < len(names):
-                raise UserError(f"{source}:{number}: label {index} is outside [0, {len(names)}); "
+        if names is not None and label not in (class_names or ()):
+            if not _is_index(label):
+                raise UserError(f"{source}:{number}: class {label!r} is not in class_list")
+            if not 0 <= int(label) < len(names):
+                raise UserError(f"{source}:{number}: label {int(label)} is outside [0, {len(names)}); "
                                 "check the label or class_list")
-            label = names[index]
-        elif class_names is not None and label not in class_names:
-            raise UserError(f"{source}:{number}: class {label!r} is not in class_list")
+            label = names[int(label)]
         full = str(image_root / image)
         if full in seen:
             raise UserError(f"{source}:{number}: {image} is listed twice (first at line {seen[full]})")
@@ -198,7 +208,7 @@ def _val_list_for(train_list: Path) -> Path | None:
 def detect_layout(cfg: DataConfig, extensions: tuple[str, ...]) -> DataConfig:
     """`dataset: auto` → the one layout found in data_dir (train_list/val_list filled in for list and CSV files).
     Ambiguous or empty folders are errors that list what was found and the key that picks one."""
-    if cfg.dataset != "auto":
+    if cfg.dataset != "auto" and not (cfg.dataset in ("list", "csv") and not cfg.train_list):
         return cfg
     if cfg.train_list:
         kind = "csv" if cfg.train_list.lower().endswith(".csv") else "list"
@@ -206,6 +216,12 @@ def detect_layout(cfg: DataConfig, extensions: tuple[str, ...]) -> DataConfig:
     root = Path(cfg.data_dir or ".")
     if not root.is_dir():
         raise UserError(f"data_dir {root} does not exist; check --data_dir")
+    if cfg.dataset in ("list", "csv"):  # the kind is chosen; find its files as detection would
+        found = _find(root, LIST_NAMES if cfg.dataset == "list" else CSV_NAMES)
+        if found is None:
+            raise UserError(f"no {cfg.dataset} file found in {root}; set train_list (and val_list)")
+        val = _val_list_for(found)
+        return replace(cfg, train_list=str(found), val_list=cfg.val_list or (str(val) if val else None))
     candidates: dict[str, DataConfig] = {}
     split = root / cfg.train_split
     if split.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in split.iterdir()):
