@@ -50,3 +50,11 @@ def test_damaged_cache_is_rebuilt_not_trusted(tmp_path):
     stat = path.stat()  # a foreign entry with the right size/mtime but a wrong shape is ignored
     cache.write_text(json.dumps({"version": 2, "files": {str(path): [stat.st_size, stat.st_mtime_ns, "x"]}}))
     assert scan_images([str(path)], cache).from_cache == 0
+
+
+def test_decompression_bomb_is_reported_not_opened(tmp_path, monkeypatch):
+    path = tmp_path / "huge.png"
+    Image.new("L", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # 64x64 is now > 2x the limit: a "bomb"
+    result = scan_images([str(path)])
+    assert result.bad[str(path)].startswith("decompression bomb") and not result.sizes

@@ -74,3 +74,20 @@ def _online() -> bool:
 def test_download_offline_fails_clearly(tmp_path):
     with pytest.raises(UserError, match="cifar10 not found .*the download failed"):
         create_dataset(DataConfig(dataset="cifar10", data_dir=str(tmp_path), dataset_download=True), "train", None)
+
+
+def test_dtd_trains_and_validates_end_to_end(tmp_path, capsys):
+    import finetune
+    import validate
+
+    _fake_dtd(tmp_path / "data")
+    out = tmp_path / "ckpt"
+    argv = ["--dataset", "dtd", "--data_dir", str(tmp_path / "data"), "--model", "test_efficientnet",
+            "--image_resize", "32", "--batch_size", "4", "--epoch_size", "1", "--num_parallel_workers", "0",
+            "--device", "cpu", "--ckpt_save_dir", str(out)]
+    assert finetune.main(argv) == 0
+    best = float((out / "results.txt").read_text().splitlines()[-1].split()[2])
+    capsys.readouterr()
+    assert validate.main(["--ckpt_path", str(out / "test_efficientnet_best.pth")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("6 images: loss") and f"top1 {best:.2f}" in printed
