@@ -47,6 +47,9 @@ def run(cfg: Config) -> FitResult:
         val_set = create_dataset(cfg.data, cfg.data.val_split, create_transforms(cfg.data, is_training=False),
                                  classes=classes, image_mode=mode, scan_cache=scan_cache,
                                  draft_size=draft_size(cfg.data, False))
+    cli.setup_logging(out_dir / "train.log")  # only now: a run that fails on its data leaves no log behind
+    if (out_dir / "results.txt").exists():
+        logger.warning("%s holds an earlier run; its results and checkpoints will be replaced", out_dir)
     train_loader = create_loader(train_set, cfg.loader, is_training=True, seed=cfg.train.seed,
                                  pin_memory=device.type == "cuda")
     val_loader = create_loader(val_set, cfg.loader, is_training=False) if val_set is not None else None
@@ -56,9 +59,6 @@ def run(cfg: Config) -> FitResult:
 
     write_bad_images(out_dir, [train_set] + ([val_set] if val_set is not None else []))
     write_report(audit(train_set, val_set), out_dir)
-    if (out_dir / "results.txt").exists():
-        logger.warning("%s holds an earlier run; its results and checkpoints will be replaced", out_dir)
-    cli.setup_logging(out_dir / "train.log")
     model = create_model(cfg.model, num_classes=len(classes))
     weights = load_initial_weights(model, cfg.model)
     apply_freeze(model, cfg.model.freeze)
