@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from tunecv import cli
 from tunecv.checkpoint import CheckpointSaver
@@ -19,17 +20,35 @@ from tunecv.data.audit import audit, write_report
 from tunecv.data.datasets import check_num_classes, check_split, resolve_layout, write_bad_images
 from tunecv.data.loader import class_counts
 from tunecv.engine import Compute, FitResult, create_trainer, fit, optimizer_steps
-from tunecv.models import apply_freeze, count_params, create_model
-from tunecv.optim import create_optimizer
+from tunecv.lr_find import START_LR, lr_find, plot
+from tunecv.models import count_params, create_model
+from tunecv.optim import auto_scaled_lr
+from tunecv.plan import Plan
 from tunecv.report import ResultsWriter, run_summary
 from tunecv.runtime import image_mode, resolve_device, seed_everything
-from tunecv.scheduler import create_scheduler
 from tunecv.weights import load_initial_weights
 
 logger = logging.getLogger("tunecv")
 
 
-def run(cfg: Config) -> FitResult:
+@dataclass
+class Setup:
+    """Everything a run needs, built from the config: data, model, trainer and the plan of its phases."""
+
+    cfg: Config
+    out_dir: Path
+    train_set: Any
+    val_set: Any
+    train_loader: Any
+    val_loader: Any
+    model: Any
+    weights: str
+    compute: Compute
+    trainer: Any
+    plan: Plan
+
+
+def prepare(cfg: Config) -> Setup:
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     mode = image_mode(cfg.model.in_channels)
@@ -48,48 +67,79 @@ def run(cfg: Config) -> FitResult:
                                  classes=classes, image_mode=mode, scan_cache=scan_cache,
                                  draft_size=draft_size(cfg.data, False))
     cli.setup_logging(out_dir / "train.log")  # only now: a run that fails on its data leaves no log behind
-    if (out_dir / "results.txt").exists():
-        logger.warning("%s holds an earlier run; its results and checkpoints will be replaced", out_dir)
     train_loader = create_loader(train_set, cfg.loader, is_training=True, seed=cfg.train.seed,
                                  pin_memory=device.type == "cuda")
     val_loader = create_loader(val_set, cfg.loader, is_training=False) if val_set is not None else None
     if len(train_loader) == 0:
         raise UserError(f"{len(train_set)} training images give no batch of {cfg.loader.batch_size}; "
                         "lower batch_size or set drop_remainder false")
-
-    write_bad_images(out_dir, [train_set] + ([val_set] if val_set is not None else []))
-    write_report(audit(train_set, val_set), out_dir)
     model = create_model(cfg.model, num_classes=len(classes))
     weights = load_initial_weights(model, cfg.model)
-    apply_freeze(model, cfg.model.freeze)
     compute = Compute.create(device, cfg.train.amp_level, cfg.train.channels_last)
     model = compute.prepare_model(model)
-    optimizer = create_optimizer(model, cfg.optim)
     steps_per_epoch = optimizer_steps(len(train_loader), cfg.train.gradient_accumulation_steps)
-    scheduler = create_scheduler(optimizer, cfg.sched, lr=cfg.optim.lr, steps_per_epoch=steps_per_epoch,
-                                 epochs=cfg.train.epoch_size)
+    lr = cfg.optim.lr if cfg.optim.lr == "auto" else auto_scaled_lr(
+        cfg.optim.lr, cfg.optim.auto_scale_lr, cfg.loader.batch_size, cfg.train.gradient_accumulation_steps, 1)
+    plan = Plan.create(model, cfg, lr, steps_per_epoch)
     trainer = create_trainer(model, cfg.train, compute,
                              create_mixup(cfg.loader, len(classes), cfg.train.label_smoothing),
-                             class_counts(train_set.targets, len(classes)))
+                             class_counts(train_set.targets, len(classes)), freeze_bn=cfg.finetune.freeze_bn)
+    return Setup(cfg, out_dir, train_set, val_set, train_loader, val_loader, model, weights, compute, trainer, plan)
+
+
+def find_lr(setup: Setup) -> float:
+    """The LR range test on the first phase's trainable set; writes lr_find.png, returns the suggestion."""
+    if setup.plan.lr == "auto":
+        setup.plan.lr = START_LR  # a placeholder: the range test sets every group's lr itself
+    optimizer, _ = setup.plan.start(setup.plan.phases[0])
+    result = lr_find(setup.model, setup.train_loader, optimizer, setup.trainer, setup.cfg.finetune.lr_find_steps)
+    setup.plan.reset()
+    path = plot(result, setup.out_dir / "lr_find.png")
+    logger.info("lr_find: %d steps from %.1e to %.1e; suggested lr %.3g (plot: %s)", len(result.lrs), result.lrs[0],
+                result.lrs[-1], result.suggestion, path)
+    return result.suggestion
+
+
+def run(cfg: Config) -> FitResult:
+    setup = prepare(cfg)
+    cfg, out_dir, plan = setup.cfg, setup.out_dir, setup.plan
+    if plan.lr == "auto":
+        plan.lr = find_lr(setup)
+        logger.info("lr: auto -> %.3g (LR range test)", plan.lr)
+    # config.yaml records the lr the run used, so training from it again repeats this run
+    cfg = replace(cfg, optim=replace(cfg.optim, lr=plan.lr, auto_scale_lr=None))
+    if (out_dir / "results.txt").exists():
+        logger.warning("%s holds an earlier run; its results and checkpoints will be replaced", out_dir)
+    sets = [setup.train_set] + ([setup.val_set] if setup.val_set is not None else [])
+    write_bad_images(out_dir, sets)
+    write_report(audit(setup.train_set, setup.val_set), out_dir)
     save_config(cfg, out_dir)
-    saver = CheckpointSaver(out_dir, cfg.model.model, cfg.to_flat(), classes, keep_max=cfg.train.keep_checkpoint_max,
-                            policy=cfg.train.ckpt_save_policy, interval=cfg.train.ckpt_save_interval)
-    logger.info(run_summary(cfg, train_set, val_set, weights, count_params(model), optimizer, steps_per_epoch,
-                            train_loader.num_workers, compute.describe()))
-    return fit(model, train_loader, val_loader, optimizer, scheduler, cfg.train, saver, ResultsWriter(out_dir),
-               trainer)
+    saver = CheckpointSaver(out_dir, cfg.model.model, cfg.to_flat(), setup.train_set.classes,
+                            keep_max=cfg.train.keep_checkpoint_max, policy=cfg.train.ckpt_save_policy,
+                            interval=cfg.train.ckpt_save_interval)
+    optimizer, _ = plan.enter(1)
+    logger.info(run_summary(cfg, setup.train_set, setup.val_set, setup.weights, count_params(setup.model),
+                            type(optimizer).__name__, plan, setup.plan.steps_per_epoch,
+                            setup.train_loader.num_workers, setup.compute.describe()))
+    return fit(setup.model, setup.train_loader, setup.val_loader, plan, cfg.train, saver, ResultsWriter(out_dir),
+               setup.trainer)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.build_parser("finetune.py", "Fine-tune an ImageNet-pretrained classifier (MindCV config keys).")
     parser.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--lr_find", action="store_true",
+                        help="run the LR range test, write lr_find.png in ckpt_save_dir, print the suggested lr, exit")
     try:
-        args, overrides = cli.parse_args(parser, argv, script_flags=("print_config", "verbose"))
+        args, overrides = cli.parse_args(parser, argv, script_flags=("print_config", "verbose", "lr_find"))
         cli.setup_logging(verbose=args.verbose)
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides, args.cfg_options)
         if args.print_config:
             print(to_yaml(cfg), end="")
+            return 0
+        if args.lr_find:
+            print(f"tunecv: suggested lr {find_lr(prepare(cfg)):.3g}")
             return 0
         result = run(cfg)
     except UserError as err:

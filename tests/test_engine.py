@@ -11,12 +11,12 @@ from torch import nn
 
 from conftest import TINY_MODEL
 from tunecv.checkpoint import CheckpointSaver, load_checkpoint
-from tunecv.config import ModelConfig, OptimConfig, SchedConfig, TrainConfig
+from tunecv.config import Config, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig
 from tunecv.engine import Compute, create_trainer, evaluate, fit, train_one_epoch
-from tunecv.models import apply_freeze, create_model
-from tunecv.optim import create_optimizer
+from tunecv.models import create_model
+from tunecv.plan import Plan
 from tunecv.report import RESULTS_HEADER, ResultsWriter
-from tunecv.scheduler import create_scheduler
+from tunecv.strategy import Phase, apply_freeze, layer_map
 
 CPU = torch.device("cpu")
 
@@ -101,19 +101,22 @@ def _image_batches(count: int = 3, batch_size: int = 4, num_classes: int = 3, se
 
 
 def _train(model: nn.Module, loader, train_cfg: TrainConfig = TrainConfig(), epochs: int = 1):
-    optimizer = create_optimizer(model, OptimConfig(opt="sgd", lr=0.5, weight_decay=0.01))
     steps = math.ceil(len(loader) / train_cfg.gradient_accumulation_steps)
-    scheduler = create_scheduler(optimizer, SchedConfig(), lr=0.5, steps_per_epoch=steps, epochs=epochs)
+    cfg = Config(optim=OptimConfig(opt="sgd", lr=0.5, weight_decay=0.01),
+                 train=dataclasses.replace(train_cfg, epoch_size=epochs))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    plan = Plan(model, cfg, 0.5, steps, layer_map(model), [Phase(1, epochs, frozenset(frozen))])
+    optimizer, scheduler = plan.enter(1)
     trainer = create_trainer(model, train_cfg, Compute(CPU), None, class_counts=[1, 1, 1])
-    return optimizer, scheduler, trainer
+    return plan, optimizer, scheduler, trainer
 
 
 def test_train_one_epoch_frozen_backbone_is_bit_identical():
     model = _tiny()
-    apply_freeze(model, "all")
+    apply_freeze(model, FinetuneConfig(freeze="all"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loader = _image_batches()
-    optimizer, scheduler, trainer = _train(model, loader)
+    _, optimizer, scheduler, trainer = _train(model, loader)
     stats = train_one_epoch(model, loader, optimizer, scheduler, trainer, epoch=1)
     after = model.state_dict()
     body = [k for k in before if not k.startswith("classifier.")]
@@ -129,7 +132,7 @@ def test_train_one_epoch_unfrozen_updates_batchnorm_statistics():
     model = _tiny()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loader = _image_batches()
-    optimizer, scheduler, trainer = _train(model, loader)
+    _, optimizer, scheduler, trainer = _train(model, loader)
     train_one_epoch(model, loader, optimizer, scheduler, trainer, epoch=1)
     assert not torch.equal(before["bn1.running_mean"], model.state_dict()["bn1.running_mean"])
     assert not torch.equal(before["conv_stem.weight"], model.conv_stem.weight)
@@ -138,7 +141,7 @@ def test_train_one_epoch_unfrozen_updates_batchnorm_statistics():
 def test_gradient_accumulation_steps_the_optimizer_less_often():
     model = _tiny()
     loader = _image_batches(count=5)
-    optimizer, scheduler, trainer = _train(model, loader, TrainConfig(gradient_accumulation_steps=2))
+    _, optimizer, scheduler, trainer = _train(model, loader, TrainConfig(gradient_accumulation_steps=2))
     train_one_epoch(model, loader, optimizer, scheduler, trainer, epoch=1)
     assert trainer.global_step == 3  # ceil(5 / 2): the last partial group also steps
     assert scheduler.last_epoch == 3
@@ -148,9 +151,9 @@ def test_fit_validates_at_interval_and_writes_reports(tmp_path):
     model = _tiny()
     train_loader, val_loader = _image_batches(count=2), _image_batches(count=1, seed=1)
     cfg = TrainConfig(epoch_size=3, val_interval=2, ckpt_save_dir=str(tmp_path))
-    optimizer, scheduler, trainer = _train(model, train_loader, cfg, epochs=3)
+    plan, _, _, trainer = _train(model, train_loader, cfg, epochs=3)
     saver = CheckpointSaver(tmp_path, TINY_MODEL, {"model": TINY_MODEL}, ["a", "b", "c"])
-    result = fit(model, train_loader, val_loader, optimizer, scheduler, cfg, saver, ResultsWriter(tmp_path), trainer)
+    result = fit(model, train_loader, val_loader, plan, cfg, saver, ResultsWriter(tmp_path), trainer)
     assert [m.top1 is not None for m in result.history] == [False, True, True]  # epoch 2 and the last
     rows = (tmp_path / "results.txt").read_text().splitlines()
     assert rows[0] == RESULTS_HEADER and len(rows) == 5
@@ -167,9 +170,9 @@ def test_fit_with_ema_saves_the_averaged_weights(tmp_path):
     model = _tiny()
     loader = _image_batches(count=2)
     cfg = dataclasses.replace(TrainConfig(), epoch_size=1, ema=True, ema_decay=0.5)
-    optimizer, scheduler, trainer = _train(model, loader, cfg)
+    plan, _, _, trainer = _train(model, loader, cfg)
     saver = CheckpointSaver(tmp_path, TINY_MODEL, {}, ["a", "b", "c"])
-    result = fit(model, loader, None, optimizer, scheduler, cfg, saver, ResultsWriter(tmp_path), trainer)
+    result = fit(model, loader, None, plan, cfg, saver, ResultsWriter(tmp_path), trainer)
     saved = load_checkpoint(result.last_path)["model"]
     assert torch.equal(saved["classifier.weight"], trainer.ema.module.classifier.weight)
     assert not torch.equal(saved["classifier.weight"], model.classifier.weight)

@@ -7,11 +7,10 @@ import torch
 from torch import nn
 
 from conftest import TINY_MODEL
-from tunecv.config import ModelConfig
+from tunecv.config import FinetuneConfig, ModelConfig
 from tunecv.errors import UserError
 from tunecv.models import (
     MINDCV_ALIASES,
-    apply_freeze,
     classifier_name,
     count_params,
     create_model,
@@ -21,6 +20,7 @@ from tunecv.models import (
     resolve_model_name,
     set_train_mode,
 )
+from tunecv.strategy import apply_freeze
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -87,7 +87,7 @@ def _tiny(num_classes: int = 3) -> nn.Module:
 
 def test_apply_freeze_all_leaves_only_classifier_trainable():
     model = _tiny()
-    apply_freeze(model, "all")
+    apply_freeze(model, FinetuneConfig(freeze="all"))
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"classifier.weight", "classifier.bias"}
     assert count_params(model)[0] == 3 * model.classifier.in_features + 3
@@ -95,20 +95,20 @@ def test_apply_freeze_all_leaves_only_classifier_trainable():
 
 def test_apply_freeze_all_torchvision_conv_head():
     model = create_model(ModelConfig(model="squeezenet1_1"), num_classes=2)
-    apply_freeze(model, "all")
+    apply_freeze(model, FinetuneConfig(freeze="all"))
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"classifier.1.weight", "classifier.1.bias"}
 
 
 def test_apply_freeze_none_trains_everything():
     model = _tiny()
-    apply_freeze(model, "none")
+    apply_freeze(model, FinetuneConfig(freeze="none"))
     trainable, total = count_params(model)
     assert trainable == total > 0
 
 
 def test_set_train_mode_keeps_frozen_batchnorm_in_eval():
     model = _tiny()
-    apply_freeze(model, "all")
+    apply_freeze(model, FinetuneConfig(freeze="all"))
     set_train_mode(model)
     assert model.training
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -128,7 +128,7 @@ def test_set_train_mode_keeps_parameterless_batchnorm_of_frozen_backbone_in_eval
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, affine=False), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(4, 2))
-    apply_freeze(model, "all")
+    apply_freeze(model, FinetuneConfig(freeze="all"))
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"4.weight", "4.bias"}
     set_train_mode(model)
     assert not model[1].training

@@ -23,7 +23,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(prog: str, description: str, exclude: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """A parser with `--config` and one flag per config key (but `exclude`), grouped by section, values as text."""
     parser = _Parser(prog=prog, description=description, allow_abbrev=False)
-    parser.add_argument("-c", "--config", help="YAML config file (MindCV keys); flags override it")
+    parser.add_argument("-c", "--config", help="YAML config file (MindCV keys, _base_ inheritance); flags override it")
+    parser.add_argument("--cfg-options", "--cfg_options", dest="cfg_options", nargs="+", metavar="KEY=VALUE",
+                        help="MMPretrain-style edits of the config file: lr=0.01 lr_scales.classifier=1.2 "
+                             "milestones=[3,6] (mapping keys merge)")
     for section in SECTIONS:
         group = parser.add_argument_group(f"{section} keys")
         for key, (owner, spec) in KEYS.items():

@@ -9,165 +9,35 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tunecv import compat, models
+from tunecv.config_files import merge, parse_cfg_options, read_config_file, read_yaml
+from tunecv.config_schema import (
+    SECTIONS,
+    Config,
+    DataConfig,
+    FinetuneConfig,
+    LoaderConfig,
+    ModelConfig,
+    OptimConfig,
+    SchedConfig,
+    TrainConfig,
+)
 from tunecv.config_values import closest_hint, coerce
-from tunecv.data.torchvision_sets import DATASETS as TORCHVISION_DATASETS
 from tunecv.errors import UserError
 from tunecv.fileio import atomic_write_text
-from tunecv.optim import OPTIMIZERS
-from tunecv.scheduler import SCHEDULERS
 
-__all__ = ["Config", "UserError", "load_config", "config_from_dict", "save_config", "KEYS"]
+__all__ = ["Config", "DataConfig", "LoaderConfig", "ModelConfig", "FinetuneConfig", "OptimConfig", "SchedConfig",
+           "TrainConfig", "SECTIONS", "UserError", "load_config", "config_from_dict", "save_config", "read_yaml",
+           "KEYS"]
 
 logger = logging.getLogger(__name__)
-
-
-def _key(default: Any, help: str, choices: tuple[str, ...] = ()) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: str = _key("auto", "data layout, auto-detected in data_dir, or a torchvision dataset (see Data layouts)",
-                        ("auto", "folder", "single_folder", "list", "csv", "aircraft", "digits", *TORCHVISION_DATASETS))
-    data_dir: str | None = _key(None, "dataset root: split folders, class folders, list/CSV files or FGVC-Aircraft")
-    train_split: str = _key("train", "train split folder name")
-    val_split: str = _key("val", "validation split folder name")
-    train_list: str | None = _key(None, "list file (`path label` lines) or CSV of the training images")
-    val_list: str | None = _key(None, "list file or CSV of the validation images")
-    image_root: str | None = _key(None, "folder the list/CSV paths are relative to (default: data_dir)")
-    class_list: str | None = _key(None, "class names, `<index> <name>` per line (PaddleClas label_list.txt)")
-    path_column: str = _key("path", "CSV column holding the image path")
-    label_column: str = _key("label", "CSV column holding the label (index or class name)")
-    annotation_level: str = _key("variant", "FGVC-Aircraft label level", ("variant", "family", "manufacturer"))
-    jpeg_draft: bool = _key(True, "decode large JPEGs at a reduced scale that still covers the input size")
-    on_bad_image: str = _key("skip", "unreadable images: skip them (warned, listed in bad_images.txt) or error",
-                             ("skip", "error"))
-    val_fraction: float = _key(0.2, "single_folder: seeded, stratified share of each class held out for val")
-    dataset_download: bool = _key(False, "download a torchvision dataset into data_dir (folders and digits need none)")
-    image_resize: int = _key(224, "training crop / evaluation input size in pixels")
-    scale: tuple[float, ...] = _key((0.08, 1.0), "RandomResizedCrop area range")
-    ratio: tuple[float, ...] = _key((0.75, 1.333), "RandomResizedCrop aspect-ratio range")
-    hflip: float = _key(0.5, "horizontal flip probability")
-    vflip: float = _key(0.0, "vertical flip probability")
-    color_jitter: tuple[float, ...] | None = _key((0.4,), "colour jitter: one strength, or brightness, contrast, "
-                                                  "saturation[, hue] (null: off)")
-    interpolation: str | None = _key(None, "resize interpolation (default: the model's)",
-                                     ("bilinear", "bicubic", "nearest", "random"))
-    auto_augment: str | None = _key(None, "timm or MindCV policy: rand-m7-mstd0.5 (MindCV randaug-m7-mstd0.5), "
-                                          "original (MindCV autoaug), augmix-m5, v0, 3a")
-    re_prob: float = _key(0.0, "random erasing probability")
-    re_value: str = _key("0", "random erasing fill: 0 (zeros) or random (per-pixel noise)", ("0", "random"))
-    mean: tuple[float, ...] | None = _key(None, "normalisation mean (default: the model's; 0-255 scale accepted)")
-    std: tuple[float, ...] | None = _key(None, "normalisation std (default: the model's; 0-255 scale accepted)")
-    crop_pct: float | None = _key(None, "evaluation centre-crop fraction (default: the model's)")
-
-
-@dataclass(frozen=True)
-class LoaderConfig:
-    batch_size: int = _key(32, "images per step")
-    num_parallel_workers: int = _key(8, "DataLoader workers (capped at the CPU count)")
-    shuffle: bool = _key(True, "shuffle the training set each epoch")
-    drop_remainder: bool = _key(False, "drop the last incomplete training batch (a batch of 1 is always dropped)")
-    mixup: float = _key(0.0, "mixup alpha (0: off)")
-    cutmix: float = _key(0.0, "cutmix alpha (0: off)")
-    cutmix_prob: float = _key(1.0, "probability of applying mixup/cutmix to a batch")
-    sampler: str = _key("none", "balanced: draw training images with probability 1/class size (WeightedRandomSampler)",
-                        ("none", "balanced"))
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    model: str = _key("tf_efficientnet_lite0", "timm, MindCV or torchvision model name")
-    num_classes: int | None = _key(None, "classes (default: inferred from the data)")
-    in_channels: int = _key(3, "input channels")
-    drop_rate: float | None = _key(None, "dropout before the classifier")
-    drop_path_rate: float | None = _key(None, "stochastic depth rate")
-    pretrained: bool = _key(False, "start from ImageNet weights (bundled offline for tf_efficientnet_lite0/1/2)")
-    ckpt_path: str | None = _key(None, "initialise from this local checkpoint (.pth/.pt/.ckpt/.safetensors)")
-    ckpt_prefix: str | None = _key(None, "load only the keys under this prefix, e.g. backbone.")
-    freeze: str = _key("none", "none, or all: train only the new classifier (backbone frozen, BatchNorm in eval)",
-                       ("none", "all"))
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    opt: str = _key("adamw", "optimizer", tuple(OPTIMIZERS))
-    lr: float = _key(0.001, "peak learning rate")
-    momentum: float = _key(0.9, "momentum (sgd/momentum/rmsprop)")
-    weight_decay: float = _key(1e-4, "weight decay")
-    use_nesterov: bool = _key(False, "Nesterov momentum (sgd/momentum)")
-    weight_decay_filter: str = _key("auto", "auto/norm_and_bias: no decay on norm and bias; disable: decay all",
-                                    ("auto", "norm_and_bias", "disable"))
-    eps: float | None = _key(None, "optimizer epsilon (default: the optimizer's)")
-
-
-@dataclass(frozen=True)
-class SchedConfig:
-    scheduler: str = _key("cosine_decay", "learning-rate schedule", SCHEDULERS)
-    min_lr: float = _key(1e-6, "floor of cosine/polynomial decay")
-    warmup_epochs: float = _key(0.0, "linear warm-up length in epochs")
-    warmup_factor: float = _key(0.0, "warm-up starts at lr * warmup_factor")
-    decay_epochs: float | None = _key(None, "cosine/polynomial: epochs to reach min_lr (default: the rest of the run);"
-                                            " step/exponential: decay period")
-    decay_rate: float = _key(0.1, "multiplier per decay (step/multi-step/exponential); power for polynomial")
-    multi_step_decay_milestones: tuple[int, ...] = _key((30, 60, 90), "epochs at which multi_step_decay decays")
-    lr_epoch_stair: bool = _key(False, "change the lr once per epoch instead of every step")
-    num_cycles: int = _key(1, "cosine cycles")
-    cycle_decay: float = _key(1.0, "peak multiplier from one cosine cycle to the next")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epoch_size: int = _key(10, "epochs")
-    loss: str = _key("ce", "ce (cross-entropy) or bce (binary cross-entropy)", ("ce", "bce"))
-    label_smoothing: float = _key(0.0, "label smoothing")
-    class_weights: str = _key("none", "auto: weight the cross-entropy by inverse class frequency", ("none", "auto"))
-    val_while_train: bool = _key(True, "validate during training")
-    val_interval: int = _key(1, "validate every N epochs (and after the last)")
-    log_interval: int = _key(20, "progress-bar update (loss, lr, img/s) every N steps")
-    seed: int = _key(42, "random seed")
-    amp_level: str = _key("O0", "O0: fp32; O1/O2/O3: mixed precision (CUDA)", ("O0", "O1", "O2", "O3"))
-    clip_grad: bool = _key(False, "clip the gradient norm")
-    clip_value: float = _key(15.0, "max gradient norm when clip_grad")
-    gradient_accumulation_steps: int = _key(1, "batches per optimizer step")
-    ema: bool = _key(False, "keep an exponential moving average of the weights; it is validated and saved")
-    ema_decay: float = _key(0.9999, "EMA decay")
-    ckpt_save_dir: str = _key("./ckpt", "where checkpoints, results.txt, config.yaml and the log go")
-    keep_checkpoint_max: int = _key(0, "also keep this many per-epoch checkpoints <model>-<epoch>.pth (0: none)")
-    ckpt_save_policy: str = _key("latest_k", "which per-epoch checkpoints to keep", ("latest_k", "top_k"))
-    ckpt_save_interval: int = _key(1, "write a per-epoch checkpoint every N epochs")
-    device: str = _key("auto", "auto (cuda when available), cpu or cuda", ("auto", "cpu", "cuda"))
-    channels_last: bool = _key(True, "NHWC memory format (measured faster for CNNs on CPU and GPU)")
-
-
-SECTIONS = {"data": DataConfig, "loader": LoaderConfig, "model": ModelConfig,
-            "optim": OptimConfig, "sched": SchedConfig, "train": TrainConfig}
-
-
-@dataclass(frozen=True)
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    loader: LoaderConfig = field(default_factory=LoaderConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    sched: SchedConfig = field(default_factory=SchedConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def to_flat(self) -> dict[str, Any]:
-        """The flat MindCV-style key → value dict (plain Python values, lists for tuples)."""
-        flat: dict[str, Any] = {}
-        for section in SECTIONS:
-            for key, value in dataclasses.asdict(getattr(self, section)).items():
-                flat[key] = list(value) if isinstance(value, tuple) else value
-        return flat
 
 
 # key → (section name, field)
@@ -190,22 +60,6 @@ def _validate(key: str, value: Any, where: str) -> None:
                         f"{closest_hint(str(value), choices)}")
 
 
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a config file: a flat mapping of keys (MindCV style)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file {path} not found; check the --config path")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise UserError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of key: value lines")
-    return data
-
-
 def config_from_dict(layers: list[tuple[dict[str, Any], str]]) -> Config:
     """Build a Config from (mapping, where) layers; later layers win. `where` names the source in errors."""
     values: dict[str, Any] = {}
@@ -215,11 +69,14 @@ def config_from_dict(layers: list[tuple[dict[str, Any], str]]) -> Config:
             if accepted is None:
                 continue
             key, value = accepted
-            section, _ = KEYS[key]
+            section, spec = KEYS[key]
+            if isinstance(value, str) and value.strip().lower() in spec.metadata["literals"]:
+                values[key] = value.strip().lower()
+                continue
             value = compat.normalise(key, coerce(key, value, _TYPES[section][key], where))
             _validate(key, value, where)
             values[key] = value
-    return _resolve(_build(values))
+    return _resolve(_build(expand_strategy(values)))
 
 
 def _build(values: dict[str, Any]) -> Config:
@@ -238,14 +95,15 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "drop_path_rate": (0, 0.99), "lr": (1e-12, None), "momentum": (0, 1), "weight_decay": (0, None),
     "min_lr": (0, None), "warmup_epochs": (0, None), "warmup_factor": (0, 1), "decay_epochs": (0, None),
     "decay_rate": (0, None), "cycle_decay": (0, None), "label_smoothing": (0, 0.99), "clip_value": (1e-12, None),
-    "ema_decay": (0, 1),
+    "ema_decay": (0, 1), "frozen_stages": (-1, None), "freeze_layers": (0, None), "head_lr_scale": (0, None),
+    "layer_decay": (1e-6, 1), "freeze_epochs": (0, None), "unfreeze_lr_scale": (1e-6, 1), "lr_find_steps": (5, None),
 }
 
 
 def _check_ranges(cfg: Config) -> None:
     for key, (low, high) in RANGES.items():
         value = getattr(getattr(cfg, KEYS[key][0]), key)
-        if value is None:
+        if value is None or isinstance(value, str):
             continue
         if (low is not None and value < low) or (high is not None and value > high):
             bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
@@ -293,14 +151,66 @@ def _resolve(cfg: Config) -> Config:
         raise UserError("use_nesterov needs momentum > 0")
     if cfg.model.ckpt_prefix and not cfg.model.ckpt_path:
         raise UserError("ckpt_prefix is set but ckpt_path is not; give the checkpoint to load the prefix from")
+    _check_finetune(cfg)
     return dataclasses.replace(cfg, data=data)
 
 
-def load_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults < the YAML file < command-line overrides → a validated, resolved Config."""
+STRATEGY = re.compile(r"^(full|linear_probe|lp_ft|gradual|freeze:(\d+))$")
+
+
+def expand_strategy(values: dict[str, Any]) -> dict[str, Any]:
+    """`strategy` as the detailed keys it stands for; keys the user set themselves win."""
+    strategy = str(values.get("strategy", "full")).replace(" ", "").lower()
+    match = STRATEGY.match(strategy)
+    if not match:
+        raise UserError(f"strategy {values['strategy']!r} is not one of full, linear_probe, freeze:N, lp_ft, gradual")
+    implied: dict[str, Any] = {"linear_probe": {"freeze": "all"}, "lp_ft": {"freeze_epochs": 1}}.get(strategy, {})
+    if match.group(2) is not None:
+        implied = {"frozen_stages": int(match.group(2))}
+    return {**implied, **values, "strategy": strategy}
+
+
+def _check_finetune(cfg: Config) -> None:
+    ft, epochs = cfg.finetune, cfg.train.epoch_size
+    if ft.freeze_epochs and ft.freeze_epochs >= epochs:
+        raise UserError(f"freeze_epochs {ft.freeze_epochs} leaves no epoch to train unfrozen in epoch_size {epochs}; "
+                        "lower freeze_epochs or raise epoch_size")
+    if (ft.freeze_epochs or ft.strategy == "gradual") and ft.freeze != "none":
+        what = f"freeze_epochs unfreezes the model after {ft.freeze_epochs} epochs" if ft.freeze_epochs \
+            else "strategy gradual unfreezes the model stage by stage"
+        raise UserError(f"{what} but freeze: {ft.freeze} keeps it frozen; use one of them")
+    if ft.unfreeze_schedule and (ft.freeze_epochs or ft.strategy == "gradual"):
+        raise UserError("unfreeze_schedule, freeze_epochs and strategy gradual each schedule the unfreezing; "
+                        "use one of them")
+    for epoch in ft.unfreeze_schedule or {}:
+        if not 2 <= epoch <= epochs:
+            raise UserError(f"unfreeze_schedule epoch {epoch} is outside 2..{epochs} (epoch_size); "
+                            "epochs count from 1 and epoch 1 trains the classifier alone")
+    if ft.paramwise_cfg is not None:
+        from tunecv.param_groups import check_paramwise_cfg
+        check_paramwise_cfg(ft.paramwise_cfg)
+    if cfg.optim.auto_scale_lr is not None:
+        base = cfg.optim.auto_scale_lr.get("base_batch_size")
+        unknown = set(cfg.optim.auto_scale_lr) - {"base_batch_size", "enable"}
+        if unknown or not isinstance(base, int) or isinstance(base, bool) or base < 1:
+            raise UserError("auto_scale_lr takes {base_batch_size: <positive integer>} (and optionally enable: "
+                            f"true/false), got {cfg.optim.auto_scale_lr}")
+
+
+def mapping_keys() -> set[str]:
+    return {key for key in KEYS if typing.get_origin(key_type(key)) is dict}
+
+
+def load_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None,
+                cfg_options: list[str] | None = None) -> Config:
+    """Defaults < the YAML file (with its `_base_` files, edited by `cfg_options`) < command-line flags
+    → a validated, resolved Config."""
     layers: list[tuple[dict[str, Any], str]] = []
-    if path:
-        layers.append((read_yaml(path), str(path)))
+    file_values = read_config_file(path) if path else {}
+    if cfg_options:
+        file_values = merge(file_values, parse_cfg_options(cfg_options, mapping_keys()))
+    if file_values:
+        layers.append((file_values, f"{path} + --cfg-options" if cfg_options else str(path)))
     layers.append((overrides or {}, "command line"))
     return config_from_dict(layers)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import typing
 from collections.abc import Iterable
 from typing import Any
@@ -37,6 +38,19 @@ def coerce(key: str, value: Any, hint: Any, where: str) -> Any:
 
 
 def _convert(value: Any, base: Any) -> Any:
+    if base is Any:
+        return value
+    if typing.get_origin(base) is dict:
+        key_type, value_type = typing.get_args(base)
+        if isinstance(value, str):
+            text = value
+            value = yaml.safe_load(text)
+            if isinstance(value, dict) and any(v is None and ":" in str(k) for k, v in value.items()):
+                # `{classifier:1.2}` typed on a command line: YAML wants a space after the colon
+                value = yaml.safe_load(re.sub(r":(?=[-\d.\[])", ": ", text))
+        if not isinstance(value, dict):
+            raise ValueError(value)
+        return {_convert(k, key_type): _convert(v, value_type) for k, v in value.items()}
     if typing.get_origin(base) is tuple:
         item = typing.get_args(base)[0]
         if isinstance(value, str):
@@ -70,6 +84,9 @@ def _convert(value: Any, base: Any) -> Any:
 
 
 def type_name(base: Any) -> str:
+    if typing.get_origin(base) is dict:
+        return f"mapping of {type_name(typing.get_args(base)[0])} to {type_name(typing.get_args(base)[1])}" \
+            if typing.get_args(base)[1] is not Any else "mapping"
     if typing.get_origin(base) is tuple:
         return f"list of {typing.get_args(base)[0].__name__}"
-    return {bool: "boolean (true/false)", int: "integer", float: "number", str: "string"}[base]
+    return {bool: "boolean (true/false)", int: "integer", float: "number", str: "string", Any: "value"}[base]

@@ -24,10 +24,12 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tunecv.models import set_train_mode
+from tunecv.optim import base_lr
 
 if TYPE_CHECKING:
     from tunecv.checkpoint import CheckpointSaver
     from tunecv.config import TrainConfig
+    from tunecv.plan import Plan
     from tunecv.report import ResultsWriter
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ class Trainer:
     ema: ModelEmaV3 | None = None
     scaler: torch.amp.GradScaler | None = None
     log_interval: int = 100
+    freeze_bn: bool = True
     global_step: int = 0
 
 
@@ -108,14 +111,14 @@ def create_loss(cfg: TrainConfig, mixing: bool, class_counts: list[int] | None =
 
 
 def create_trainer(model: nn.Module, cfg: TrainConfig, compute: Compute, mixup: Mixup | None,
-                   class_counts: list[int]) -> Trainer:
+                   class_counts: list[int], freeze_bn: bool = True) -> Trainer:
     """The model must already be on its device (the EMA copies it). `class_counts`: training images per class."""
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
     loss_fn = create_loss(cfg, mixup is not None, class_counts).to(compute.device)
     return Trainer(loss_fn=loss_fn, compute=compute, num_classes=len(class_counts),
                    accumulation_steps=cfg.gradient_accumulation_steps,
                    clip_norm=cfg.clip_value if cfg.clip_grad else None, mixup=mixup, ema=ema,
-                   scaler=compute.scaler(), log_interval=cfg.log_interval)
+                   scaler=compute.scaler(), log_interval=cfg.log_interval, freeze_bn=freeze_bn)
 
 
 @dataclass(frozen=True)
@@ -133,11 +136,11 @@ def optimizer_steps(num_batches: int, accumulation_steps: int) -> int:
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
                     trainer: Trainer, epoch: int) -> TrainStats:
     """One pass over `loader`; the scheduler steps after every optimizer update."""
-    set_train_mode(model)
+    set_train_mode(model, keep_frozen_eval=trainer.freeze_bn)
     device = trainer.compute.device
     params = [p for g in optimizer.param_groups for p in g["params"]]
     loss_sum = torch.zeros((), device=device)
-    images, start, lr = 0, time.perf_counter(), optimizer.param_groups[0]["lr"]
+    images, start, lr = 0, time.perf_counter(), base_lr(optimizer)
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=f"train {epoch}", leave=False, disable=None, dynamic_ncols=True)
     pending = False  # gradients accumulated since the last optimizer step
@@ -154,7 +157,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             images += inputs.shape[0]
             pending = True
         if pending and (step % trainer.accumulation_steps == 0 or step == len(loader)):
-            lr = optimizer.param_groups[0]["lr"]
+            lr = base_lr(optimizer)
             _optimizer_step(optimizer, params, trainer)
             scheduler.step()
             trainer.global_step += 1
@@ -265,16 +268,17 @@ def _should_validate(epoch: int, epochs: int, cfg: TrainConfig) -> bool:
     return cfg.val_while_train and (epoch % cfg.val_interval == 0 or epoch == epochs)
 
 
-def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None, optimizer: torch.optim.Optimizer,
-        scheduler: LRScheduler, cfg: TrainConfig,
+def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None, plan: Plan, cfg: TrainConfig,
         saver: CheckpointSaver, results: ResultsWriter, trainer: Trainer) -> FitResult:
-    """Train `cfg.epoch_size` epochs; validate, checkpoint (`_last` every epoch, `_best` on improvement), report."""
+    """Train `cfg.epoch_size` epochs; validate, checkpoint (`_last` every epoch, `_best` on improvement), report.
+    Each phase of `plan` (un)freezes layers and brings its own optimizer and schedule."""
     start = time.perf_counter()
     history: list[EpochMetrics] = []
     best_top1: float | None = None
     best_epoch = 0
     with logging_redirect_tqdm():
         for epoch in range(1, cfg.epoch_size + 1):
+            optimizer, scheduler = plan.enter(epoch)
             epoch_start = time.perf_counter()
             stats = train_one_epoch(model, train_loader, optimizer, scheduler, trainer, epoch)
             evaluated_model = trainer.ema.module if trainer.ema is not None else model

@@ -173,15 +173,6 @@ def classifier_keys(model: nn.Module) -> set[str]:
     return {f"{head}.{key}" for key in model.get_submodule(head).state_dict()}
 
 
-def apply_freeze(model: nn.Module, freeze: str) -> None:
-    """`all`: only the classifier trains (requires_grad False elsewhere); `none`: everything trains."""
-    if freeze == "none":
-        return
-    head = classifier_name(model)
-    for name, param in model.named_parameters():
-        param.requires_grad = name.startswith(f"{head}.")
-
-
 def frozen_modules(model: nn.Module) -> list[nn.Module]:
     """The largest sub-modules whose parameters are all frozen: they stay in eval mode while training,
     so BatchNorm statistics and dropout of a frozen backbone are untouched."""
@@ -210,11 +201,12 @@ def frozen_modules(model: nn.Module) -> list[nn.Module]:
     return found
 
 
-def set_train_mode(model: nn.Module) -> None:
-    """model.train(), with the frozen parts kept in eval mode."""
+def set_train_mode(model: nn.Module, keep_frozen_eval: bool = True) -> None:
+    """model.train(), with the frozen parts kept in eval mode (freeze_bn: BatchNorm statistics untouched)."""
     model.train()
-    for module in frozen_modules(model):
-        module.eval()
+    if keep_frozen_eval:
+        for module in frozen_modules(model):
+            module.eval()
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

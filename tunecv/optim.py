@@ -1,4 +1,5 @@
-"""Optimizer: `create_optimizer(model, cfg.optim)`; parameter groups (no decay on norm/bias). Must not step."""
+"""Optimizer: `create_optimizer(groups, cfg.optim, lr)` over the parameter groups of `tunecv.param_groups`,
+and MMPretrain's auto_scale_lr. Must not step."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from timm.optim import create_optimizer_v2
-from torch import nn
 
 from tunecv.errors import UserError
 
@@ -21,37 +21,36 @@ OPTIMIZERS = {"sgd": "momentum", "momentum": "momentum", "adam": "adam", "adamw"
               "rmsprop": "rmsprop", "adagrad": "adagrad", "nadam": "nadam", "lamb": "lamb"}
 
 
-def param_groups(named_params: list[tuple[str, nn.Parameter]], weight_decay: float,
-                 weight_decay_filter: str) -> list[dict[str, Any]]:
-    """Trainable parameters in two groups: decayed, and (with a filter) 1-D tensors (norms, biases) undecayed.
-
-    Frozen parameters (requires_grad False) are left out: no optimizer state for them.
-    """
-    trainable = [(name, p) for name, p in named_params if p.requires_grad]
-    if weight_decay_filter == "disable" or weight_decay == 0:
-        return [{"params": [p for _, p in trainable], "weight_decay": weight_decay}]
-    decay = [p for name, p in trainable if p.ndim > 1 and not name.endswith(".bias")]
-    no_decay = [p for name, p in trainable if p.ndim <= 1 or name.endswith(".bias")]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
-
-
-def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def create_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """`groups` carry their own lr and weight_decay; `lr` is the base (scale 1) learning rate."""
     if cfg.opt not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {cfg.opt!r}; choose from {', '.join(sorted(OPTIMIZERS))}")
-    groups = param_groups(list(model.named_parameters()), cfg.weight_decay, cfg.weight_decay_filter)
-    if not groups or not any(g["params"] for g in groups):
-        raise UserError("no trainable parameters: everything is frozen; check freeze")
+    if not any(g["params"] for g in groups):
+        raise UserError("no trainable parameters: everything is frozen; check freeze and the freeze keys")
     timm_name = OPTIMIZERS[cfg.opt]
     if timm_name == "momentum" and cfg.use_nesterov:
         timm_name = "nesterov"
     kwargs: dict[str, Any] = {}
     if cfg.eps is not None:
         kwargs["eps"] = cfg.eps
-    optimizer = create_optimizer_v2(groups, opt=timm_name, lr=cfg.lr, weight_decay=cfg.weight_decay,
+    optimizer = create_optimizer_v2(groups, opt=timm_name, lr=lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum, **kwargs)
-    logger.info("optimizer: %s lr %g weight_decay %g (%s)%s", type(optimizer).__name__, cfg.lr, cfg.weight_decay,
-                "all decayed" if len(groups) == 1 else "no decay on norm/bias",
-                f" momentum {cfg.momentum}{' nesterov' if cfg.use_nesterov else ''}"
-                if timm_name in ("momentum", "nesterov") else "")
+    logger.debug("optimizer: %s lr %g, %d groups", type(optimizer).__name__, lr, len(groups))
     return optimizer
+
+
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The current lr of scale 1 (groups hold lr x lr_scale): the number the user set and results.txt shows."""
+    group = optimizer.param_groups[0]
+    return group["lr"] / group.get("lr_scale", 1.0)
+
+
+def auto_scaled_lr(lr: float, auto_scale_lr: dict[str, Any] | None, batch_size: int, accumulation: int,
+                   world_size: int) -> float:
+    """MMPretrain's linear scaling rule: lr x (batch_size x accumulation x world_size) / base_batch_size."""
+    if not auto_scale_lr or not auto_scale_lr.get("enable", True):
+        return lr
+    effective = batch_size * accumulation * world_size
+    scaled = lr * effective / auto_scale_lr["base_batch_size"]
+    logger.info("auto_scale_lr: lr %g x %d / %d = %g", lr, effective, auto_scale_lr["base_batch_size"], scaled)
+    return scaled

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 from tunecv.fileio import atomic_write_text
 
 if TYPE_CHECKING:
-    import torch
     from torch.utils.data import Dataset as Sized
 
     from tunecv.config import Config
     from tunecv.engine import EpochMetrics, EvalResult
+    from tunecv.plan import Plan
 
 RESULTS_HEADER = "epoch lr train_loss val_loss top1 top5 time_s"
 PRED_HEADER = ("path", "pred_label", "true_label", "score")
@@ -84,7 +84,7 @@ def write_predictions(path: str | os.PathLike, sample_ids: list[str], result: Ev
 
 
 def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: str, params: tuple[int, int],
-                optimizer: torch.optim.Optimizer, steps_per_epoch: int, workers: int, compute: str) -> str:
+                optimizer_name: str, plan: Plan, steps_per_epoch: int, workers: int, compute: str) -> str:
     """The one block logged before training: what is about to run, in the user's terms."""
     classes = train_set.classes
     trainable, total = params
@@ -95,11 +95,12 @@ def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: s
         f" val {len(val_set) if val_set is not None else 'none'}",
         f"  classes    {len(classes)} (images per class: train / val)",
         class_histogram(classes, train_set.targets, val_set.targets if val_set is not None else None),
-        f"  model      {cfg.model.model}, weights: {weights}, freeze: {cfg.model.freeze}",
-        f"  params     {trainable:,} trainable / {total:,} total",
+        f"  model      {cfg.model.model}, weights: {weights}, strategy: {cfg.finetune.strategy}",
+        f"  params     {trainable:,} trainable / {total:,} total; {plan.describe()}",
+        plan.table,
         f"  input      {data.image_resize} px, {data.interpolation}, crop_pct {data.crop_pct},"
         f" mean {list(data.mean)} std {list(data.std)}",
-        f"  optimizer  {type(optimizer).__name__} ({cfg.optim.opt}) lr {cfg.optim.lr:g}"
+        f"  optimizer  {optimizer_name} ({cfg.optim.opt}) lr {cfg.optim.lr:g}"
         f" weight_decay {cfg.optim.weight_decay:g}",
         f"  schedule   {sched.scheduler}, warm-up {sched.warmup_epochs:g} epochs, {train.epoch_size} epochs"
         f" x {steps_per_epoch} steps, batch {cfg.loader.batch_size}"

@@ -88,9 +88,11 @@ def build_schedule(cfg: SchedConfig, lr: float, steps_per_epoch: int, epochs: in
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedConfig, *, lr: float, steps_per_epoch: int,
-                     epochs: int) -> LambdaLR:
-    """A LambdaLR stepped once per optimizer update (after `optimizer.step()`)."""
+                     epochs: int, start_step: int = 0) -> LambdaLR:
+    """A LambdaLR stepped once per optimizer update (after `optimizer.step()`); each group's lr is its own peak.
+    `start_step`: continue a schedule at this step (an optimizer rebuilt mid-run when layers unfreeze)."""
     schedule = build_schedule(cfg, lr, steps_per_epoch, epochs)
-    logger.info("scheduler: %s, %d steps (%d/epoch), warm-up %d steps, min_lr %g", schedule.name,
-                schedule.total_steps, steps_per_epoch, schedule.warmup_steps, cfg.min_lr)
-    return LambdaLR(optimizer, lambda step: lr_factor(step, schedule))
+    if start_step == 0:
+        logger.info("scheduler: %s, %d steps (%d/epoch), warm-up %d steps, min_lr %g", schedule.name,
+                    schedule.total_steps, steps_per_epoch, schedule.warmup_steps, cfg.min_lr)
+    return LambdaLR(optimizer, lambda step: lr_factor(step + start_step, schedule))

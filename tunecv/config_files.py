@@ -1,0 +1,110 @@
+"""Config files: YAML with `_base_` inheritance (MMDetection/MMPretrain style) and `--cfg-options a.b=c` edits.
+
+Raw mappings only: typing, renaming and validation of the keys happen in `tunecv.config`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunecv.errors import UserError
+
+BASE_KEY = "_base_"
+DELETE_KEY = "_delete_"
+# where `_base_: presets/resnet.yaml` is also looked for when it is not beside the including file
+BUNDLED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """One YAML file: a mapping of keys (MindCV's flat style)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; check the --config path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise UserError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of key: value lines")
+    return data
+
+
+def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file with its `_base_` files merged in: bases in order, then the file itself; later keys win
+    and mappings merge key by key (a mapping with `_delete_: true` replaces instead)."""
+    path = Path(path).resolve()
+    if path in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, path))
+        raise UserError(f"config files include each other in a cycle ({cycle}); remove one _base_ entry")
+    data = read_yaml(path)
+    bases = data.pop(BASE_KEY, None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise UserError(f"{BASE_KEY} in {path} must be a file name or a list of file names")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        merged = merge(merged, read_config_file(_find_base(base, path), (*_chain, path)))
+    return merge(merged, data)
+
+
+def _find_base(base: str, including: Path) -> Path:
+    beside = (including.parent / base).expanduser()
+    if beside.is_file():
+        return beside
+    bundled = BUNDLED_CONFIGS / base
+    if bundled.is_file():
+        return bundled
+    raise UserError(f"{BASE_KEY} file {base} (in {including}) not found beside it nor in {BUNDLED_CONFIGS}")
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`; nested mappings merge unless the override's carries `_delete_: true`."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and value.get(DELETE_KEY):
+            out[key] = {k: v for k, v in value.items() if k != DELETE_KEY}
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_cfg_options(options: list[str], mapping_keys: set[str]) -> dict[str, Any]:
+    """MMPretrain's `--cfg-options lr=0.01 lr_scales.classifier=1.2 milestones=[3,6]` → a mapping to merge.
+
+    After a mapping key (`mapping_keys`), the rest of the dotted path is one entry (parameter-name patterns have
+    dots), except under paramwise_cfg.custom_keys, whose last part is the field (lr_mult, decay_mult)."""
+    out: dict[str, Any] = {}
+    for option in options:
+        path, eq, text = option.partition("=")
+        if not eq or not path:
+            raise UserError(f"--cfg-options takes key=value pairs, got {option!r}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        key, _, rest = path.partition(".")
+        if not rest:
+            out[key] = value
+        elif key not in mapping_keys:
+            raise UserError(f"--cfg-options {path}: {key} is not a mapping key; write {key}=VALUE")
+        elif key == "paramwise_cfg" and rest.startswith("custom_keys.") and rest.count(".") >= 2:
+            name, _, field = rest.removeprefix("custom_keys.").rpartition(".")
+            out = merge(out, {key: {"custom_keys": {name: {field: value}}}})
+        elif key == "paramwise_cfg":
+            out = merge(out, {key: _nested(rest.split("."), value)})
+        else:
+            out = merge(out, {key: {rest: value}})
+    return out
+
+
+def _nested(parts: list[str], value: Any) -> dict[str, Any]:
+    return {parts[0]: value} if len(parts) == 1 else {parts[0]: _nested(parts[1:], value)}

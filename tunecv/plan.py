@@ -1,0 +1,82 @@
+"""Training plan: the run's phases (`tunecv.strategy`), each started with its trainable set, parameter groups,
+optimizer and lr schedule. One phase for most runs; freeze_epochs, unfreeze_schedule and gradual add more."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+
+from tunecv.models import count_params
+from tunecv.optim import create_optimizer
+from tunecv.param_groups import build_param_groups, group_table
+from tunecv.scheduler import create_scheduler
+from tunecv.strategy import LayerMap, Phase, apply_phase, layer_map, plan_phases
+
+if TYPE_CHECKING:
+    from tunecv.config import Config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    model: nn.Module
+    cfg: Config
+    lr: float
+    steps_per_epoch: int
+    lmap: LayerMap
+    phases: list[Phase]
+    table: str = ""
+    trainable: int = 0
+    current: Phase | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: LRScheduler | None = None
+
+    @classmethod
+    def create(cls, model: nn.Module, cfg: Config, lr: float, steps_per_epoch: int) -> Plan:
+        lmap = layer_map(model)
+        return cls(model, cfg, lr, steps_per_epoch, lmap, plan_phases(model, lmap, cfg.finetune, cfg.train.epoch_size))
+
+    def enter(self, epoch: int) -> tuple[torch.optim.Optimizer, LRScheduler]:
+        """The optimizer and scheduler for `epoch`, starting its phase when it begins there."""
+        phase = next(p for p in self.phases if p.start <= epoch <= p.end)
+        if phase is not self.current:
+            self.start(phase)
+        return self.optimizer, self.scheduler
+
+    def reset(self) -> None:
+        """Forget the started phase (after the LR range test used its optimizer)."""
+        self.current = self.optimizer = self.scheduler = None
+
+    def start(self, phase: Phase) -> tuple[torch.optim.Optimizer, LRScheduler]:
+        """Freeze/unfreeze for `phase` and build its optimizer and scheduler (fresh optimizer state)."""
+        apply_phase(self.model, phase)
+        optim, ft = self.cfg.optim, self.cfg.finetune
+        groups = build_param_groups(self.model, self.lmap, ft, lr=self.lr, weight_decay=optim.weight_decay,
+                                    weight_decay_filter=optim.weight_decay_filter,
+                                    discriminative=phase.discriminative)
+        optimizer = create_optimizer(groups, optim, self.lr)
+        epochs = self.cfg.train.epoch_size
+        if phase.restart:
+            scheduler = create_scheduler(optimizer, self.cfg.sched, lr=self.lr, steps_per_epoch=self.steps_per_epoch,
+                                         epochs=phase.end - phase.start + 1)
+        else:
+            scheduler = create_scheduler(optimizer, self.cfg.sched, lr=self.lr, steps_per_epoch=self.steps_per_epoch,
+                                         epochs=epochs, start_step=(phase.start - 1) * self.steps_per_epoch)
+        self.table = group_table(self.model, groups)
+        self.trainable = count_params(self.model)[0]
+        self.current, self.optimizer, self.scheduler = phase, optimizer, scheduler
+        if len(self.phases) > 1 and phase.start > 1:
+            logger.info("epochs %d-%d (%s): %s trainable parameters\n%s", phase.start, phase.end,
+                        phase.label or "phase", f"{self.trainable:,}", self.table)
+        return optimizer, scheduler
+
+    def describe(self) -> str:
+        if len(self.phases) == 1:
+            return self.cfg.finetune.strategy
+        return "; ".join(f"epochs {p.start}-{p.end} {p.label}" for p in self.phases)
