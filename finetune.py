@@ -121,7 +121,8 @@ def run(cfg: Config) -> FitResult:
     logger.info(run_summary(cfg, setup.train_set, setup.val_set, setup.weights, count_params(setup.model),
                             type(optimizer).__name__, plan, setup.plan.steps_per_epoch,
                             setup.train_loader.num_workers, setup.compute.describe()))
-    return fit(setup.model, setup.train_loader, setup.val_loader, plan, cfg.train, saver, ResultsWriter(out_dir),
+    return fit(setup.model, setup.train_loader, setup.val_loader, plan, cfg.train, saver,
+               ResultsWriter(out_dir, ema=cfg.train.ema),
                setup.trainer)
 
 

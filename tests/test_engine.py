@@ -166,14 +166,34 @@ def test_fit_validates_at_interval_and_writes_reports(tmp_path):
     assert load_checkpoint(result.last_path)["epoch"] == 3
 
 
-def test_fit_with_ema_saves_the_averaged_weights(tmp_path):
+def test_fit_with_ema_keeps_the_averaged_weights_as_their_own_best(tmp_path):
+    model = _tiny()
+    loader = _image_batches(count=2)
+    cfg = dataclasses.replace(TrainConfig(), epoch_size=2, ema=True, ema_decay=0.5)
+    plan, _, _, trainer = _train(model, loader, cfg, epochs=2)
+    saver = CheckpointSaver(tmp_path, TINY_MODEL, {}, ["a", "b", "c"])
+    result = fit(model, loader, loader, plan, cfg, saver, ResultsWriter(tmp_path, ema=True), trainer)
+    ema_saved = load_checkpoint(result.ema.path)
+    assert result.ema.path == str(saver.ema_best_path) and ema_saved["weights"] == "ema"
+    raw_saved = load_checkpoint(result.last_path)
+    assert torch.equal(raw_saved["model"]["classifier.weight"], model.classifier.weight)
+    assert torch.equal(raw_saved["model_ema"]["classifier.weight"], trainer.ema.module.classifier.weight)
+    assert not torch.equal(model.classifier.weight, trainer.ema.module.classifier.weight)
+    assert all(m.ema_top1 is not None for m in result.history)
+    rows = (tmp_path / "results.txt").read_text().splitlines()
+    assert rows[0].endswith(" ema_top1") and len(rows[1].split()) == len(rows[0].split())
+    assert ema_saved["epoch"] == result.ema.epoch
+    assert ema_saved["best_metric"] == max(m.ema_top1 for m in result.history)
+
+
+def test_fit_with_ema_without_val_set_keeps_the_last_epoch(tmp_path):
     model = _tiny()
     loader = _image_batches(count=2)
     cfg = dataclasses.replace(TrainConfig(), epoch_size=1, ema=True, ema_decay=0.5)
     plan, _, _, trainer = _train(model, loader, cfg)
     saver = CheckpointSaver(tmp_path, TINY_MODEL, {}, ["a", "b", "c"])
     result = fit(model, loader, None, plan, cfg, saver, ResultsWriter(tmp_path), trainer)
-    saved = load_checkpoint(result.last_path)["model"]
+    saved = load_checkpoint(result.ema.path)["model"]
     assert torch.equal(saved["classifier.weight"], trainer.ema.module.classifier.weight)
     assert not torch.equal(saved["classifier.weight"], model.classifier.weight)
     assert result.best_top1 is None and result.best_epoch == 1  # no validation set: the last epoch is best

@@ -85,6 +85,16 @@ class CheckpointSaver:
             self._save_epoch(payload, epoch, metrics.get("top1", 0.0))
         save_checkpoint({**payload, **(training_state or {})}, self.last_path)
 
+    @property
+    def ema_best_path(self) -> Path:
+        return self.directory / f"{self.stem}_ema_best.pth"
+
+    def save_ema_best(self, ema_model: nn.Module, *, epoch: int, metrics: dict[str, Any],
+                      best_top1: float | None) -> Path:
+        """The EMA weights at their best validated epoch: `<model>_ema_best.pth`, loadable by validate.py."""
+        save_checkpoint({**self.payload(ema_model, epoch, metrics, best_top1), "weights": "ema"}, self.ema_best_path)
+        return self.ema_best_path
+
     def _save_epoch(self, payload: dict[str, Any], epoch: int, top1: float) -> None:
         path = self.directory / f"{self.stem}-{epoch}.pth"
         save_checkpoint(payload, path)

@@ -64,6 +64,8 @@ def accept(key: str, value: Any, where: str, known: dict[str, Any]) -> tuple[str
         return None
     if key not in known:
         raise UserError(f"unknown config key {key!r} ({where}){closest_hint(key, list(known) + list(RENAMED_KEYS))}")
+    if isinstance(value, str) and not value.strip() and "" in VALUE_ALIASES.get(key, {}):
+        value = VALUE_ALIASES[key][""]  # MindCV's `dataset: ""` (a custom folder)
     return key, value
 
 

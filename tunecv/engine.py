@@ -9,13 +9,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from timm.data import Mixup
-from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
@@ -23,8 +21,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from tunecv.losses import create_loss
 from tunecv.models import set_train_mode
 from tunecv.optim import base_lr
+from tunecv.runtime import Compute
 
 if TYPE_CHECKING:
     from tunecv.checkpoint import CheckpointSaver
@@ -33,47 +33,6 @@ if TYPE_CHECKING:
     from tunecv.report import ResultsWriter
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Compute:
-    """Where and how tensors are computed: the device, the autocast dtype (fp32 everywhere but CUDA with
-    amp_level O1-O3) and the memory format (channels_last: ~1.2-1.5x faster efficientnet training on CPU)."""
-
-    device: torch.device
-    dtype: torch.dtype | None = None
-    channels_last: bool = False
-
-    @classmethod
-    def create(cls, device: torch.device, amp_level: str, channels_last: bool) -> Compute:
-        dtype = None
-        if amp_level != "O0" and device.type != "cuda":
-            logger.info("amp: amp_level %s needs CUDA; running fp32 on %s", amp_level, device.type)
-        elif amp_level != "O0":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            logger.info("amp: amp_level %s -> autocast %s", amp_level, str(dtype).removeprefix("torch."))
-        return cls(device, dtype, channels_last)
-
-    def prepare_model(self, model: nn.Module) -> nn.Module:
-        model = model.to(self.device)
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
-
-    def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and images.ndim == 4:
-            return images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
-        return images.to(self.device, non_blocking=True)
-
-    def autocast(self):
-        if self.dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-    def scaler(self) -> torch.amp.GradScaler | None:
-        return torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
-
-    def describe(self) -> str:
-        precision = "fp32" if self.dtype is None else f"AMP {str(self.dtype).removeprefix('torch.')}"
-        return f"{self.device}, {precision}{', channels_last' if self.channels_last else ''}"
 
 
 @dataclass
@@ -91,23 +50,6 @@ class Trainer:
     log_interval: int = 100
     freeze_bn: bool = True
     global_step: int = 0
-
-
-def inverse_frequency_weights(counts: list[int]) -> torch.Tensor:
-    """N / (C * n_c): a class of average size weighs 1, a class ten times rarer 10."""
-    total, num_classes = sum(counts), len(counts)
-    return torch.tensor([total / (num_classes * max(n, 1)) for n in counts], dtype=torch.float32)
-
-
-def create_loss(cfg: TrainConfig, mixing: bool, class_counts: list[int] | None = None) -> nn.Module:
-    """Cross-entropy (+ smoothing, + inverse-frequency class weights) or BCE; with mixup the targets are soft and
-    the smoothing is in the mix."""
-    if cfg.loss == "bce":
-        return BinaryCrossEntropy(smoothing=0.0 if mixing else cfg.label_smoothing)
-    if mixing:
-        return SoftTargetCrossEntropy()
-    weight = inverse_frequency_weights(class_counts) if cfg.class_weights == "auto" and class_counts else None
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
 
 def create_trainer(model: nn.Module, cfg: TrainConfig, compute: Compute, mixup: Mixup | None,
@@ -245,6 +187,7 @@ class EpochMetrics:
     time_s: float
     train_images_per_s: float
     eval_images_per_s: float | None
+    ema_top1: float | None = None
 
 
 @dataclass
@@ -256,12 +199,32 @@ class FitResult:
     last_path: str
     results_path: str
     elapsed_s: float
+    ema: Best | None = None
 
     def summary(self) -> str:
         best = f"best top-1 {self.best_top1:.2f}% at epoch {self.best_epoch}" if self.best_top1 is not None \
             else f"no validation set; last epoch {self.best_epoch}"
-        return (f"tunecv: {best}; {self.elapsed_s:.1f} s\n  best checkpoint: {self.best_path}\n"
-                f"  results: {self.results_path}")
+        lines = [f"tunecv: {best}; {self.elapsed_s:.1f} s", f"  best checkpoint: {self.best_path}"]
+        if self.ema is not None:
+            ema = f"top-1 {self.ema.top1:.2f}% at epoch {self.ema.epoch}" if self.ema.top1 is not None \
+                else f"epoch {self.ema.epoch}"
+            lines.append(f"  EMA best ({ema}): {self.ema.path}")
+        return "\n".join([*lines, f"  results: {self.results_path}"])
+
+
+@dataclass
+class Best:
+    """The best validated epoch so far (without a validation set: the last epoch)."""
+
+    top1: float | None = None
+    epoch: int = 0
+    path: str = ""
+
+    def update(self, top1: float | None, epoch: int, no_val_set: bool) -> bool:
+        if no_val_set or (top1 is not None and (self.top1 is None or top1 > self.top1)):
+            self.top1, self.epoch = top1, epoch
+            return True
+        return False
 
 
 def _should_validate(epoch: int, epochs: int, cfg: TrainConfig) -> bool:
@@ -276,29 +239,35 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
     history: list[EpochMetrics] = []
     best_top1: float | None = None
     best_epoch = 0
+    ema_best = Best()
     with logging_redirect_tqdm():
         for epoch in range(1, cfg.epoch_size + 1):
             optimizer, scheduler = plan.enter(epoch)
             epoch_start = time.perf_counter()
             stats = train_one_epoch(model, train_loader, optimizer, scheduler, trainer, epoch)
-            evaluated_model = trainer.ema.module if trainer.ema is not None else model
-            evaluation = None
+            evaluation = ema_evaluation = None
             if val_loader is not None and _should_validate(epoch, cfg.epoch_size, cfg):
-                evaluation = evaluate(evaluated_model, val_loader, trainer.compute, trainer.num_classes,
-                                      desc=f"val {epoch}")
-            metrics = _epoch_metrics(epoch, stats, evaluation, time.perf_counter() - epoch_start)
+                evaluation = evaluate(model, val_loader, trainer.compute, trainer.num_classes, desc=f"val {epoch}")
+                if trainer.ema is not None:  # the EMA is validated on its own and kept as its own best
+                    ema_evaluation = evaluate(trainer.ema.module, val_loader, trainer.compute, trainer.num_classes,
+                                              desc=f"val ema {epoch}")
+            metrics = _epoch_metrics(epoch, stats, evaluation, time.perf_counter() - epoch_start, ema_evaluation)
             history.append(metrics)
             improved = _improved(metrics, best_top1, val_loader is None)
             if improved:
                 best_top1, best_epoch = metrics.top1, epoch
-            saver.save(evaluated_model, epoch=epoch, metrics=_metrics_dict(metrics), is_best=improved,
+            saver.save(model, epoch=epoch, metrics=_metrics_dict(metrics), is_best=improved,
                        best_top1=best_top1, training_state=_training_state(optimizer, scheduler, trainer))
+            if trainer.ema is not None and ema_best.update(metrics.ema_top1, epoch, val_loader is None):
+                ema_best.path = str(saver.save_ema_best(trainer.ema.module, epoch=epoch,
+                                                        metrics=_metrics_dict(metrics), best_top1=ema_best.top1))
             results.add(metrics)
             logger.info(_epoch_line(metrics))
     elapsed = time.perf_counter() - start
     results.finish(best_top1, best_epoch)
     return FitResult(history=history, best_epoch=best_epoch, best_top1=best_top1, best_path=str(saver.best_path),
-                     last_path=str(saver.last_path), results_path=str(results.path), elapsed_s=elapsed)
+                     last_path=str(saver.last_path), results_path=str(results.path), elapsed_s=elapsed,
+                     ema=ema_best if trainer.ema is not None else None)
 
 
 def _training_state(optimizer: torch.optim.Optimizer, scheduler: LRScheduler, trainer: Trainer) -> dict[str, Any]:
@@ -306,6 +275,8 @@ def _training_state(optimizer: torch.optim.Optimizer, scheduler: LRScheduler, tr
              "global_step": trainer.global_step}
     if trainer.scaler is not None:
         state["scaler"] = trainer.scaler.state_dict()
+    if trainer.ema is not None:
+        state["model_ema"] = trainer.ema.module.state_dict()
     return state
 
 
@@ -315,13 +286,15 @@ def _improved(metrics: EpochMetrics, best_top1: float | None, no_val_set: bool) 
     return metrics.top1 is not None and (best_top1 is None or metrics.top1 > best_top1)
 
 
-def _epoch_metrics(epoch: int, stats: TrainStats, evaluation: EvalResult | None, seconds: float) -> EpochMetrics:
+def _epoch_metrics(epoch: int, stats: TrainStats, evaluation: EvalResult | None, seconds: float,
+                   ema_evaluation: EvalResult | None = None) -> EpochMetrics:
     return EpochMetrics(
         epoch=epoch, lr=stats.lr, train_loss=stats.loss,
         val_loss=evaluation.loss if evaluation else None, top1=evaluation.top1 if evaluation else None,
         top5=evaluation.top5 if evaluation else None, time_s=seconds,
         train_images_per_s=stats.images / max(stats.seconds, 1e-9),
-        eval_images_per_s=evaluation.images / max(evaluation.seconds, 1e-9) if evaluation else None)
+        eval_images_per_s=evaluation.images / max(evaluation.seconds, 1e-9) if evaluation else None,
+        ema_top1=ema_evaluation.top1 if ema_evaluation else None)
 
 
 def _metrics_dict(metrics: EpochMetrics) -> dict[str, Any]:
@@ -333,4 +306,6 @@ def _epoch_line(m: EpochMetrics) -> str:
     if m.top1 is not None:
         line += (f" | val_loss {m.val_loss:.4f} top1 {m.top1:.2f} top5 {m.top5:.2f}"
                  f" ({m.eval_images_per_s:.0f} img/s)")
+    if m.ema_top1 is not None:
+        line += f" | ema top1 {m.ema_top1:.2f}"
     return line + f" | {m.time_s:.1f} s"

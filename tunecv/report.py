@@ -26,30 +26,34 @@ def _cell(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def results_row(m: EpochMetrics) -> str:
-    return " ".join([str(m.epoch), f"{m.lr:.6g}", _cell(m.train_loss, 4), _cell(m.val_loss, 4),
-                     _cell(m.top1, 2), _cell(m.top5, 2), _cell(m.time_s, 1)])
+def results_row(m: EpochMetrics, ema: bool = False) -> str:
+    cells = [str(m.epoch), f"{m.lr:.6g}", _cell(m.train_loss, 4), _cell(m.val_loss, 4),
+             _cell(m.top1, 2), _cell(m.top5, 2), _cell(m.time_s, 1)]
+    return " ".join(cells + ([_cell(m.ema_top1, 2)] if ema else []))
 
 
 class ResultsWriter:
     """results.txt: a header, one row per epoch (rewritten atomically each epoch), then the best line;
     metrics.json holds the same, for machines."""
 
-    def __init__(self, directory: str | os.PathLike) -> None:
+    def __init__(self, directory: str | os.PathLike, ema: bool = False) -> None:
+        """`ema`: one more column, the EMA weights' top-1."""
         self.path = Path(directory) / "results.txt"
         self.json_path = Path(directory) / "metrics.json"
+        self.ema = ema
+        self.header = RESULTS_HEADER + (" ema_top1" if ema else "")
         self.rows: list[str] = []
         self.history: list[dict] = []
-        atomic_write_text(self.path, RESULTS_HEADER + "\n")
+        atomic_write_text(self.path, self.header + "\n")
 
     def add(self, metrics: EpochMetrics) -> None:
-        self.rows.append(results_row(metrics))
+        self.rows.append(results_row(metrics, self.ema))
         self.history.append(asdict(metrics))
-        atomic_write_text(self.path, "\n".join([RESULTS_HEADER, *self.rows]) + "\n")
+        atomic_write_text(self.path, "\n".join([self.header, *self.rows]) + "\n")
 
     def finish(self, best_top1: float | None, best_epoch: int) -> None:
         best = f"best top1 {_cell(best_top1, 2)} at epoch {best_epoch}"
-        atomic_write_text(self.path, "\n".join([RESULTS_HEADER, *self.rows, best]) + "\n")
+        atomic_write_text(self.path, "\n".join([self.header, *self.rows, best]) + "\n")
         summary = {"best_top1": best_top1, "best_epoch": best_epoch, "epochs": self.history}
         atomic_write_text(self.json_path, json.dumps(summary, indent=2) + "\n")
 

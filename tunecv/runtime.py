@@ -1,13 +1,19 @@
-"""Run-time setup shared by the scripts: seeding and the device."""
+"""Run-time setup shared by the scripts: seeding, the device, and `Compute` (device, precision, memory format)."""
 
 from __future__ import annotations
 
+import logging
 import random
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from tunecv.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -29,3 +35,44 @@ def image_mode(in_channels: int) -> str:
     if in_channels not in modes:
         raise UserError(f"in_channels {in_channels} is not supported for images; use 1 (grayscale) or 3 (RGB)")
     return modes[in_channels]
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where and how tensors are computed: the device, the autocast dtype (fp32 everywhere but CUDA with
+    amp_level O1-O3) and the memory format (channels_last: ~1.2-1.5x faster efficientnet training on CPU)."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    @classmethod
+    def create(cls, device: torch.device, amp_level: str, channels_last: bool) -> Compute:
+        dtype = None
+        if amp_level != "O0" and device.type != "cuda":
+            logger.info("amp: amp_level %s needs CUDA; running fp32 on %s", amp_level, device.type)
+        elif amp_level != "O0":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            logger.info("amp: amp_level %s -> autocast %s", amp_level, str(dtype).removeprefix("torch."))
+        return cls(device, dtype, channels_last)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and images.ndim == 4:
+            return images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        return images.to(self.device, non_blocking=True)
+
+    def autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
+
+    def describe(self) -> str:
+        precision = "fp32" if self.dtype is None else f"AMP {str(self.dtype).removeprefix('torch.')}"
+        return f"{self.device}, {precision}{', channels_last' if self.channels_last else ''}"
