@@ -29,8 +29,11 @@ STRATEGIES = {  # config stem: what the tutorial calls it
     "full": "full fine-tuning, one lr",
     "head_lr": "full fine-tuning, head lr x1.2",
     "deep_lr": "full fine-tuning, last 3 blocks lr x1.05-1.15",
+    "lp_ft": "tunecv strategy lp_ft: classifier 1 epoch, then all",
+    "gradual": "tunecv strategy gradual: unfreeze top-down",
 }
 PARAMS = re.compile(r"params\s+([\d,]+) trainable / ([\d,]+) total")
+PHASE_PARAMS = re.compile(r"epochs \d+-\d+ \(.*?\): ([\d,]+) trainable parameters")
 
 
 def run_one(name: str, data_dir: str, seed: int, out: Path) -> dict:
@@ -43,7 +46,11 @@ def run_one(name: str, data_dir: str, seed: int, out: Path) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
-    trainable, total = (int(v.replace(",", "")) for v in PARAMS.search((out / "train.log").read_text()).groups())
+    log = (out / "train.log").read_text()
+    trainable, total = (int(v.replace(",", "")) for v in PARAMS.search(log).groups())
+    phases = PHASE_PARAMS.findall(log)
+    if phases:  # a phased strategy: the trainable count of its last phase
+        trainable = int(phases[-1].replace(",", ""))
     epochs = metrics["epochs"]
     return {"best_top1": metrics["best_top1"], "last_top1": epochs[-1]["top1"], "trainable": trainable,
             "total": total, "epoch_s": statistics.mean(e["time_s"] for e in epochs),
@@ -69,6 +76,9 @@ def write_markdown(rows: dict[str, list[dict]], seeds: list[int], path: Path, co
         f"{torch.__version__}, {torch.get_num_threads()} threads. Seeds {', '.join(map(str, seeds))}"
         + (" (mean ± sd)." if len(seeds) > 1 else "."),
         f"Command: `{command}`",
+        "",
+        "The first five rows are the tutorial's strategies, the last two tunecv's phased ones (`strategy:` key);",
+        "trainable params are those of the last phase.",
         "",
         "| strategy | config | trainable params | epoch time (s) | train img/s | best top-1 (%) | last top-1 (%) |",
         "|---|---|---|---|---|---|---|",

@@ -55,7 +55,7 @@ def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> 
 
 
 def _find_base(base: str, including: Path) -> Path:
-    beside = (including.parent / base).expanduser()
+    beside = including.parent / Path(base).expanduser()
     if beside.is_file():
         return beside
     bundled = BUNDLED_CONFIGS / base
@@ -68,12 +68,12 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """`override` on top of `base`; nested mappings merge unless the override's carries `_delete_: true`."""
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and value.get(DELETE_KEY):
-            out[key] = {k: v for k, v in value.items() if k != DELETE_KEY}
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
+        if isinstance(value, dict):
+            replace = value.get(DELETE_KEY)
+            value = merge({}, {k: v for k, v in value.items() if k != DELETE_KEY})  # no _delete_ at any depth
+            if not replace and isinstance(out.get(key), dict):
+                value = merge(out[key], value)
+        out[key] = value
     return out
 
 

@@ -41,8 +41,10 @@ def create_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig, lr: float) 
 
 def base_lr(optimizer: torch.optim.Optimizer) -> float:
     """The current lr of scale 1 (groups hold lr x lr_scale): the number the user set and results.txt shows."""
-    group = optimizer.param_groups[0]
-    return group["lr"] / group.get("lr_scale", 1.0)
+    scaled = [g for g in optimizer.param_groups if g.get("lr_scale", 1.0) > 0]
+    if not scaled:  # every group at lr_mult 0
+        return 0.0
+    return scaled[0]["lr"] / scaled[0].get("lr_scale", 1.0)
 
 
 def auto_scaled_lr(lr: float, auto_scale_lr: dict[str, Any] | None, batch_size: int, accumulation: int,

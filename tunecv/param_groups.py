@@ -109,6 +109,8 @@ def build_param_groups(model: nn.Module, lmap: LayerMap, ft: FinetuneConfig, *, 
             decay *= norm_mult
         if decay == 0 and weight_decay > 0:
             parts.append("no decay")
+        elif decay != weight_decay:
+            parts.append(f"decay {decay:.3g}")
         key = (round(scale, 12), decay, tuple(parts))
         group = groups.setdefault(key, {"params": [], "param_names": [], "lr": lr * scale, "lr_scale": scale,
                                         "weight_decay": decay, "name": ", ".join(parts) or "default"})
@@ -120,16 +122,16 @@ def build_param_groups(model: nn.Module, lmap: LayerMap, ft: FinetuneConfig, *, 
 def group_table(model: nn.Module, groups: list[dict[str, Any]]) -> str:
     """What the config did: one row per kind of group (per-layer groups folded into one row with their lr range),
     and one for the frozen parameters."""
-    rows: dict[str, list] = {}
+    rows: dict[tuple[str, float], list] = {}
     for g in groups:
         name = re.sub(r"layer \d+", "layers", g["name"])
         lr = g.get("initial_lr", g["lr"])
-        row = rows.setdefault(name, [0, 0, lr, lr, g["weight_decay"]])
+        row = rows.setdefault((name, g["weight_decay"]), [0, 0, lr, lr])
         row[0] += len(g["params"])
         row[1] += sum(p.numel() for p in g["params"])
         row[2], row[3] = min(row[2], lr), max(row[3], lr)
     lines = [(n, t, p, f"{lo:.3g}" if lo == hi else f"{lo:.2g}-{hi:.2g}", f"{wd:.3g}", "no")
-             for n, (t, p, lo, hi, wd) in rows.items()]
+             for (n, wd), (t, p, lo, hi) in rows.items()]
     frozen = [p for p in model.parameters() if not p.requires_grad]
     if frozen:
         lines.append(("frozen", len(frozen), sum(p.numel() for p in frozen), "-", "-", "yes"))

@@ -192,7 +192,8 @@ def frozen_names(model: nn.Module, lmap: LayerMap, ft: FinetuneConfig) -> set[st
 @dataclass(frozen=True)
 class Phase:
     """Epochs `start`..`end` (1-based, inclusive) train with `frozen` fixed. `discriminative`: unfreeze_lr_scale
-    applies; `restart`: the lr schedule starts again over this phase (fastai fine_tune's second fit)."""
+    applies; `restart`: the phase has an lr schedule of its own (fastai fine_tune's two fits), else the run's
+    schedule continues."""
 
     start: int
     end: int
@@ -207,10 +208,10 @@ def plan_phases(model: nn.Module, lmap: LayerMap, ft: FinetuneConfig, epochs: in
     base = frozen_names(model, lmap, ft)
     head_alone = (set(names) - set(lmap.classifier)) | base
     if ft.freeze_epochs:
-        phases = [Phase(1, ft.freeze_epochs, frozenset(head_alone), label="classifier only"),
+        phases = [Phase(1, ft.freeze_epochs, frozenset(head_alone), restart=True, label="classifier only"),
                   Phase(ft.freeze_epochs + 1, epochs, frozenset(base), True, True, "unfrozen")]
     elif ft.unfreeze_schedule:
-        phases = _scheduled(model, names, head_alone, ft.unfreeze_schedule, epochs)
+        phases = _scheduled(model, names, head_alone, base, ft.unfreeze_schedule, epochs)
     elif ft.strategy == "gradual":
         phases = _gradual(lmap, base, epochs)
     else:
@@ -222,13 +223,14 @@ def plan_phases(model: nn.Module, lmap: LayerMap, ft: FinetuneConfig, epochs: in
     return phases
 
 
-def _scheduled(model: nn.Module, names: list[str], start: set[str], schedule: dict[int, tuple[str, ...]],
-               epochs: int) -> list[Phase]:
+def _scheduled(model: nn.Module, names: list[str], start: set[str], base: set[str],
+               schedule: dict[int, tuple[str, ...]], epochs: int) -> list[Phase]:
+    """From the classifier alone, unfreeze what each epoch's patterns match; the freeze keys' set stays frozen."""
     phases, frozen, begin = [], set(start), 1
     for epoch in sorted(schedule):
         phases.append(Phase(begin, epoch - 1, frozenset(frozen), discriminative=begin > 1,
                             label="classifier only" if begin == 1 else f"unfrozen at epoch {begin}"))
-        frozen -= match_all(schedule[epoch], names, model, key=f"unfreeze_schedule[{epoch}]")
+        frozen -= match_all(schedule[epoch], names, model, key=f"unfreeze_schedule[{epoch}]") - base
         begin = epoch
     phases.append(Phase(begin, epochs, frozenset(frozen), discriminative=begin > 1,
                         label=f"unfrozen at epoch {begin}"))
