@@ -1,4 +1,5 @@
-"""Seed 001's five fine-tuning strategies on the offline ants/bees photos; writes docs/results.md.
+"""Seed 001's five fine-tuning strategies, and tunecv's lp_ft and gradual, on the offline ants/bees photos;
+writes docs/results.md.
 
     python -m bench.strategies --data_dir ../shared/data/hymenoptera_data --seeds 0 1 2
 

@@ -149,7 +149,8 @@ def test_parse_cfg_options():
     assert parse_cfg_options(options, keys) == {
         "a": 1, "lr_scales": {"blocks.6": 1.1, "classifier": 1.2},
         "paramwise_cfg": {"custom_keys": {"head.fc": {"lr_mult": 10, "decay_mult": 0}}, "norm_decay_mult": 0},
-        "milestones": [3, 6], "freeze_patterns": ["blocks.0", "blocks.1"], "data_dir": "/a=b", "name": "text"}
+        "multi_step_decay_milestones": [3, 6], "freeze_patterns": ["blocks.0", "blocks.1"], "data_dir": "/a=b",
+        "name": "text"}
 
 
 @pytest.mark.parametrize("option, needle", [
@@ -190,17 +191,21 @@ def test_cfg_options_flag_on_the_command_line(tmp_path, data_dir):
 
 # -------------------------------------------------------------------------------------------------- strategy
 
+NO_STRATEGY = {"freeze": "none", "frozen_stages": -1, "freeze_epochs": 0}
+
+
 @pytest.mark.parametrize("values, expected", [
-    ({}, {"strategy": "full"}),
-    ({"strategy": "full"}, {"strategy": "full"}),
-    ({"strategy": "linear_probe"}, {"strategy": "linear_probe", "freeze": "all"}),
-    ({"strategy": "freeze:3"}, {"strategy": "freeze:3", "frozen_stages": 3}),
-    ({"strategy": "Freeze: 2"}, {"strategy": "freeze:2", "frozen_stages": 2}),
-    ({"strategy": "lp_ft"}, {"strategy": "lp_ft", "freeze_epochs": 1}),
-    ({"strategy": "gradual"}, {"strategy": "gradual"}),
-    ({"strategy": "linear_probe", "freeze": "head_only"}, {"strategy": "linear_probe", "freeze": "head_only"}),
-    ({"strategy": "freeze:3", "frozen_stages": 1}, {"strategy": "freeze:3", "frozen_stages": 1}),
-    ({"strategy": "lp_ft", "freeze_epochs": 3}, {"strategy": "lp_ft", "freeze_epochs": 3}),
+    ({}, {}),
+    ({"strategy": "full"}, {**NO_STRATEGY, "strategy": "full"}),
+    ({"strategy": "linear_probe"}, {**NO_STRATEGY, "strategy": "linear_probe", "freeze": "all"}),
+    ({"strategy": "freeze:3"}, {**NO_STRATEGY, "strategy": "freeze:3", "frozen_stages": 3}),
+    ({"strategy": "Freeze: 2"}, {**NO_STRATEGY, "strategy": "freeze:2", "frozen_stages": 2}),
+    ({"strategy": "lp_ft"}, {**NO_STRATEGY, "strategy": "lp_ft", "freeze_epochs": 1}),
+    ({"strategy": "gradual"}, {**NO_STRATEGY, "strategy": "gradual"}),
+    ({"strategy": "linear_probe", "freeze": "head_only"}, {**NO_STRATEGY, "strategy": "linear_probe",
+                                                           "freeze": "head_only"}),
+    ({"strategy": "freeze:3", "frozen_stages": 1}, {**NO_STRATEGY, "strategy": "freeze:3", "frozen_stages": 1}),
+    ({"strategy": "lp_ft", "freeze_epochs": 3}, {**NO_STRATEGY, "strategy": "lp_ft", "freeze_epochs": 3}),
 ])
 def test_expand_strategy(values, expected):
     assert expand_strategy(values) == expected
@@ -217,9 +222,15 @@ def test_strategy_through_load_config(yaml_config, data_dir):
     assert load_config(None, {"data_dir": data_dir, "strategy": "freeze:3"}).finetune.frozen_stages == 3
     lp_ft = load_config(None, {"data_dir": data_dir, "strategy": "lp_ft"})
     assert (lp_ft.finetune.freeze_epochs, lp_ft.finetune.freeze) == (1, "none")
-    # a key set in the file beats the strategy given on the command line
-    path = yaml_config({"data_dir": data_dir, "frozen_stages": 1})
-    assert load_config(path, {"strategy": "freeze:3"}).finetune.frozen_stages == 1
+    # a strategy on the command line replaces what the file (e.g. a saved config.yaml) says
+    path = yaml_config({"data_dir": data_dir, "frozen_stages": 1, "freeze_epochs": 0, "strategy": "freeze:1"})
+    assert load_config(path, {"strategy": "freeze:3"}).finetune.frozen_stages == 3
+    assert load_config(path, {"strategy": "lp_ft"}).finetune.frozen_stages == -1
+    assert load_config(path, {"strategy": "lp_ft", "epoch_size": 3}).finetune.freeze_epochs == 1
+    # ... and a key set next to the strategy, or in a later layer, wins over it
+    path = yaml_config({"data_dir": data_dir, "strategy": "freeze:3", "frozen_stages": 1}, "same_layer.yaml")
+    assert load_config(path).finetune.frozen_stages == 1
+    assert load_config(path, {"frozen_stages": 2}).finetune.frozen_stages == 2
     with pytest.raises(UserError, match="strategy"):
         load_config(None, {"data_dir": data_dir, "strategy": "probe"})
 
@@ -275,8 +286,11 @@ def test_lr_scales_not_a_mapping(data_dir):
 
 @pytest.mark.parametrize("overrides, needle", [
     ({"freeze_epochs": 3, "epoch_size": 3}, "freeze_epochs 3 leaves no epoch to train unfrozen"),
-    ({"freeze_epochs": 1, "epoch_size": 3, "freeze": "all"}, "freeze: all keeps it frozen"),
-    ({"strategy": "lp_ft", "epoch_size": 3, "freeze": "head_only"}, "freeze: head_only keeps it frozen"),
+    ({"freeze_epochs": 1, "epoch_size": 3, "freeze": "all"}, "freeze: all keeps the backbone frozen"),
+    ({"strategy": "lp_ft", "epoch_size": 3, "freeze": "head_only"}, "freeze: head_only keeps the backbone frozen"),
+    ({"unfreeze_schedule": "{2: [all]}", "epoch_size": 3, "freeze": "all"}, "unfreeze_schedule unfreezes layers"),
+    ({"unfreeze_lr_scale": 0.1}, "unfreeze_lr_scale applies after an unfreeze"),
+    ({"lr": "auto", "auto_scale_lr": "{base_batch_size: 256}"}, "lr: auto finds the lr"),
     ({"strategy": "gradual", "freeze": "all"}, "strategy gradual unfreezes"),
     ({"unfreeze_schedule": {1: ["blocks"]}, "epoch_size": 3}, "unfreeze_schedule epoch 1 is outside 2..3"),
     ({"unfreeze_schedule": {4: ["blocks"]}, "epoch_size": 3}, "unfreeze_schedule epoch 4 is outside 2..3"),
@@ -324,3 +338,32 @@ def test_auto_scaled_lr_math():
     assert auto_scaled_lr(0.01, {"base_batch_size": 8, "enable": True}, 16, 1, 1) == pytest.approx(0.02)
     assert auto_scaled_lr(0.1, {"base_batch_size": 256, "enable": False}, 32, 2, 8) == 0.1
     assert auto_scaled_lr(0.1, None, 32, 2, 8) == 0.1
+
+
+def test_renamed_keys_lose_to_later_layers(tmp_path):
+    (tmp_path / "base.yaml").write_text("epoch_size: 50\ndata_dir: /tmp\n")
+    (tmp_path / "mid.yaml").write_text("_base_: base.yaml\nepochs: 20\n")
+    (tmp_path / "child.yaml").write_text("_base_: mid.yaml\nepoch_size: 10\n")
+    assert load_config(tmp_path / "child.yaml").train.epoch_size == 10
+    assert load_config(tmp_path / "mid.yaml", cfg_options=["epoch_size=7"]).train.epoch_size == 7
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--freeze_patterns", "blocks.[0-2]"], ("blocks.[0-2]",)),
+    (["--freeze_patterns", "re:^blocks\\.\\d{1,2}"], ("re:^blocks\\.\\d{1,2}",)),
+    (["--freeze_patterns", "re:a,b"], ("re:a,b",)),
+    (["--freeze_patterns", "*"], ("*",)),
+    (["--freeze_patterns", "blocks.0", "blocks.1*"], ("blocks.0", "blocks.1*")),
+    (["--freeze_patterns", "[blocks.0, blocks.1]"], ("blocks.0", "blocks.1")),
+])
+def test_pattern_flags_keep_each_pattern_whole(argv, expected, data_dir):
+    parser = cli.build_parser("finetune.py", "test")
+    args, overrides = cli.parse_args(parser, ["--data_dir", data_dir, *argv], ())
+    assert load_config(None, overrides).finetune.freeze_patterns == expected
+
+
+def test_scale_flag_still_takes_one_or_two_tokens(data_dir):
+    parser = cli.build_parser("finetune.py", "test")
+    for argv in (["--scale", "0.5,1.0"], ["--scale", "0.5", "1.0"]):
+        _, overrides = cli.parse_args(parser, ["--data_dir", data_dir, *argv], ())
+        assert load_config(None, overrides).data.scale == (0.5, 1.0)

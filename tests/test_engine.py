@@ -9,14 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, apply_freeze
 from tunecv.checkpoint import CheckpointSaver, load_checkpoint
 from tunecv.config import Config, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig
 from tunecv.engine import Compute, create_trainer, evaluate, fit, train_one_epoch
+from tunecv.layer_map import layer_map
 from tunecv.models import create_model
 from tunecv.plan import Plan
 from tunecv.report import RESULTS_HEADER, ResultsWriter
-from tunecv.strategy import Phase, apply_freeze, layer_map
+from tunecv.strategy import Phase
 
 CPU = torch.device("cpu")
 
@@ -183,7 +184,8 @@ def test_fit_with_ema_keeps_the_averaged_weights_as_their_own_best(tmp_path):
     rows = (tmp_path / "results.txt").read_text().splitlines()
     assert rows[0].endswith(" ema_top1") and len(rows[1].split()) == len(rows[0].split())
     assert ema_saved["epoch"] == result.ema.epoch
-    assert ema_saved["best_metric"] == max(m.ema_top1 for m in result.history)
+    assert ema_saved["best_metric"] == ema_saved["metrics"]["top1"] == max(m.ema_top1 for m in result.history)
+    assert rows[-1] == f"best ema_top1 {result.ema.top1:.2f} at epoch {result.ema.epoch}"
 
 
 def test_fit_with_ema_without_val_set_keeps_the_last_epoch(tmp_path):

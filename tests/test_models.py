@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, apply_freeze
 from tunecv.config import FinetuneConfig, ModelConfig
 from tunecv.errors import UserError
 from tunecv.models import (
@@ -20,7 +20,6 @@ from tunecv.models import (
     resolve_model_name,
     set_train_mode,
 )
-from tunecv.strategy import apply_freeze
 
 
 @pytest.mark.parametrize("name, expected", [

@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, apply_freeze
 from tunecv.config import FinetuneConfig, ModelConfig, OptimConfig
 from tunecv.errors import UserError
+from tunecv.layer_map import layer_map
 from tunecv.models import create_model
 from tunecv.optim import OPTIMIZERS, create_optimizer
 from tunecv.param_groups import build_param_groups
-from tunecv.strategy import apply_freeze, layer_map
 
 
 def _net() -> nn.Module:

@@ -9,14 +9,14 @@ import pytest
 import timm
 from torch import nn
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, apply_freeze
 from tunecv.config import FinetuneConfig, OptimConfig, load_config
 from tunecv.errors import UserError
+from tunecv.layer_map import layer_map
 from tunecv.models import create_model
 from tunecv.optim import base_lr, create_optimizer
 from tunecv.param_groups import build_param_groups, build_rules, check_paramwise_cfg, group_table
 from tunecv.plan import Plan
-from tunecv.strategy import apply_freeze, layer_map
 
 LR, WD = 0.1, 0.05
 # test_efficientnet's 7 layers: stem, blocks.0 .. blocks.4, head group (conv_head, bn2, classifier)
@@ -145,16 +145,22 @@ def test_lr_scales_come_before_custom_keys(model):
     assert lrs["classifier.weight"] == pytest.approx(3 * LR)
 
 
-def test_paramwise_norm_and_bias_decay_mult(model):
+def test_paramwise_norm_and_bias_decay_mult_follow_mmengine(model):
     groups = _groups(model, paramwise_cfg={"norm_decay_mult": 0.5, "bias_decay_mult": 0.25})
     wds = _per_param(groups, "weight_decay")
-    assert wds["bn1.weight"] == pytest.approx(0.5 * WD)
-    assert wds["bn1.bias"] == pytest.approx(0.25 * WD) and wds["classifier.bias"] == pytest.approx(0.25 * WD)
+    # norm layers' weight and bias take norm_decay_mult; other biases bias_decay_mult
+    assert wds["bn1.weight"] == pytest.approx(0.5 * WD) and wds["bn1.bias"] == pytest.approx(0.5 * WD)
+    assert wds["classifier.bias"] == pytest.approx(0.25 * WD)
     assert wds["conv_stem.weight"] == WD and wds["classifier.weight"] == WD
-    # one multiplier given: the other keeps the filter's default
-    wds = _per_param(_groups(model, weight_decay_filter="disable", paramwise_cfg={"norm_decay_mult": 0.0}),
-                     "weight_decay")
-    assert wds["bn1.weight"] == 0.0 and wds["bn1.bias"] == WD
+    # one multiplier given: the other is 1, whatever weight_decay_filter says (MMEngine's defaults)
+    wds = _per_param(_groups(model, paramwise_cfg={"norm_decay_mult": 0.0}), "weight_decay")
+    assert wds["bn1.weight"] == 0.0 and wds["bn1.bias"] == 0.0 and wds["classifier.bias"] == WD
+
+
+def test_paramwise_custom_keys_are_exempt_from_norm_and_bias_mults(model):
+    wds = _per_param(_groups(model, paramwise_cfg={"custom_keys": {"classifier": {"lr_mult": 10}},
+                                                   "bias_decay_mult": 0.0}), "weight_decay")
+    assert wds["classifier.bias"] == WD and wds["conv_stem.weight"] == WD
 
 
 def test_frozen_parameters_get_no_group():
@@ -218,7 +224,7 @@ def test_group_table_folds_layers_into_one_row(model):
 
 
 def test_group_table_shows_every_weight_decay(model):
-    groups = _groups(model, paramwise_cfg={"norm_decay_mult": 0.5})
+    groups = _groups(model, paramwise_cfg={"norm_decay_mult": 0.5, "bias_decay_mult": 0.0})
     assert {g["weight_decay"] for g in groups} == {WD, 0.5 * WD, 0.0}
     rows = _table_rows(group_table(model, groups))
     assert {float(cells[3]) for cells in rows.values()} == {WD, 0.5 * WD, 0.0}

@@ -8,19 +8,11 @@ import timm
 import torchvision
 from torch import nn
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, apply_freeze
 from tunecv.config import FinetuneConfig
 from tunecv.errors import UserError
-from tunecv.strategy import (
-    apply_freeze,
-    apply_phase,
-    compile_pattern,
-    frozen_names,
-    layer_map,
-    match_names,
-    mindcv_feature_prefixes,
-    plan_phases,
-)
+from tunecv.layer_map import layer_map, mindcv_feature_prefixes
+from tunecv.strategy import apply_phase, compile_pattern, frozen_names, match_names, plan_phases
 
 
 def _timm(name: str) -> nn.Module:
@@ -360,3 +352,11 @@ def test_apply_phase_switches_requires_grad():
     assert sum(p.requires_grad for p in model.parameters()) == 2
     apply_phase(model, phases[1])
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_gradual_in_one_epoch_keeps_the_freeze_keys():
+    model = _timm("test_efficientnet")
+    lmap = layer_map(model)
+    phases = plan_phases(model, lmap, FinetuneConfig(strategy="gradual", freeze_patterns=("conv_head",)), epochs=1)
+    assert len(phases) == 1 and "conv_head.weight" in phases[0].frozen
+    assert "classifier.weight" not in phases[0].frozen

@@ -51,8 +51,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None,
     """(script options, config overrides). Flags that are no known key go to the config layer, which maps
     other tools' names (`--class_num`), ignores MindCV system keys, or rejects them with the closest key."""
     args, rest = parser.parse_known_args(_attach_negative_numbers(sys.argv[1:] if argv is None else argv))
-    overrides = {k: (",".join(v) if isinstance(v, list) else v) for k, v in vars(args).items()
-                 if k in KEYS}
+    # one token stays text (`--scale 0.5,1.0`, `--freeze_patterns 're:a,b'`); several stay a list of items
+    overrides = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in vars(args).items() if k in KEYS}
     overrides.update(_parse_rest(rest))
     for flag in script_flags:
         overrides.pop(flag, None)

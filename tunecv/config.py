@@ -32,6 +32,7 @@ from tunecv.config_schema import (
 from tunecv.config_values import closest_hint, coerce
 from tunecv.errors import UserError
 from tunecv.fileio import atomic_write_text
+from tunecv.param_groups import check_paramwise_cfg
 
 __all__ = ["Config", "DataConfig", "LoaderConfig", "ModelConfig", "FinetuneConfig", "OptimConfig", "SchedConfig",
            "TrainConfig", "SECTIONS", "UserError", "load_config", "config_from_dict", "save_config", "read_yaml",
@@ -64,6 +65,7 @@ def config_from_dict(layers: list[tuple[dict[str, Any], str]]) -> Config:
     """Build a Config from (mapping, where) layers; later layers win. `where` names the source in errors."""
     values: dict[str, Any] = {}
     for mapping, where in layers:
+        layer: dict[str, Any] = {}
         for raw_key, raw_value in mapping.items():
             accepted = compat.accept(str(raw_key), raw_value, where, KEYS)
             if accepted is None:
@@ -71,12 +73,13 @@ def config_from_dict(layers: list[tuple[dict[str, Any], str]]) -> Config:
             key, value = accepted
             section, spec = KEYS[key]
             if isinstance(value, str) and value.strip().lower() in spec.metadata["literals"]:
-                values[key] = value.strip().lower()
+                layer[key] = value.strip().lower()
                 continue
             value = compat.normalise(key, coerce(key, value, _TYPES[section][key], where))
             _validate(key, value, where)
-            values[key] = value
-    return _resolve(_build(expand_strategy(values)))
+            layer[key] = value
+        values.update(expand_strategy(layer))
+    return _resolve(_build(values))
 
 
 def _build(values: dict[str, Any]) -> Config:
@@ -156,29 +159,46 @@ def _resolve(cfg: Config) -> Config:
 
 
 STRATEGY = re.compile(r"^(full|linear_probe|lp_ft|gradual|freeze:(\d+))$")
+# the keys a strategy sets; each strategy sets all of them, so a later layer's strategy replaces an earlier one
+STRATEGY_KEYS = {"freeze": "none", "frozen_stages": -1, "freeze_epochs": 0}
 
 
-def expand_strategy(values: dict[str, Any]) -> dict[str, Any]:
-    """`strategy` as the detailed keys it stands for; keys the user set themselves win."""
-    strategy = str(values.get("strategy", "full")).replace(" ", "").lower()
+def strategy_keys(strategy: str) -> dict[str, Any]:
+    """The detailed keys a `strategy` stands for."""
     match = STRATEGY.match(strategy)
     if not match:
-        raise UserError(f"strategy {values['strategy']!r} is not one of full, linear_probe, freeze:N, lp_ft, gradual")
-    implied: dict[str, Any] = {"linear_probe": {"freeze": "all"}, "lp_ft": {"freeze_epochs": 1}}.get(strategy, {})
+        raise UserError(f"strategy {strategy!r} is not one of full, linear_probe, freeze:N, lp_ft, gradual")
+    implied = {"linear_probe": {"freeze": "all"}, "lp_ft": {"freeze_epochs": 1}}.get(strategy, {})
     if match.group(2) is not None:
         implied = {"frozen_stages": int(match.group(2))}
-    return {**implied, **values, "strategy": strategy}
+    return {**STRATEGY_KEYS, **implied}
+
+
+def expand_strategy(layer: dict[str, Any]) -> dict[str, Any]:
+    """A layer that sets `strategy` also sets the keys it stands for, where that same layer does not:
+    later layers (the command line over the file) still win, earlier ones are replaced."""
+    if "strategy" not in layer:
+        return layer
+    strategy = str(layer["strategy"]).replace(" ", "").lower()
+    return {**strategy_keys(strategy), **layer, "strategy": strategy}
 
 
 def _check_finetune(cfg: Config) -> None:
     ft, epochs = cfg.finetune, cfg.train.epoch_size
+    implied = {k: v for k, v in strategy_keys(ft.strategy).items() if v != STRATEGY_KEYS[k]}
+    via = f" (strategy {ft.strategy} sets {', '.join(f'{k}: {v}' for k, v in implied.items())})" if implied else ""
     if ft.freeze_epochs and ft.freeze_epochs >= epochs:
-        raise UserError(f"freeze_epochs {ft.freeze_epochs} leaves no epoch to train unfrozen in epoch_size {epochs}; "
-                        "lower freeze_epochs or raise epoch_size")
-    if (ft.freeze_epochs or ft.strategy == "gradual") and ft.freeze != "none":
-        what = f"freeze_epochs unfreezes the model after {ft.freeze_epochs} epochs" if ft.freeze_epochs \
-            else "strategy gradual unfreezes the model stage by stage"
-        raise UserError(f"{what} but freeze: {ft.freeze} keeps it frozen; use one of them")
+        raise UserError(f"freeze_epochs {ft.freeze_epochs} leaves no epoch to train unfrozen in epoch_size "
+                        f"{epochs}; lower freeze_epochs or raise epoch_size{via}")
+    unfreezing = ft.freeze_epochs or ft.unfreeze_schedule or ft.strategy == "gradual"
+    if unfreezing and ft.freeze != "none":
+        what = f"freeze_epochs {ft.freeze_epochs} unfreezes the model after the head" if ft.freeze_epochs else \
+            "unfreeze_schedule unfreezes layers" if ft.unfreeze_schedule else "strategy gradual unfreezes the model"
+        raise UserError(f"{what}, but freeze: {ft.freeze} keeps the backbone frozen; use one of them "
+                        f"(frozen_stages or freeze_patterns keep part of it frozen){via}")
+    if ft.unfreeze_lr_scale != 1.0 and not unfreezing:
+        raise UserError("unfreeze_lr_scale applies after an unfreeze; use it with freeze_epochs, unfreeze_schedule "
+                        "or strategy lp_ft/gradual, or use layer_decay for one-phase runs")
     if ft.unfreeze_schedule and (ft.freeze_epochs or ft.strategy == "gradual"):
         raise UserError("unfreeze_schedule, freeze_epochs and strategy gradual each schedule the unfreezing; "
                         "use one of them")
@@ -187,8 +207,9 @@ def _check_finetune(cfg: Config) -> None:
             raise UserError(f"unfreeze_schedule epoch {epoch} is outside 2..{epochs} (epoch_size); "
                             "epochs count from 1 and epoch 1 trains the classifier alone")
     if ft.paramwise_cfg is not None:
-        from tunecv.param_groups import check_paramwise_cfg
         check_paramwise_cfg(ft.paramwise_cfg)
+    if cfg.optim.lr == "auto" and cfg.optim.auto_scale_lr and cfg.optim.auto_scale_lr.get("enable", True):
+        raise UserError("lr: auto finds the lr for this batch size itself; remove auto_scale_lr or set a number lr")
     if cfg.optim.auto_scale_lr is not None:
         base = cfg.optim.auto_scale_lr.get("base_batch_size")
         unknown = set(cfg.optim.auto_scale_lr) - {"base_batch_size", "enable"}
@@ -210,7 +231,8 @@ def load_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None
     if cfg_options:
         file_values = merge(file_values, parse_cfg_options(cfg_options, mapping_keys()))
     if file_values:
-        layers.append((file_values, f"{path} + --cfg-options" if cfg_options else str(path)))
+        where = f"{path} + --cfg-options" if path and cfg_options else str(path) if path else "--cfg-options"
+        layers.append((file_values, where))
     layers.append((overrides or {}, "command line"))
     return config_from_dict(layers)
 

@@ -5,13 +5,17 @@ Raw mappings only: typing, renaming and validation of the keys happen in `tunecv
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tunecv.compat import RENAMED_KEYS
 from tunecv.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
@@ -32,7 +36,16 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of key: value lines")
-    return data
+    return canonical_keys(data, str(path))
+
+
+def canonical_keys(mapping: dict[str, Any], where: str) -> dict[str, Any]:
+    """Other tools' names (`epochs`, `class_num`) as ours before merging, so the later layer wins whatever the
+    spelling."""
+    for key in mapping:
+        if key in RENAMED_KEYS:
+            logger.info("config: %s (%s) is read as %s", key, where, RENAMED_KEYS[key])
+    return {RENAMED_KEYS.get(str(key), key): value for key, value in mapping.items()}
 
 
 def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -92,6 +105,7 @@ def parse_cfg_options(options: list[str], mapping_keys: set[str]) -> dict[str, A
         except yaml.YAMLError:
             value = text
         key, _, rest = path.partition(".")
+        key = RENAMED_KEYS.get(key, key)
         if not rest:
             out[key] = value
         elif key not in mapping_keys:

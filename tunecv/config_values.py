@@ -53,6 +53,8 @@ def _convert(value: Any, base: Any) -> Any:
         return {_convert(k, key_type): _convert(v, value_type) for k, v in value.items()}
     if typing.get_origin(base) is tuple:
         item = typing.get_args(base)[0]
+        if item is str and isinstance(value, str) and not value.strip().startswith("["):
+            return (value.strip(),)  # one name pattern: its commas, brackets and stars are its own
         if isinstance(value, str):
             value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
         if not isinstance(value, (list, tuple)):

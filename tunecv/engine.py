@@ -237,9 +237,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
     Each phase of `plan` (un)freezes layers and brings its own optimizer and schedule."""
     start = time.perf_counter()
     history: list[EpochMetrics] = []
-    best_top1: float | None = None
-    best_epoch = 0
-    ema_best = Best()
+    best, ema_best = Best(path=str(saver.best_path)), Best()
     with logging_redirect_tqdm():
         for epoch in range(1, cfg.epoch_size + 1):
             optimizer, scheduler = plan.enter(epoch)
@@ -253,19 +251,18 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
                                               desc=f"val ema {epoch}")
             metrics = _epoch_metrics(epoch, stats, evaluation, time.perf_counter() - epoch_start, ema_evaluation)
             history.append(metrics)
-            improved = _improved(metrics, best_top1, val_loader is None)
-            if improved:
-                best_top1, best_epoch = metrics.top1, epoch
+            improved = best.update(metrics.top1, epoch, val_loader is None)
             saver.save(model, epoch=epoch, metrics=_metrics_dict(metrics), is_best=improved,
-                       best_top1=best_top1, training_state=_training_state(optimizer, scheduler, trainer))
+                       best_top1=best.top1, training_state=_training_state(optimizer, scheduler, trainer))
             if trainer.ema is not None and ema_best.update(metrics.ema_top1, epoch, val_loader is None):
-                ema_best.path = str(saver.save_ema_best(trainer.ema.module, epoch=epoch,
-                                                        metrics=_metrics_dict(metrics), best_top1=ema_best.top1))
+                ema_metrics = _metrics_dict(_epoch_metrics(epoch, stats, ema_evaluation, metrics.time_s))
+                ema_best.path = str(saver.save_ema_best(trainer.ema.module, epoch=epoch, metrics=ema_metrics,
+                                                        best_top1=ema_best.top1))
             results.add(metrics)
             logger.info(_epoch_line(metrics))
     elapsed = time.perf_counter() - start
-    results.finish(best_top1, best_epoch)
-    return FitResult(history=history, best_epoch=best_epoch, best_top1=best_top1, best_path=str(saver.best_path),
+    results.finish(best.top1, best.epoch, ema_best if trainer.ema is not None else None)
+    return FitResult(history=history, best_epoch=best.epoch, best_top1=best.top1, best_path=best.path,
                      last_path=str(saver.last_path), results_path=str(results.path), elapsed_s=elapsed,
                      ema=ema_best if trainer.ema is not None else None)
 
@@ -278,12 +275,6 @@ def _training_state(optimizer: torch.optim.Optimizer, scheduler: LRScheduler, tr
     if trainer.ema is not None:
         state["model_ema"] = trainer.ema.module.state_dict()
     return state
-
-
-def _improved(metrics: EpochMetrics, best_top1: float | None, no_val_set: bool) -> bool:
-    if no_val_set:
-        return True  # without validation the last epoch is the best we know
-    return metrics.top1 is not None and (best_top1 is None or metrics.top1 > best_top1)
 
 
 def _epoch_metrics(epoch: int, stats: TrainStats, evaluation: EvalResult | None, seconds: float,

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tunecv.engine import Trainer
+from tunecv.errors import UserError
 from tunecv.models import set_train_mode
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def exponential_lrs(steps: int, start: float = START_LR, end: float = END_LR) ->
 
 
 def valley(lrs: list[float], losses: list[float]) -> float:
-    """fastai's suggestion: the longest decreasing stretch of the loss curve, and the lr half way down it (past the
+    """fastai's suggestion: the longest decreasing subsequence of the loss curve, and the lr half way down it (past the
     start, before the minimum where it is about to diverge). The flat start, where the lr is too small to move the
     loss by 5 % of its total fall, is left out first: a zero-initialised head makes it a long, exactly monotone
     stretch that would drag the suggestion down by orders of magnitude."""
@@ -87,8 +88,7 @@ def lr_find(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimiz
             with trainer.compute.autocast():
                 loss = trainer.loss_fn(model(inputs), targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            _step(loss, optimizer, trainer)
             value = loss.item()
             tried.append(lr)
             raw.append(value)
@@ -107,6 +107,22 @@ def lr_find(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimiz
     return LRFindResult(lrs=tried, losses=losses, suggestion=suggestion)
 
 
+def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, trainer: Trainer) -> None:
+    """One update as training does it: the fp16 GradScaler and gradient clipping included."""
+    scaler = trainer.scaler
+    (scaler.scale(loss) if scaler else loss).backward()
+    if scaler:
+        scaler.unscale_(optimizer)
+    if trainer.clip_norm is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, trainer.clip_norm)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
 def _endless(loader: DataLoader):
     while True:
         emptied = True
@@ -116,7 +132,7 @@ def _endless(loader: DataLoader):
             emptied = False
             yield batch[0], batch[1]
         if emptied:
-            raise RuntimeError("the training loader gave no batch")
+            raise UserError("lr_find: every training batch failed to load; check the images (bad_images.txt)")
 
 
 def plot(result: LRFindResult, path: Path) -> Path:

@@ -121,12 +121,13 @@ def zero_init_classifier(model: nn.Module) -> None:
     """Start the new head at zero: the loss starts at ln(num_classes). timm's own init, sized for 1000 classes,
     gives 10-class logits a std of ~13 on pretrained features (initial loss ~18) and the first steps wreck the
     backbone."""
-    head = model.get_submodule(classifier_name(model))
-    if not isinstance(head, nn.Linear):
-        return  # squeezenet's conv head feeds a ReLU: at zero no gradient would ever flow
-    with torch.no_grad():
-        for param in head.parameters():
-            param.zero_()
+    for name in classifier_names(model):
+        head = model.get_submodule(name)
+        if not isinstance(head, nn.Linear):
+            continue  # squeezenet's conv head feeds a ReLU: at zero no gradient would ever flow
+        with torch.no_grad():
+            for param in head.parameters():
+                param.zero_()
 
 
 def create_torchvision_model(name: str, num_classes: int) -> nn.Module:
@@ -159,6 +160,16 @@ def classifier_name(model: nn.Module) -> str:
     return candidates[-1]
 
 
+def classifier_names(model: nn.Module) -> list[str]:
+    """Every new classification layer: distilled timm models (deit_*_distilled) have two, head and head_dist."""
+    names = getattr(model, "pretrained_cfg", {}).get("classifier") if hasattr(model, "pretrained_cfg") else None
+    if isinstance(names, (tuple, list)):
+        present = [n for n in names if isinstance(n, str) and _has_module(model, n)]
+        if present:
+            return present
+    return [classifier_name(model)]
+
+
 def _has_module(model: nn.Module, name: str) -> bool:
     try:
         model.get_submodule(name)
@@ -168,9 +179,8 @@ def _has_module(model: nn.Module, name: str) -> bool:
 
 
 def classifier_keys(model: nn.Module) -> set[str]:
-    """State-dict keys of the classifier (the tensors replaced when the class count changes)."""
-    head = classifier_name(model)
-    return {f"{head}.{key}" for key in model.get_submodule(head).state_dict()}
+    """State-dict keys of the classifiers (the tensors replaced when the class count changes)."""
+    return {f"{head}.{key}" for head in classifier_names(model) for key in model.get_submodule(head).state_dict()}
 
 
 def frozen_modules(model: nn.Module) -> list[nn.Module]:

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from tunecv.errors import UserError
-from tunecv.strategy import LayerMap, match_names
+from tunecv.layer_map import LayerMap
+from tunecv.strategy import match_names
 
 if TYPE_CHECKING:
     from tunecv.config import FinetuneConfig
@@ -31,6 +32,8 @@ class Rule:
     lr_mult: float = 1.0
     decay_mult: float = 1.0
     label: str = ""
+    key: str = "lr_scales"  # where the rule was written, for errors
+    custom: bool = False  # an MMPretrain custom key: the norm/bias multipliers do not apply (as in MMEngine)
 
 
 def check_paramwise_cfg(cfg: dict[str, Any]) -> None:
@@ -55,22 +58,38 @@ def check_paramwise_cfg(cfg: dict[str, Any]) -> None:
 def build_rules(ft: FinetuneConfig) -> list[Rule]:
     """lr_scales in the order written (first match wins), then MMPretrain's custom_keys as MMEngine applies them:
     substring match, longest key first."""
-    rules = [Rule(pattern, lr_mult=float(mult), label=f"{pattern} x{mult:g}")
+    rules = [Rule(pattern, lr_mult=float(mult), label=f"{pattern} x{mult:g}", key=f"lr_scales[{pattern}]")
              for pattern, mult in (ft.lr_scales or {}).items()]
     custom = (ft.paramwise_cfg or {}).get("custom_keys", {})
     for key in sorted(sorted(custom), key=len, reverse=True):
         spec = custom[key]
         label = ", ".join(f"{k} {v:g}" for k, v in spec.items())
         rules.append(Rule(f"re:{re.escape(key)}", float(spec.get("lr_mult", 1.0)), float(spec.get("decay_mult", 1.0)),
-                          f"{key} ({label})"))
+                          f"{key} ({label})", key=f"paramwise_cfg.custom_keys.{key}", custom=True))
     return rules
 
 
-def _decay_mults(ft: FinetuneConfig, weight_decay_filter: str) -> tuple[float, float]:
-    """(norm, bias) weight-decay multipliers: the filter's default, overridden by paramwise_cfg."""
-    default = 1.0 if weight_decay_filter == "disable" else 0.0
+NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def _decay_factor(name: str, param: nn.Parameter, rule: Rule | None, ft: FinetuneConfig, weight_decay_filter: str,
+                  norm_params: set[str], no_decay_names: set[str]) -> float:
+    """Weight-decay multiplier of one parameter. With paramwise_cfg's norm_decay_mult / bias_decay_mult, MMEngine's
+    rule: norm-layer parameters x norm_decay_mult, other biases x bias_decay_mult, custom keys exempt. Otherwise
+    the filter (timm's rule): no decay on biases, 1-D tensors and the model's no_weight_decay() names."""
+    mult = rule.decay_mult if rule else 1.0
     paramwise = ft.paramwise_cfg or {}
-    return float(paramwise.get("norm_decay_mult", default)), float(paramwise.get("bias_decay_mult", default))
+    if "norm_decay_mult" in paramwise or "bias_decay_mult" in paramwise:
+        if rule is not None and rule.custom:
+            return mult
+        if name in norm_params:
+            return mult * float(paramwise.get("norm_decay_mult", 1.0))
+        if name.endswith(".bias"):
+            return mult * float(paramwise.get("bias_decay_mult", 1.0))
+        return mult
+    if weight_decay_filter != "disable" and (name.endswith(".bias") or param.ndim <= 1 or name in no_decay_names):
+        return 0.0
+    return mult
 
 
 def build_param_groups(model: nn.Module, lmap: LayerMap, ft: FinetuneConfig, *, lr: float, weight_decay: float,
@@ -79,9 +98,10 @@ def build_param_groups(model: nn.Module, lmap: LayerMap, ft: FinetuneConfig, *, 
     `lr_scale` and a `name` for the table. Frozen parameters get no group: no optimizer state for them."""
     named = dict(model.named_parameters())
     rules = build_rules(ft)
-    matched = [(rule, set(match_names(rule.pattern, named, model, key="lr_scales/custom_keys"))) for rule in rules]
-    norm_mult, bias_mult = _decay_mults(ft, weight_decay_filter)
+    matched = [(rule, set(match_names(rule.pattern, named, model, key=rule.key))) for rule in rules]
     no_decay_names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    norm_params = {f"{m}.{p}" if m else p for m, module in model.named_modules() if isinstance(module, NORMS)
+                   for p, _ in module.named_parameters(recurse=False)}
     layer_of = lmap.layer_index()
     last = max(len(lmap.layers) - 1, 1)
     classifier = set(lmap.classifier)
@@ -101,12 +121,7 @@ def build_param_groups(model: nn.Module, lmap: LayerMap, ft: FinetuneConfig, *, 
             scale *= ft.unfreeze_lr_scale ** (depth / last)
         if depth and (ft.layer_decay is not None or (discriminative and ft.unfreeze_lr_scale != 1.0)):
             parts.append(f"layer {last - depth}")
-        decay = weight_decay * (rule.decay_mult if rule else 1.0)
-        is_bias = name.endswith(".bias")
-        if is_bias:
-            decay *= bias_mult
-        elif param.ndim <= 1 or name in no_decay_names:
-            decay *= norm_mult
+        decay = weight_decay * _decay_factor(name, param, rule, ft, weight_decay_filter, norm_params, no_decay_names)
         if decay == 0 and weight_decay > 0:
             parts.append("no decay")
         elif decay != weight_decay:

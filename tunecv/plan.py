@@ -11,11 +11,12 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
+from tunecv.layer_map import LayerMap, layer_map
 from tunecv.models import count_params
 from tunecv.optim import create_optimizer
 from tunecv.param_groups import build_param_groups, group_table
 from tunecv.scheduler import create_scheduler
-from tunecv.strategy import LayerMap, Phase, apply_phase, layer_map, plan_phases
+from tunecv.strategy import Phase, apply_phase, plan_phases
 
 if TYPE_CHECKING:
     from tunecv.config import Config
@@ -39,8 +40,14 @@ class Plan:
 
     @classmethod
     def create(cls, model: nn.Module, cfg: Config, lr: float, steps_per_epoch: int) -> Plan:
-        lmap = layer_map(model)
-        return cls(model, cfg, lr, steps_per_epoch, lmap, plan_phases(model, lmap, cfg.finetune, cfg.train.epoch_size))
+        lmap, ft = layer_map(model), cfg.finetune
+        uses_stages = [k for k, on in (("strategy gradual", ft.strategy == "gradual"),
+                                       ("frozen_stages", ft.frozen_stages >= 0),
+                                       ("layer_decay", ft.layer_decay is not None)) if on]
+        if uses_stages and len(lmap.stages) < 4:
+            logger.warning("%s: %s splits into only %d stages (stem, body, head); the setting is coarse for it",
+                           " and ".join(uses_stages), type(model).__name__, len(lmap.stages))
+        return cls(model, cfg, lr, steps_per_epoch, lmap, plan_phases(model, lmap, ft, cfg.train.epoch_size))
 
     def enter(self, epoch: int) -> tuple[torch.optim.Optimizer, LRScheduler]:
         """The optimizer and scheduler for `epoch`, starting its phase when it begins there."""
@@ -77,6 +84,8 @@ class Plan:
         return optimizer, scheduler
 
     def describe(self) -> str:
+        """The phases in words: what trains when."""
         if len(self.phases) == 1:
-            return self.cfg.finetune.strategy
+            frozen = len(self.phases[0].frozen)
+            return f"{frozen} tensors frozen for the whole run" if frozen else "every layer trains"
         return "; ".join(f"epochs {p.start}-{p.end} {p.label}" for p in self.phases)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset as Sized
 
     from tunecv.config import Config
-    from tunecv.engine import EpochMetrics, EvalResult
+    from tunecv.engine import Best, EpochMetrics, EvalResult
     from tunecv.plan import Plan
 
 RESULTS_HEADER = "epoch lr train_loss val_loss top1 top5 time_s"
@@ -51,10 +51,14 @@ class ResultsWriter:
         self.history.append(asdict(metrics))
         atomic_write_text(self.path, "\n".join([self.header, *self.rows]) + "\n")
 
-    def finish(self, best_top1: float | None, best_epoch: int) -> None:
-        best = f"best top1 {_cell(best_top1, 2)} at epoch {best_epoch}"
-        atomic_write_text(self.path, "\n".join([self.header, *self.rows, best]) + "\n")
-        summary = {"best_top1": best_top1, "best_epoch": best_epoch, "epochs": self.history}
+    def finish(self, best_top1: float | None, best_epoch: int, ema: Best | None = None) -> None:
+        lines = [f"best top1 {_cell(best_top1, 2)} at epoch {best_epoch}"]
+        summary = {"best_top1": best_top1, "best_epoch": best_epoch}
+        if ema is not None:
+            lines.append(f"best ema_top1 {_cell(ema.top1, 2)} at epoch {ema.epoch}")
+            summary.update(ema_best_top1=ema.top1, ema_best_epoch=ema.epoch)
+        atomic_write_text(self.path, "\n".join([self.header, *self.rows, *lines]) + "\n")
+        summary["epochs"] = self.history
         atomic_write_text(self.json_path, json.dumps(summary, indent=2) + "\n")
 
 
@@ -99,7 +103,7 @@ def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: s
         f" val {len(val_set) if val_set is not None else 'none'}",
         f"  classes    {len(classes)} (images per class: train / val)",
         class_histogram(classes, train_set.targets, val_set.targets if val_set is not None else None),
-        f"  model      {cfg.model.model}, weights: {weights}, strategy: {cfg.finetune.strategy}",
+        f"  model      {cfg.model.model}, weights: {weights}, strategy {cfg.finetune.strategy}",
         f"  params     {trainable:,} trainable / {total:,} total; {plan.describe()}",
         plan.table,
         f"  input      {data.image_resize} px, {data.interpolation}, crop_pct {data.crop_pct},"
