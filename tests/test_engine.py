@@ -128,6 +128,20 @@ def test_train_one_epoch_frozen_backbone_is_bit_identical():
     assert stats.images == 12 and math.isfinite(stats.loss) and trainer.global_step == 3
 
 
+def test_freeze_bn_false_lets_frozen_batchnorm_statistics_adapt():
+    model = _tiny()
+    apply_freeze(model, FinetuneConfig(freeze="all"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loader = _image_batches()
+    _, optimizer, scheduler, trainer = _train(model, loader)
+    trainer.freeze_bn = False
+    train_one_epoch(model, loader, optimizer, scheduler, trainer, epoch=1)
+    after = model.state_dict()
+    assert not torch.equal(before["bn1.running_mean"], after["bn1.running_mean"])  # statistics follow the data
+    assert torch.equal(before["bn1.weight"], after["bn1.weight"])  # the frozen parameters do not move
+    assert torch.equal(before["conv_stem.weight"], after["conv_stem.weight"])
+
+
 def test_train_one_epoch_unfrozen_updates_batchnorm_statistics():
     # the control for the test above: without freezing, the same step does change the backbone's buffers
     model = _tiny()
