@@ -10,7 +10,9 @@ import logging
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from tunecv import cli
 from tunecv.checkpoint import CheckpointSaver
@@ -19,7 +21,7 @@ from tunecv.data import create_dataset, create_loader, create_mixup, create_tran
 from tunecv.data.audit import audit, write_report
 from tunecv.data.datasets import check_num_classes, check_split, resolve_layout, write_bad_images
 from tunecv.data.loader import class_counts
-from tunecv.engine import Compute, FitResult, create_trainer, fit, optimizer_steps
+from tunecv.engine import Compute, FitResult, Trainer, create_trainer, fit, optimizer_steps
 from tunecv.lr_find import START_LR, lr_find, plot
 from tunecv.models import count_params, create_model
 from tunecv.optim import auto_scaled_lr
@@ -37,14 +39,14 @@ class Setup:
 
     cfg: Config
     out_dir: Path
-    train_set: Any
-    val_set: Any
-    train_loader: Any
-    val_loader: Any
-    model: Any
+    train_set: Dataset
+    val_set: Dataset | None
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    model: nn.Module
     weights: str
     compute: Compute
-    trainer: Any
+    trainer: Trainer
     plan: Plan
 
 
