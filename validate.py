@@ -14,7 +14,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tunecv import cli
 from tunecv.checkpoint import load_checkpoint
-from tunecv.config import UserError, config_from_dict, read_yaml
+from tunecv.config import UserError, load_config
 from tunecv.data import create_dataset, create_loader, create_transforms, draft_size
 from tunecv.engine import Compute, EvalResult, evaluate
 from tunecv.models import create_model
@@ -26,12 +26,11 @@ logger = logging.getLogger("tunecv")
 
 
 def run(ckpt_path: str, config_path: str | None, overrides: dict[str, Any], split: str | None,
-        output: str | None) -> tuple[EvalResult, list[str], Path]:
+        output: str | None, cfg_options: list[str] | None = None) -> tuple[EvalResult, list[str], Path]:
     checkpoint = load_checkpoint(ckpt_path)
-    layers = [(checkpoint["config"], f"checkpoint {ckpt_path}")]
-    if config_path:
-        layers.append((read_yaml(config_path), config_path))
-    cfg = config_from_dict(layers + [(overrides, "command line")])
+    # the checkpoint's config < --config (with _base_ and --cfg-options) < flags; training-only rules skipped
+    saved = (checkpoint["config"], f"checkpoint {ckpt_path}")
+    cfg = load_config(config_path, overrides, cfg_options, base_layers=(saved,), training=False)
     classes = list(checkpoint["classes"])
     split = split or cfg.data.val_split
     dataset = create_dataset(cfg.data, split, create_transforms(cfg.data, is_training=False), classes=classes,
@@ -58,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         args, overrides = cli.parse_args(parser, argv, script_flags=("ckpt_path", "split", "output"))
         cli.setup_logging()
         with logging_redirect_tqdm():
-            result, classes, pred_path = run(args.ckpt_path, args.config, overrides, args.split, args.output)
+            result, classes, pred_path = run(args.ckpt_path, args.config, overrides, args.split, args.output,
+                                             args.cfg_options)
     except UserError as err:
         print(f"tunecv: error: {err}", file=sys.stderr)
         return 2

@@ -367,3 +367,20 @@ def test_scale_flag_still_takes_one_or_two_tokens(data_dir):
     for argv in (["--scale", "0.5,1.0"], ["--scale", "0.5", "1.0"]):
         _, overrides = cli.parse_args(parser, ["--data_dir", data_dir, *argv], ())
         assert load_config(None, overrides).data.scale == (0.5, 1.0)
+
+
+def test_nested_delete_replaces_under_a_key_the_base_has():
+    base = {"paramwise_cfg": {"custom_keys": {"classifier": {"lr_mult": 10}}, "norm_decay_mult": 0}}
+    over = {"paramwise_cfg": {"custom_keys": {"_delete_": True, "blocks.6": {"lr_mult": 2}}}}
+    assert merge(base, over) == {"paramwise_cfg": {"custom_keys": {"blocks.6": {"lr_mult": 2}}, "norm_decay_mult": 0}}
+
+
+def test_strategy_in_a_child_or_cfg_options_replaces_inherited_strategy_keys(tmp_path, data_dir):
+    (tmp_path / "base.yaml").write_text(f"data_dir: {data_dir}\nfreeze: all\nfreeze_epochs: 0\nepoch_size: 3\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\nstrategy: lp_ft\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.finetune.freeze, cfg.finetune.freeze_epochs) == ("none", 1)
+    cfg = load_config(tmp_path / "base.yaml", cfg_options=["strategy=freeze:2"])
+    assert (cfg.finetune.freeze, cfg.finetune.frozen_stages) == ("none", 2)
+    (tmp_path / "beside.yaml").write_text("_base_: base.yaml\nstrategy: lp_ft\nfreeze_epochs: 2\n")
+    assert load_config(tmp_path / "beside.yaml").finetune.freeze_epochs == 2

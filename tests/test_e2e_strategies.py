@@ -173,3 +173,28 @@ def test_auto_scale_lr_is_saved_scaled(data_dir, tmp_path):
     saved = _config(out)
     assert saved["lr"] == pytest.approx(0.01 * BATCH / 8)
     assert saved["auto_scale_lr"] is None  # config.yaml repeats the run without scaling twice
+
+
+def test_validate_ignores_training_rules_and_reads_base_files(data_dir, tmp_path):
+    out = tmp_path / "lp_ft"
+    _finetune(data_dir, out, "--strategy", "lp_ft", "--epoch_size", "2")
+    best = _results(out)
+    best_top1 = max(float(row[4]) for row in best)
+    base = write_yaml(tmp_path / "base.yaml", {"freeze": "all", "batch_size": 8})
+    mine = write_yaml(tmp_path / "mine.yaml", {"_base_": base.name, "num_parallel_workers": 0})
+    # freeze: all and epoch_size 1 would be errors for training with freeze_epochs 1; validation does not care
+    proc = subprocess.run([sys.executable, "validate.py", "--ckpt_path", str(out / f"{TINY_MODEL}_best.pth"),
+                           "--config", str(mine), "--epoch_size", "1", "--cfg-options", "batch_size=2"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(rf"top1 {best_top1:.2f}", proc.stdout), proc.stdout
+
+
+def test_strategy_in_a_child_file_replaces_the_saved_keys(data_dir, tmp_path):
+    out = tmp_path / "first"
+    _finetune(data_dir, out, "--freeze", "all")
+    child = write_yaml(tmp_path / "child.yaml", {"_base_": str(out / "config.yaml"), "strategy": "lp_ft",
+                                                  "epoch_size": 2, "ckpt_save_dir": str(tmp_path / "second")})
+    _run("--config", str(child))
+    log = (tmp_path / "second" / "train.log").read_text()
+    assert "epochs 1-1 classifier only; epochs 2-2 unfrozen" in log

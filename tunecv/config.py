@@ -17,9 +17,10 @@ from typing import Any
 import yaml
 
 from tunecv import compat, models
-from tunecv.config_files import merge, parse_cfg_options, read_config_file, read_yaml
+from tunecv.config_files import drop_replaced_strategy_keys, merge, parse_cfg_options, read_config_file, read_yaml
 from tunecv.config_schema import (
     SECTIONS,
+    STRATEGY_KEYS,
     Config,
     DataConfig,
     FinetuneConfig,
@@ -61,8 +62,9 @@ def _validate(key: str, value: Any, where: str) -> None:
                         f"{closest_hint(str(value), choices)}")
 
 
-def config_from_dict(layers: list[tuple[dict[str, Any], str]]) -> Config:
-    """Build a Config from (mapping, where) layers; later layers win. `where` names the source in errors."""
+def config_from_dict(layers: list[tuple[dict[str, Any], str]], training: bool = True) -> Config:
+    """Build a Config from (mapping, where) layers; later layers win. `where` names the source in errors.
+    `training` False (validate.py) skips the rules that only matter for a training run."""
     values: dict[str, Any] = {}
     for mapping, where in layers:
         layer: dict[str, Any] = {}
@@ -79,7 +81,7 @@ def config_from_dict(layers: list[tuple[dict[str, Any], str]]) -> Config:
             _validate(key, value, where)
             layer[key] = value
         values.update(expand_strategy(layer))
-    return _resolve(_build(values))
+    return _resolve(_build(values), training)
 
 
 def _build(values: dict[str, Any]) -> Config:
@@ -134,7 +136,7 @@ def _resolve_data(data: DataConfig, model: ModelConfig) -> DataConfig:
         interpolation=data.interpolation or defaults["interpolation"], crop_pct=data.crop_pct or defaults["crop_pct"])
 
 
-def _resolve(cfg: Config) -> Config:
+def _resolve(cfg: Config, training: bool = True) -> Config:
     """Fill derived values and check the rules that span keys."""
     _check_ranges(cfg)
     data = _resolve_data(cfg.data, cfg.model)
@@ -154,13 +156,12 @@ def _resolve(cfg: Config) -> Config:
         raise UserError("use_nesterov needs momentum > 0")
     if cfg.model.ckpt_prefix and not cfg.model.ckpt_path:
         raise UserError("ckpt_prefix is set but ckpt_path is not; give the checkpoint to load the prefix from")
-    _check_finetune(cfg)
+    if training:
+        _check_finetune(cfg)
     return dataclasses.replace(cfg, data=data)
 
 
 STRATEGY = re.compile(r"^(full|linear_probe|lp_ft|gradual|freeze:(\d+))$")
-# the keys a strategy sets; each strategy sets all of them, so a later layer's strategy replaces an earlier one
-STRATEGY_KEYS = {"freeze": "none", "frozen_stages": -1, "freeze_epochs": 0}
 
 
 def strategy_keys(strategy: str) -> dict[str, Any]:
@@ -223,18 +224,20 @@ def mapping_keys() -> set[str]:
 
 
 def load_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None,
-                cfg_options: list[str] | None = None) -> Config:
-    """Defaults < the YAML file (with its `_base_` files, edited by `cfg_options`) < command-line flags
-    → a validated, resolved Config."""
-    layers: list[tuple[dict[str, Any], str]] = []
+                cfg_options: list[str] | None = None, *, base_layers: tuple[tuple[dict[str, Any], str], ...] = (),
+                training: bool = True) -> Config:
+    """Defaults < `base_layers` (a checkpoint's config) < the YAML file (with its `_base_` files, edited by
+    `cfg_options`) < command-line flags → a validated, resolved Config."""
+    layers: list[tuple[dict[str, Any], str]] = list(base_layers)
     file_values = read_config_file(path) if path else {}
     if cfg_options:
-        file_values = merge(file_values, parse_cfg_options(cfg_options, mapping_keys()))
+        edits = parse_cfg_options(cfg_options, mapping_keys())
+        file_values = merge(drop_replaced_strategy_keys(file_values, edits), edits)
     if file_values:
         where = f"{path} + --cfg-options" if path and cfg_options else str(path) if path else "--cfg-options"
         layers.append((file_values, where))
     layers.append((overrides or {}, "command line"))
-    return config_from_dict(layers)
+    return config_from_dict(layers, training)
 
 
 def with_num_classes(cfg: Config, num_classes: int) -> Config:

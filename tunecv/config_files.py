@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from tunecv.compat import RENAMED_KEYS
+from tunecv.config_schema import STRATEGY_KEYS
 from tunecv.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,15 @@ def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> 
     merged: dict[str, Any] = {}
     for base in bases:
         merged = merge(merged, read_config_file(_find_base(base, path), (*_chain, path)))
-    return merge(merged, data)
+    return merge(drop_replaced_strategy_keys(merged, data), data)
+
+
+def drop_replaced_strategy_keys(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """A later `strategy` replaces the keys it stands for (freeze, frozen_stages, freeze_epochs) from earlier
+    files, as a strategy flag does; keys written beside it still win."""
+    if "strategy" not in later:
+        return earlier
+    return {k: v for k, v in earlier.items() if k not in STRATEGY_KEYS or k in later}
 
 
 def _find_base(base: str, including: Path) -> Path:
@@ -83,9 +92,10 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     for key, value in override.items():
         if isinstance(value, dict):
             replace = value.get(DELETE_KEY)
-            value = merge({}, {k: v for k, v in value.items() if k != DELETE_KEY})  # no _delete_ at any depth
-            if not replace and isinstance(out.get(key), dict):
-                value = merge(out[key], value)
+            inner = {k: v for k, v in value.items() if k != DELETE_KEY}
+            prior = out.get(key)
+            # merging into {} still applies (and strips) every nested _delete_
+            value = merge(prior if isinstance(prior, dict) and not replace else {}, inner)
         out[key] = value
     return out
 

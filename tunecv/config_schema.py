@@ -161,6 +161,9 @@ class TrainConfig:
     channels_last: bool = _key(True, "NHWC memory format (measured faster for CNNs on CPU and GPU)")
 
 
+# the keys `strategy` stands for; each strategy sets all of them, so a later layer's strategy replaces an earlier one
+STRATEGY_KEYS = {"freeze": "none", "frozen_stages": -1, "freeze_epochs": 0}
+
 SECTIONS = {"data": DataConfig, "loader": LoaderConfig, "model": ModelConfig,
             "finetune": FinetuneConfig, "optim": OptimConfig, "sched": SchedConfig, "train": TrainConfig}
 
