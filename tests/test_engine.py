@@ -112,14 +112,20 @@ def _train(model: nn.Module, loader, train_cfg: TrainConfig = TrainConfig(), epo
     return plan, optimizer, scheduler, trainer
 
 
-def test_train_one_epoch_frozen_backbone_is_bit_identical():
+def _train_frozen(freeze_bn: bool):
+    """One epoch with the backbone frozen: (state before, state after, stats, trainer)."""
     model = _tiny()
     apply_freeze(model, FinetuneConfig(freeze="all"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loader = _image_batches()
     _, optimizer, scheduler, trainer = _train(model, loader)
+    trainer.freeze_bn = freeze_bn
     stats = train_one_epoch(model, loader, optimizer, scheduler, trainer, epoch=1)
-    after = model.state_dict()
+    return before, model.state_dict(), stats, trainer
+
+
+def test_train_one_epoch_frozen_backbone_is_bit_identical():
+    before, after, stats, trainer = _train_frozen(freeze_bn=True)
     body = [k for k in before if not k.startswith("classifier.")]
     assert any("running_mean" in k for k in body) and any("num_batches_tracked" in k for k in body)
     for key in body:  # parameters and BatchNorm buffers
@@ -129,14 +135,7 @@ def test_train_one_epoch_frozen_backbone_is_bit_identical():
 
 
 def test_freeze_bn_false_lets_frozen_batchnorm_statistics_adapt():
-    model = _tiny()
-    apply_freeze(model, FinetuneConfig(freeze="all"))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    loader = _image_batches()
-    _, optimizer, scheduler, trainer = _train(model, loader)
-    trainer.freeze_bn = False
-    train_one_epoch(model, loader, optimizer, scheduler, trainer, epoch=1)
-    after = model.state_dict()
+    before, after, _, _ = _train_frozen(freeze_bn=False)
     assert not torch.equal(before["bn1.running_mean"], after["bn1.running_mean"])  # statistics follow the data
     assert torch.equal(before["bn1.weight"], after["bn1.weight"])  # the frozen parameters do not move
     assert torch.equal(before["conv_stem.weight"], after["conv_stem.weight"])

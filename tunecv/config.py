@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from tunecv import compat, models
-from tunecv.config_files import drop_replaced_strategy_keys, merge, parse_cfg_options, read_config_file, read_yaml
+from tunecv.config_files import drop_replaced_strategy_keys, merge, parse_cfg_options, read_config_file
 from tunecv.config_schema import (
     SECTIONS,
     STRATEGY_KEYS,
@@ -36,8 +36,7 @@ from tunecv.fileio import atomic_write_text
 from tunecv.param_groups import check_paramwise_cfg
 
 __all__ = ["Config", "DataConfig", "LoaderConfig", "ModelConfig", "FinetuneConfig", "OptimConfig", "SchedConfig",
-           "TrainConfig", "SECTIONS", "UserError", "load_config", "config_from_dict", "save_config", "read_yaml",
-           "KEYS"]
+           "TrainConfig", "SECTIONS", "UserError", "load_config", "config_from_dict", "save_config", "KEYS"]
 
 logger = logging.getLogger(__name__)
 

@@ -88,19 +88,14 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     pending = False  # gradients accumulated since the last optimizer step
     for step, batch in enumerate(bar, start=1):
         if batch is not None:  # None: every image of the batch failed to decode and was skipped
-            inputs, targets = trainer.compute.inputs(batch[0]), batch[1].to(device, non_blocking=True)
-            if trainer.mixup is not None:
-                inputs, targets = trainer.mixup(inputs, targets)
-            with trainer.compute.autocast():
-                loss = trainer.loss_fn(model(inputs), targets)
-            scaled = loss / trainer.accumulation_steps
-            (trainer.scaler.scale(scaled) if trainer.scaler else scaled).backward()
-            loss_sum += loss.detach() * inputs.shape[0]
-            images += inputs.shape[0]
+            loss, count = batch_loss(model, batch, trainer)
+            backward(loss / trainer.accumulation_steps, trainer)
+            loss_sum += loss.detach() * count
+            images += count
             pending = True
         if pending and (step % trainer.accumulation_steps == 0 or step == len(loader)):
             lr = base_lr(optimizer)
-            _optimizer_step(optimizer, params, trainer)
+            optimizer_step(optimizer, params, trainer)
             scheduler.step()
             trainer.global_step += 1
             pending = False
@@ -116,7 +111,21 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     return TrainStats(loss=loss_value, lr=lr, images=images, seconds=time.perf_counter() - start)
 
 
-def _optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], trainer: Trainer) -> None:
+def batch_loss(model: nn.Module, batch: tuple, trainer: Trainer) -> tuple[torch.Tensor, int]:
+    """The training loss of one (images, labels, ...) batch: on the device, mixed, under autocast; and its size."""
+    inputs, targets = trainer.compute.inputs(batch[0]), batch[1].to(trainer.compute.device, non_blocking=True)
+    if trainer.mixup is not None:
+        inputs, targets = trainer.mixup(inputs, targets)
+    with trainer.compute.autocast():
+        return trainer.loss_fn(model(inputs), targets), inputs.shape[0]
+
+
+def backward(loss: torch.Tensor, trainer: Trainer) -> None:
+    (trainer.scaler.scale(loss) if trainer.scaler else loss).backward()
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], trainer: Trainer) -> None:
+    """Unscale (fp16), clip, step, zero the gradients."""
     if trainer.scaler is not None:
         trainer.scaler.unscale_(optimizer)
     if trainer.clip_norm is not None:

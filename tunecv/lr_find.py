@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tunecv.engine import Trainer
+from tunecv.engine import Trainer, backward, batch_loss, optimizer_step
 from tunecv.errors import UserError
 from tunecv.models import set_train_mode
 
@@ -75,20 +75,16 @@ def lr_find(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimiz
     tried: list[float] = []
     raw: list[float] = []
     set_train_mode(model, keep_frozen_eval=trainer.freeze_bn)
-    device = trainer.compute.device
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     try:
         batches = _endless(loader)
+        optimizer.zero_grad(set_to_none=True)
         for lr in lrs:
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            inputs, targets = next(batches)
-            inputs, targets = trainer.compute.inputs(inputs), targets.to(device, non_blocking=True)
-            if trainer.mixup is not None:
-                inputs, targets = trainer.mixup(inputs, targets)
-            with trainer.compute.autocast():
-                loss = trainer.loss_fn(model(inputs), targets)
-            optimizer.zero_grad(set_to_none=True)
-            _step(loss, optimizer, trainer)
+            loss, _ = batch_loss(model, next(batches), trainer)
+            backward(loss, trainer)  # one update as training does it: GradScaler and clipping included
+            optimizer_step(optimizer, params, trainer)
             value = loss.item()
             tried.append(lr)
             raw.append(value)
@@ -107,22 +103,6 @@ def lr_find(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimiz
     return LRFindResult(lrs=tried, losses=losses, suggestion=suggestion)
 
 
-def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, trainer: Trainer) -> None:
-    """One update as training does it: the fp16 GradScaler and gradient clipping included."""
-    scaler = trainer.scaler
-    (scaler.scale(loss) if scaler else loss).backward()
-    if scaler:
-        scaler.unscale_(optimizer)
-    if trainer.clip_norm is not None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, trainer.clip_norm)
-    if scaler:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-
-
 def _endless(loader: DataLoader):
     while True:
         emptied = True
@@ -130,7 +110,7 @@ def _endless(loader: DataLoader):
             if batch is None:
                 continue
             emptied = False
-            yield batch[0], batch[1]
+            yield batch
         if emptied:
             raise UserError("lr_find: every training batch failed to load; check the images (bad_images.txt)")
 

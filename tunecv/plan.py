@@ -68,13 +68,11 @@ class Plan:
                                     weight_decay_filter=optim.weight_decay_filter,
                                     discriminative=phase.discriminative)
         optimizer = create_optimizer(groups, optim, self.lr)
-        epochs = self.cfg.train.epoch_size
-        if phase.restart:
-            scheduler = create_scheduler(optimizer, self.cfg.sched, lr=self.lr, steps_per_epoch=self.steps_per_epoch,
-                                         epochs=phase.end - phase.start + 1)
-        else:
-            scheduler = create_scheduler(optimizer, self.cfg.sched, lr=self.lr, steps_per_epoch=self.steps_per_epoch,
-                                         epochs=epochs, start_step=(phase.start - 1) * self.steps_per_epoch)
+        # a restarting phase has a schedule of its own; the others continue the run's at their first step
+        epochs, start_step = (phase.end - phase.start + 1, 0) if phase.restart else \
+            (self.cfg.train.epoch_size, (phase.start - 1) * self.steps_per_epoch)
+        scheduler = create_scheduler(optimizer, self.cfg.sched, lr=self.lr, steps_per_epoch=self.steps_per_epoch,
+                                     epochs=epochs, start_step=start_step)
         self.table = group_table(self.model, groups)
         self.trainable = count_params(self.model)[0]
         self.current, self.optimizer, self.scheduler = phase, optimizer, scheduler
