@@ -384,3 +384,8 @@ def test_strategy_in_a_child_or_cfg_options_replaces_inherited_strategy_keys(tmp
     assert (cfg.finetune.freeze, cfg.finetune.frozen_stages) == ("none", 2)
     (tmp_path / "beside.yaml").write_text("_base_: base.yaml\nstrategy: lp_ft\nfreeze_epochs: 2\n")
     assert load_config(tmp_path / "beside.yaml").finetune.freeze_epochs == 2
+
+
+def test_nested_mapping_typed_without_spaces(data_dir):
+    cfg = load_config(None, {"data_dir": data_dir, "paramwise_cfg": "{custom_keys:{classifier:{lr_mult:0.1}}}"})
+    assert cfg.finetune.paramwise_cfg == {"custom_keys": {"classifier": {"lr_mult": 0.1}}}

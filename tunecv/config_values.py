@@ -45,7 +45,7 @@ def _convert(value: Any, base: Any) -> Any:
         if isinstance(value, str):
             text = value
             value = yaml.safe_load(text)
-            if isinstance(value, dict) and any(v is None and ":" in str(k) for k, v in value.items()):
+            if _glued_colon(value):
                 # `{classifier:1.2}` typed on a command line: YAML wants a space after the colon
                 value = yaml.safe_load(re.sub(r":(?=[-\d.\[])", ": ", text))
         if not isinstance(value, dict):
@@ -83,6 +83,11 @@ def _convert(value: Any, base: Any) -> Any:
             raise ValueError(value)
         return str(value)
     raise TypeError(base)
+
+
+def _glued_colon(value: Any) -> bool:
+    """A mapping (at any depth) with a key like `lr_mult:0.1` and no value: YAML read `a:b` without its space."""
+    return isinstance(value, dict) and any((v is None and ":" in str(k)) or _glued_colon(v) for k, v in value.items())
 
 
 def type_name(base: Any) -> str:
