@@ -20,8 +20,11 @@ from tunecv.config import Config, UserError, load_config, save_config, to_yaml, 
 from tunecv.data import create_dataset, create_loader, create_mixup, create_transforms, draft_size
 from tunecv.data.audit import audit, write_report
 from tunecv.data.datasets import check_num_classes, check_split, resolve_layout, write_bad_images
+from tunecv.data.image_cache import attach_image_cache
 from tunecv.data.loader import class_counts
+from tunecv.data.prefetch import on_device
 from tunecv.engine import Compute, FitResult, Trainer, create_trainer, fit, optimizer_steps
+from tunecv.feature_cache import create_feature_loaders, use_feature_cache
 from tunecv.lr_find import START_LR, lr_find, plot
 from tunecv.models import count_params, create_model
 from tunecv.optim import auto_scaled_lr
@@ -44,6 +47,7 @@ class Setup:
     train_loader: DataLoader
     val_loader: DataLoader | None
     model: nn.Module
+    net: nn.Module  # what batches go through: the model, or its classifier alone on cached features
     weights: str
     compute: Compute
     trainer: Trainer
@@ -53,40 +57,63 @@ class Setup:
 def prepare(cfg: Config) -> Setup:
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
-    mode = image_mode(cfg.model.in_channels)
     cfg = replace(cfg, data=resolve_layout(cfg.data))
     out_dir = Path(cfg.train.ckpt_save_dir)
-    scan_cache = out_dir / "scan_cache.json"
-    train_set = create_dataset(cfg.data, cfg.data.train_split, create_transforms(cfg.data, is_training=True),
-                               image_mode=mode, scan_cache=scan_cache, draft_size=draft_size(cfg.data, True))
+    train_set, val_set = _datasets(cfg, out_dir, uint8=device.type == "cuda")
     classes = train_set.classes
     check_num_classes(cfg.model.num_classes, classes, cfg.data.train_split)
     cfg = with_num_classes(cfg, len(classes))
-    val_set = None
-    if cfg.train.val_while_train:
-        check_split(cfg.data, cfg.data.val_split, hint="--val_while_train false trains without validation")
-        val_set = create_dataset(cfg.data, cfg.data.val_split, create_transforms(cfg.data, is_training=False),
-                                 classes=classes, image_mode=mode, scan_cache=scan_cache,
-                                 draft_size=draft_size(cfg.data, False))
     cli.setup_logging(out_dir / "train.log")  # only now: a run that fails on its data leaves no log behind
-    train_loader = create_loader(train_set, cfg.loader, is_training=True, seed=cfg.train.seed,
-                                 pin_memory=device.type == "cuda")
-    val_loader = create_loader(val_set, cfg.loader, is_training=False) if val_set is not None else None
+    compute = Compute.create(device, cfg.train.amp_level, cfg.train.channels_last, cfg.train.compile)
+    train_loader = on_device(create_loader(train_set, cfg.loader, is_training=True, seed=cfg.train.seed,
+                                           pin_memory=device.type == "cuda"), compute, cfg.data, is_training=True)
+    val_loader = on_device(create_loader(val_set, cfg.loader, is_training=False, pin_memory=device.type == "cuda"),
+                           compute, cfg.data, is_training=False) if val_set is not None else None
     if len(train_loader) == 0:
         raise UserError(f"{len(train_set)} training images give no batch of {cfg.loader.batch_size}; "
                         "lower batch_size or set drop_remainder false")
     model = create_model(cfg.model, num_classes=len(classes))
     weights = load_initial_weights(model, cfg.model)
-    compute = Compute.create(device, cfg.train.amp_level, cfg.train.channels_last)
     model = compute.prepare_model(model)
     steps_per_epoch = optimizer_steps(len(train_loader), cfg.train.gradient_accumulation_steps)
     lr = cfg.optim.lr if cfg.optim.lr == "auto" else auto_scaled_lr(
         cfg.optim.lr, cfg.optim.auto_scale_lr, cfg.loader.batch_size, cfg.train.gradient_accumulation_steps, 1)
     plan = Plan.create(model, cfg, lr, steps_per_epoch)
+    features = use_feature_cache(cfg, model, plan)
+    _cache_images(cfg, out_dir, train_set, val_set, features)
+    net = model
+    if features:
+        net, train_loader, val_loader = create_feature_loaders(model, compute, cfg, train_set, val_set, val_loader)
     trainer = create_trainer(model, cfg.train, compute,
                              create_mixup(cfg.loader, len(classes), cfg.train.label_smoothing),
                              class_counts(train_set.targets, len(classes)), freeze_bn=cfg.finetune.freeze_bn)
-    return Setup(cfg, out_dir, train_set, val_set, train_loader, val_loader, model, weights, compute, trainer, plan)
+    return Setup(cfg, out_dir, train_set, val_set, train_loader, val_loader, model, net, weights, compute, trainer,
+                 plan)
+
+
+def _datasets(cfg: Config, out_dir: Path, uint8: bool) -> tuple[Dataset, Dataset | None]:
+    """The training and validation sets (uint8 images for the GPU prefetcher to normalise)."""
+    mode = image_mode(cfg.model.in_channels)
+    scan_cache = out_dir / "scan_cache.json"
+    train_set = create_dataset(cfg.data, cfg.data.train_split, create_transforms(cfg.data, True, uint8=uint8),
+                               image_mode=mode, scan_cache=scan_cache, draft_size=draft_size(cfg.data, True))
+    if not cfg.train.val_while_train:
+        return train_set, None
+    check_split(cfg.data, cfg.data.val_split, hint="--val_while_train false trains without validation")
+    val_set = create_dataset(cfg.data, cfg.data.val_split, create_transforms(cfg.data, False, uint8=uint8),
+                             classes=train_set.classes, image_mode=mode, scan_cache=scan_cache,
+                             draft_size=draft_size(cfg.data, False))
+    return train_set, val_set
+
+
+def _cache_images(cfg: Config, out_dir: Path, train_set: Dataset, val_set: Dataset | None, features: bool) -> None:
+    # images read once or twice for their features gain nothing from a pixel cache, unless it is asked for
+    requested = "none" if features and cfg.data.cache_images == "auto" else cfg.data.cache_images
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
+    for dataset, split, training in ((train_set, "train", True), (val_set, "val", False)):
+        if dataset is not None:
+            attach_image_cache(dataset, dataset.transform, requested, cache_dir, split,
+                               draft_size(cfg.data, training), cfg.data.cache_ram_gb)
 
 
 def find_lr(setup: Setup) -> float:
@@ -94,7 +121,7 @@ def find_lr(setup: Setup) -> float:
     if setup.plan.lr == "auto":
         setup.plan.lr = START_LR  # a placeholder: the range test sets every group's lr itself
     optimizer, _ = setup.plan.start(setup.plan.phases[0])
-    result = lr_find(setup.model, setup.train_loader, optimizer, setup.trainer, setup.cfg.finetune.lr_find_steps)
+    result = lr_find(setup.net, setup.train_loader, optimizer, setup.trainer, setup.cfg.finetune.lr_find_steps)
     setup.plan.reset()
     path = plot(result, setup.out_dir / "lr_find.png")
     logger.info("lr_find: %d steps from %.1e to %.1e; suggested lr %.3g (plot: %s)", len(result.lrs), result.lrs[0],
@@ -122,10 +149,20 @@ def run(cfg: Config) -> FitResult:
     optimizer, _ = plan.enter(1)
     logger.info(run_summary(cfg, setup.train_set, setup.val_set, setup.weights, count_params(setup.model),
                             type(optimizer).__name__, plan, setup.plan.steps_per_epoch,
-                            setup.train_loader.num_workers, setup.compute.describe()))
-    return fit(setup.model, setup.train_loader, setup.val_loader, plan, cfg.train, saver,
-               ResultsWriter(out_dir, ema=cfg.train.ema),
-               setup.trainer)
+                            setup.train_loader.num_workers, setup.compute.describe(), _caches(setup)))
+    return fit(setup.net, setup.train_loader, setup.val_loader, plan, cfg.train, saver,
+               ResultsWriter(out_dir, ema=cfg.train.ema), setup.trainer, saved_model=setup.model)
+
+
+def _caches(setup: Setup) -> str:
+    """What is computed once and kept: decoded images, the frozen backbone's outputs."""
+    parts = [f"{name} images {cache.storage} ({cache.nbytes / 1e6:.0f} MB)" for name, dataset in
+             (("train", setup.train_set), ("val", setup.val_set))
+             if (cache := getattr(dataset, "image_cache", None)) is not None]
+    if setup.net is not setup.model:
+        views = len(setup.train_loader.views)
+        parts.append(f"features of the frozen backbone ({views} view{'s' if views > 1 else ''} per training image)")
+    return "; ".join(parts) or "none"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from tunecv import cli
 from tunecv.checkpoint import load_checkpoint
 from tunecv.config import UserError, load_config
 from tunecv.data import create_dataset, create_loader, create_transforms, draft_size
+from tunecv.data.prefetch import on_device
 from tunecv.engine import Compute, EvalResult, evaluate
 from tunecv.models import create_model
 from tunecv.report import format_per_class, per_class_accuracy, write_predictions
@@ -33,14 +34,17 @@ def run(ckpt_path: str, config_path: str | None, overrides: dict[str, Any], spli
     cfg = load_config(config_path, overrides, cfg_options, base_layers=(saved,), training=False)
     classes = list(checkpoint["classes"])
     split = split or cfg.data.val_split
-    dataset = create_dataset(cfg.data, split, create_transforms(cfg.data, is_training=False), classes=classes,
-                             image_mode=image_mode(cfg.model.in_channels), draft_size=draft_size(cfg.data, False))
     device = resolve_device(cfg.train.device)
+    uint8 = device.type == "cuda"  # the GPU normalises (DevicePrefetcher)
+    dataset = create_dataset(cfg.data, split, create_transforms(cfg.data, is_training=False, uint8=uint8),
+                             classes=classes, image_mode=image_mode(cfg.model.in_channels),
+                             draft_size=draft_size(cfg.data, False))
     model = create_model(cfg.model, num_classes=len(classes))
     load_exact(model, checkpoint["model"], source=f"{ckpt_path} (model {cfg.model.model})")
     compute = Compute.create(device, cfg.train.amp_level, cfg.train.channels_last)
     model = compute.prepare_model(model)
-    loader = create_loader(dataset, cfg.loader, is_training=False)
+    loader = on_device(create_loader(dataset, cfg.loader, is_training=False, pin_memory=uint8), compute, cfg.data,
+                       is_training=False)
     result = evaluate(model, loader, compute, len(classes), desc=split)
     target = Path(output) if output else Path(ckpt_path).parent / "pred.txt"
     write_predictions(target, [dataset.samples[i][0] for i in result.indices], result, classes)

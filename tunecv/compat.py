@@ -28,8 +28,12 @@ RENAMED_KEYS = {"class_num": "num_classes", "epochs": "epoch_size", "load_from":
                 "milestones": "multi_step_decay_milestones", "ann_file": "train_list", "data_prefix": "image_root",
                 "cls_label_path": "train_list", "class_id_map_file": "class_list"}
 CASE_INSENSITIVE = {"opt", "loss", "scheduler", "interpolation", "weight_decay_filter", "ckpt_save_policy", "device",
-                    "freeze", "dataset", "re_value", "annotation_level", "on_bad_image", "sampler", "class_weights"}
+                    "freeze", "dataset", "re_value", "annotation_level", "on_bad_image", "sampler", "class_weights",
+                    "cache_images", "cache_features"}
+_ON, _OFF = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 VALUE_ALIASES = {
+    "cache_images": {**{word: "none" for word in _OFF}, **{word: "auto" for word in _ON}, "memory": "ram"},
+    "cache_features": {**{word: "true" for word in _ON}, **{word: "false" for word in _OFF}},
     "dataset": {"imagenet": "folder", "imagefolder": "folder", "image_folder": "folder", "": "auto",
                 "customdataset": "auto", "custom": "auto", "fgvc_aircraft_native": "aircraft"},
     "scheduler": {"warmup_cosine_decay": "cosine_decay", "cosine": "cosine_decay", "step": "step_decay",

@@ -94,7 +94,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "gradient_accumulation_steps": (1, None), "image_resize": (8, None), "num_cycles": (1, None),
     "num_parallel_workers": (0, None), "ckpt_save_interval": (1, None), "keep_checkpoint_max": (0, None),
     "num_classes": (1, None), "val_fraction": (0, 0.9), "hflip": (0, 1), "vflip": (0, 1), "re_prob": (0, 1),
-    "crop_pct": (0.05, 1),
+    "crop_pct": (0.05, 1), "feature_views": (0, None), "cache_ram_gb": (0, None),
     "mixup": (0, None), "cutmix": (0, None), "cutmix_prob": (0, 1), "drop_rate": (0, 0.99),
     "drop_path_rate": (0, 0.99), "lr": (1e-12, None), "momentum": (0, 1), "weight_decay": (0, None),
     "min_lr": (0, None), "warmup_epochs": (0, None), "warmup_factor": (0, 1), "decay_epochs": (0, None),

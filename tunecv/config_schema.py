@@ -38,9 +38,17 @@ class DataConfig:
                              ("skip", "error"))
     val_fraction: float = _key(0.2, "single_folder: seeded, stratified share of each class held out for val")
     dataset_download: bool = _key(False, "download a torchvision dataset into data_dir (folders and digits need none)")
+    cache_images: str = _key("auto", "decode + resize each image once and keep the uint8 pixels: ram, disk "
+                                     "(memory-mapped in cache_dir, reused by the next run), none; auto: ram within "
+                                     "cache_ram_gb, else disk within half the free space",
+                             ("auto", "ram", "disk", "none"))
+    cache_dir: str | None = _key(None, "where disk image caches live (default: ckpt_save_dir/cache)")
+    cache_ram_gb: float | None = _key(None, "RAM budget of cache_images: auto (default: a quarter of the free memory)")
     image_resize: int = _key(224, "training crop / evaluation input size in pixels")
     scale: tuple[float, ...] = _key((0.08, 1.0), "RandomResizedCrop area range")
     ratio: tuple[float, ...] = _key((0.75, 1.333), "RandomResizedCrop aspect-ratio range")
+    no_aug: bool = _key(False, "timm --no-aug: training images get the evaluation resize + centre crop, and "
+                               "the flips only (scale, ratio, colour jitter unused); lets cache_features: auto cache")
     hflip: float = _key(0.5, "horizontal flip probability")
     vflip: float = _key(0.0, "vertical flip probability")
     color_jitter: tuple[float, ...] | None = _key((0.4,), "colour jitter: one strength, or brightness, contrast, "
@@ -119,6 +127,12 @@ class FinetuneConfig:
                                          "(geometric in between: fastai's slice(lr*s, lr))")
     unfreeze_schedule: dict[int, tuple[str, ...]] | None = _key(None, "gradual unfreezing: {epoch: [patterns]}; "
                                                                       "starts from the classifier alone")
+    cache_features: str = _key("auto", "train the classifier on the frozen backbone's outputs, computed once: "
+                                       "auto when all below the classifier is frozen for the whole run and the "
+                                       "training transform is no_aug; true also with random augmentation "
+                                       "(feature_views views); false: never", ("auto", "true", "false"))
+    feature_views: int = _key(0, "cache_features: true with random augmentation: augmented views of each training "
+                                 "image computed once; epoch e trains on view e mod N")
     lr_find_steps: int = _key(100, "steps of the LR range test (--lr_find, lr: auto)")
 
 
@@ -159,6 +173,7 @@ class TrainConfig:
     ckpt_save_interval: int = _key(1, "write a per-epoch checkpoint every N epochs")
     device: str = _key("auto", "auto (cuda when available), cpu or cuda", ("auto", "cpu", "cuda"))
     channels_last: bool = _key(True, "NHWC memory format (measured faster for CNNs on CPU and GPU)")
+    compile: bool = _key(False, "torch.compile the model (slow first epoch, faster later ones; needs a C++ compiler)")
 
 
 # the keys `strategy` stands for; each strategy sets all of them, so a later layer's strategy replaces an earlier one

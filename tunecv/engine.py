@@ -241,9 +241,12 @@ def _should_validate(epoch: int, epochs: int, cfg: TrainConfig) -> bool:
 
 
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None, plan: Plan, cfg: TrainConfig,
-        saver: CheckpointSaver, results: ResultsWriter, trainer: Trainer) -> FitResult:
+        saver: CheckpointSaver, results: ResultsWriter, trainer: Trainer, saved_model: nn.Module | None = None
+        ) -> FitResult:
     """Train `cfg.epoch_size` epochs; validate, checkpoint (`_last` every epoch, `_best` on improvement), report.
-    Each phase of `plan` (un)freezes layers and brings its own optimizer and schedule."""
+    Each phase of `plan` (un)freezes layers and brings its own optimizer and schedule. `model` is what batches
+    go through; `saved_model` (default: `model`) is what the checkpoints hold (the whole model when only its
+    classifier trains on cached features)."""
     start = time.perf_counter()
     history: list[EpochMetrics] = []
     best, ema_best = Best(path=str(saver.best_path)), Best()
@@ -261,7 +264,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
             metrics = _epoch_metrics(epoch, stats, evaluation, time.perf_counter() - epoch_start, ema_evaluation)
             history.append(metrics)
             improved = best.update(metrics.top1, epoch, val_loader is None)
-            saver.save(model, epoch=epoch, metrics=_metrics_dict(metrics), is_best=improved,
+            saver.save(saved_model or model, epoch=epoch, metrics=_metrics_dict(metrics), is_best=improved,
                        best_top1=best.top1, training_state=_training_state(optimizer, scheduler, trainer))
             if trainer.ema is not None and ema_best.update(metrics.ema_top1, epoch, val_loader is None):
                 ema_metrics = _metrics_dict(_epoch_metrics(epoch, stats, ema_evaluation, metrics.time_s))

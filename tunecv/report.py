@@ -92,7 +92,8 @@ def write_predictions(path: str | os.PathLike, sample_ids: list[str], result: Ev
 
 
 def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: str, params: tuple[int, int],
-                optimizer_name: str, plan: Plan, steps_per_epoch: int, workers: int, compute: str) -> str:
+                optimizer_name: str, plan: Plan, steps_per_epoch: int, workers: int, compute: str,
+                caches: str = "none") -> str:
     """The one block logged before training: what is about to run, in the user's terms."""
     classes = train_set.classes
     trainable, total = params
@@ -119,6 +120,7 @@ def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: s
         + (f", mixup {cfg.loader.mixup:g} cutmix {cfg.loader.cutmix:g}" if cfg.loader.mixup or cfg.loader.cutmix
            else "") + (f", EMA {train.ema_decay:g}" if train.ema else ""),
         f"  device     {compute}; {workers} loader workers",
+        f"  caches     {caches}",
         f"  output     {train.ckpt_save_dir}",
     ])
 

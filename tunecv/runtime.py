@@ -45,20 +45,27 @@ class Compute:
     device: torch.device
     dtype: torch.dtype | None = None
     channels_last: bool = False
+    compile: bool = False
 
     @classmethod
-    def create(cls, device: torch.device, amp_level: str, channels_last: bool) -> Compute:
+    def create(cls, device: torch.device, amp_level: str, channels_last: bool, compile: bool = False) -> Compute:
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
         dtype = None
         if amp_level != "O0" and device.type != "cuda":
             logger.info("amp: amp_level %s needs CUDA; running fp32 on %s", amp_level, device.type)
         elif amp_level != "O0":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             logger.info("amp: amp_level %s -> autocast %s", amp_level, str(dtype).removeprefix("torch."))
-        return cls(device, dtype, channels_last)
+        return cls(device, dtype, channels_last, compile)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.compile:
+            model.compile()  # in place: the state_dict keeps its keys (no _orig_mod. prefix in checkpoints)
+        return model
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last and images.ndim == 4:
@@ -75,4 +82,5 @@ class Compute:
 
     def describe(self) -> str:
         precision = "fp32" if self.dtype is None else f"AMP {str(self.dtype).removeprefix('torch.')}"
-        return f"{self.device}, {precision}{', channels_last' if self.channels_last else ''}"
+        return f"{self.device}, {precision}{', channels_last' if self.channels_last else ''}" \
+               f"{', torch.compile' if self.compile else ''}"

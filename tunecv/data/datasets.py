@@ -51,6 +51,7 @@ class ImageDataset(Dataset):
         self.bad_images: list[tuple[str, str]] = []  # (path, why) left out at the start-up scan
         self.sizes: dict[str, tuple[int, int]] = {}  # path → (width, height), from the scan
         self.hashes: dict[str, str] = {}  # path → content digest, from the scan
+        self.image_cache = None  # an ImageCache of the decoded pixels (tunecv.data.image_cache), when built
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -60,6 +61,8 @@ class ImageDataset(Dataset):
             return Image.fromarray(self.arrays[index]).convert(self.image_mode)
         path = self.samples[index][0]
         try:
+            if self.image_cache is not None:
+                return self.image_cache.image(index)
             with Image.open(path) as image:  # an animated GIF/WebP opens at its first frame
                 crop = self.crop_bottom
                 if self.draft_size and image.format == "JPEG":

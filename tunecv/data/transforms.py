@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from timm.data import create_transform
+from torchvision import transforms as T
 
 if TYPE_CHECKING:
     from tunecv.config import DataConfig
@@ -14,8 +15,34 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def create_transforms(cfg: DataConfig, is_training: bool) -> Callable:
-    """Training: RandomResizedCrop + flips + colour jitter/auto-augment + erasing; eval: resize + centre crop."""
+def create_transforms(cfg: DataConfig, is_training: bool, *, flips: tuple[float, float] | None = None,
+                      uint8: bool = False) -> Callable:
+    """Training: RandomResizedCrop + flips + colour jitter/auto-augment + erasing; eval: resize + centre crop.
+    no_aug: training images get the evaluation transform and the flips only (deterministic but for the flips).
+    `flips`: (horizontal, vertical) flip probabilities added after the evaluation crop (default: the config's
+    under no_aug, none otherwise). `uint8`: end at a uint8 tensor; `DevicePrefetcher` normalises (and erases)
+    on the GPU."""
+    if not is_training or cfg.no_aug:
+        hflip, vflip = flips if flips is not None else (cfg.hflip, cfg.vflip) if is_training else (0.0, 0.0)
+        transform = _with_flips(_create(cfg, False, uint8), hflip, vflip)
+    else:
+        transform = _create(cfg, True, uint8)
+    logger.debug("transforms (%s%s): %s", "train" if is_training else "eval", ", no_aug" if is_training and cfg.no_aug
+                 else "", ", ".join(type(t).__name__ for t in getattr(transform, "transforms", [transform])))
+    return transform
+
+
+def _with_flips(transform: Callable, hflip: float, vflip: float) -> Callable:
+    """Flips after the centre crop (the crop is symmetric, so it is the crop of the flipped image)."""
+    flips = ([T.RandomHorizontalFlip(hflip)] if hflip else []) + ([T.RandomVerticalFlip(vflip)] if vflip else [])
+    if not flips:
+        return transform
+    steps = list(transform.transforms)
+    crop = next(i for i, step in enumerate(steps) if isinstance(step, T.CenterCrop))
+    return T.Compose(steps[:crop + 1] + flips + steps[crop + 1:])
+
+
+def _create(cfg: DataConfig, is_training: bool, uint8: bool) -> Callable:
     # timm picks a random interpolation per image for "random"; evaluation must be deterministic
     interpolation = "bilinear" if not is_training and cfg.interpolation == "random" else cfg.interpolation
     transform = create_transform(
@@ -33,9 +60,8 @@ def create_transforms(cfg: DataConfig, is_training: bool) -> Callable:
         re_prob=cfg.re_prob,
         re_mode="pixel" if cfg.re_value == "random" else "const",
         crop_pct=cfg.crop_pct,
+        use_prefetcher=uint8,
     )
-    logger.info("transforms (%s): %s", "train" if is_training else "eval",
-                ", ".join(type(t).__name__ for t in getattr(transform, "transforms", [transform])))
     return transform
 
 
@@ -48,6 +74,6 @@ def _jitter(values: tuple[float, ...] | None) -> float | tuple[float, ...]:
 def draft_size(cfg: DataConfig, is_training: bool) -> int:
     """The shorter side a decoded image needs so no crop is upscaled: a RandomResizedCrop of area fraction
     scale[0] spans sqrt(scale[0]) of the side (capped at 4x); evaluation resizes to image_resize / crop_pct."""
-    if is_training:
+    if is_training and not cfg.no_aug:
         return round(cfg.image_resize / max(cfg.scale[0], 1 / 16) ** 0.5)
     return round(cfg.image_resize / (cfg.crop_pct or 1.0))

@@ -1,0 +1,264 @@
+"""Frozen-backbone feature cache: when only the classifier trains, run the frozen model once per image (and view)
+and train the classifier on the stored inputs it would have seen: epochs after the first take milliseconds.
+
+`FeatureLoader` stands in for the image loaders (same batches per epoch, same shuffling rules); it computes its
+features on first use, so the first epoch carries their cost and the run's wall time stays honest.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from tunecv.data.loader import create_loader
+from tunecv.data.transforms import create_transforms
+from tunecv.errors import UserError
+from tunecv.models import classifier_names
+from tunecv.runtime import Compute
+
+if TYPE_CHECKING:
+    from tunecv.config import Config
+    from tunecv.plan import Plan
+
+logger = logging.getLogger(__name__)
+
+
+class FeatureHead(nn.Module):
+    """The classifier as the model applies it to its pooled features: the model's dropout, then the layer."""
+
+    def __init__(self, classifier: nn.Module, drop_rate: float) -> None:
+        super().__init__()
+        self.classifier, self.drop_rate = classifier, drop_rate
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(nn.functional.dropout(features, self.drop_rate, self.training))
+
+
+def why_not_cacheable(cfg: Config, model: nn.Module, plan: Plan) -> str | None:
+    """None when the classifier's inputs are the same every epoch, else the reason they are not."""
+    names = classifier_names(model)
+    if len(names) != 1:
+        return f"the model has {len(names)} classifiers ({', '.join(names)})"
+    if len(plan.phases) > 1:
+        return "layers unfreeze during the run"
+    head = f"{names[0]}."
+    training = [name for name, _ in model.named_parameters()
+                if name not in plan.phases[0].frozen and not name.startswith(head)]
+    if training:
+        return f"layers below the classifier train ({training[0]}, ...)"
+    if not cfg.finetune.freeze_bn:
+        return "freeze_bn: false updates the frozen BatchNorm statistics every epoch"
+    if cfg.loader.mixup > 0 or cfg.loader.cutmix > 0:
+        return "mixup/cutmix mix images, not features"
+    if cfg.train.ema:
+        return "ema averages the whole model"
+    return None
+
+
+def use_feature_cache(cfg: Config, model: nn.Module, plan: Plan) -> bool:
+    """cache_features: auto caches when it changes nothing (deterministic transform); true insists."""
+    mode, random_views = cfg.finetune.cache_features, not cfg.data.no_aug
+    if mode == "false":
+        return False
+    reason = why_not_cacheable(cfg, model, plan)
+    if reason is None and random_views and mode == "auto":
+        reason = "the training transform is random (no_aug: true makes it deterministic)"
+    if reason is None and random_views and cfg.finetune.feature_views < 1:
+        raise UserError("cache_features: true with random augmentation needs feature_views N (augmented views per "
+                        "image, computed once); or set no_aug: true")
+    if reason is not None:
+        if mode == "true":
+            raise UserError(f"cache_features: true, but {reason}; set cache_features: auto or false")
+        logger.info("feature cache: off (%s)", reason)
+        return False
+    return True
+
+
+def _dropout_of(model: nn.Module, name: str) -> float:
+    """timm's drop_rate; torchvision's Dropout placed before the classifier layer in its Sequential."""
+    if hasattr(model, "drop_rate") and isinstance(model.drop_rate, float):
+        return model.drop_rate
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else None
+    if isinstance(parent, nn.Sequential):
+        before = itertools.takewhile(lambda item: item[0] != child, parent.named_children())
+        return max((m.p for _, m in before if isinstance(m, nn.Dropout)), default=0.0)
+    return 0.0
+
+
+class FeatureExtractor:
+    """The frozen model run to its classifier's input (a forward pre-hook), under inference_mode."""
+
+    def __init__(self, model: nn.Module, compute: Compute) -> None:
+        self.model, self.compute = model, compute
+        self.name = classifier_names(model)[0]
+        self.classifier = model.get_submodule(self.name)
+
+    @torch.inference_mode()
+    def __call__(self, loader: DataLoader, desc: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(features, labels, dataset indices) on the device, float32."""
+        captured: list[torch.Tensor] = []
+        hook = self.classifier.register_forward_pre_hook(lambda _, args: captured.append(args[0].float()))
+        modes = [m.training for m in self.model.modules()]
+        self.model.eval()
+        labels, indices = [], []
+        try:
+            for batch in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
+                if batch is None:
+                    continue
+                with self.compute.autocast():
+                    self.model(self.compute.inputs(batch[0]))
+                labels.append(batch[1])
+                indices.append(batch[2])
+        finally:
+            hook.remove()
+            for module, mode in zip(self.model.modules(), modes):
+                module.training = mode
+        return (torch.cat(captured).flatten(1), torch.cat(labels).to(self.compute.device),
+                torch.cat(indices).to(self.compute.device))
+
+    def check(self, images: torch.Tensor) -> None:
+        """The model's output must be the classifier applied to the captured input (nothing after it); tested
+        with random classifier weights, since a zero-initialised head would agree with anything."""
+        state = copy.deepcopy(self.classifier.state_dict())
+        captured: list[torch.Tensor] = []
+        hook = self.classifier.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+        modes = [m.training for m in self.model.modules()]
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for param in self.classifier.parameters():
+                    param.normal_()
+                output = self.model(self.compute.inputs(images))
+                direct = self.classifier(captured[0])
+        finally:
+            hook.remove()
+            self.classifier.load_state_dict(state)
+            for module, mode in zip(self.model.modules(), modes):
+                module.training = mode
+        if not torch.allclose(output.float(), direct.float(), rtol=1e-3, atol=1e-3):
+            raise UserError(f"cache_features: {type(self.model).__name__}'s output is not its classifier "
+                            f"({self.name}) applied to the features; set cache_features: false")
+
+
+class IndexSet(Dataset):
+    """Dataset indices with the image dataset's labels: a DataLoader over it draws the image loader's order."""
+
+    def __init__(self, targets: list[int]) -> None:
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class FeatureLoader:
+    """Batches of (features, labels, indices) like the image loader's: `views` image loaders, each run once on
+    first use; `order` (a DataLoader over an IndexSet built as the image loader is, with its seed) gives each
+    epoch's batches of dataset indices, so shuffling and sampling match the uncached run; `pick` draws a view per
+    image and epoch."""
+
+    def __init__(self, extractor: FeatureExtractor, views: list[DataLoader], order: DataLoader,
+                 pick: Callable[[int, int, torch.Generator], torch.Tensor], seed: int, desc: str) -> None:
+        self.extractor, self.views, self.order, self.pick = extractor, views, order, pick
+        self.generator = torch.Generator().manual_seed(seed)  # the views' draws, apart from the order's
+        self.desc, self.epoch = desc, 0
+        self.features: torch.Tensor | None = None  # (views, rows, dim)
+        self.num_workers = views[0].num_workers
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def compute(self) -> None:
+        start = time.perf_counter()
+        outputs = [self.extractor(loader, f"{self.desc} features {i + 1}/{len(self.views)}")
+                   for i, loader in enumerate(self.views)]
+        self.features = torch.stack([features for features, _, _ in outputs])
+        self.labels, self.indices = outputs[0][1], outputs[0][2]
+        # dataset index -> feature row (-1: the image failed to decode and has no features, as it has no batch slot)
+        self.row_of = torch.full((len(self.order.dataset),), -1, dtype=torch.long)
+        self.row_of[self.indices.cpu()] = torch.arange(len(self.indices))
+        logger.info("feature cache: %s, %d view%s x %d images x %d features in %.1f s", self.desc, len(self.views),
+                    "s" if len(self.views) > 1 else "", len(self.labels), self.features.shape[-1],
+                    time.perf_counter() - start)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+        if self.features is None:
+            self.compute()
+        self.epoch += 1
+        view = self.pick(self.epoch, len(self.labels), self.generator)
+        device = self.features.device
+        for batch in self.order:
+            rows = self.row_of[batch]
+            rows = rows[rows >= 0]
+            if not len(rows):
+                yield None  # as the image loader does for a batch whose every image failed
+                continue
+            views, rows = view[rows].to(device), rows.to(device)
+            yield self.features[views, rows], self.labels[rows], self.indices[rows]
+
+
+def flip_views(hflip: float, vflip: float) -> tuple[list[tuple[int, int]], Callable]:
+    """The (horizontal, vertical) flip combinations a no_aug transform can produce, and a picker drawing one per
+    image with the configured probabilities: the uncached pipeline's distribution, exactly."""
+    combos = list(itertools.product((0, 1) if hflip else (0,), (0, 1) if vflip else (0,)))
+    verticals = 2 if vflip else 1
+
+    def pick(epoch: int, size: int, generator: torch.Generator) -> torch.Tensor:
+        h = (torch.rand(size, generator=generator) < hflip).long()
+        v = (torch.rand(size, generator=generator) < vflip).long()
+        return h * verticals + v
+
+    return combos, pick
+
+
+def _cycle(views: int) -> Callable:
+    def pick(epoch: int, size: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.full((size,), (epoch - 1) % views, dtype=torch.long)
+    return pick
+
+
+def create_feature_loaders(model: nn.Module, compute: Compute, cfg: Config, train_set, val_set,
+                           val_loader: DataLoader | None) -> tuple[FeatureHead, FeatureLoader, FeatureLoader | None]:
+    """The classifier as a module of its own, and loaders of the frozen model's outputs for it (`val_loader`: the
+    evaluation image loader, run once)."""
+    extractor = FeatureExtractor(model, compute)
+    data = cfg.data
+    if data.no_aug:
+        combos, pick = flip_views(data.hflip, data.vflip)
+        transforms = [create_transforms(data, is_training=True, flips=combo) for combo in combos]
+    else:
+        pick = _cycle(cfg.finetune.feature_views)
+        transforms = [create_transforms(data, is_training=True)] * cfg.finetune.feature_views
+    views = []
+    for view, transform in enumerate(transforms):
+        dataset = copy.copy(train_set)
+        dataset.transform = transform
+        views.append(create_loader(dataset, cfg.loader, is_training=False, seed=cfg.train.seed + view,
+                                   pin_memory=compute.device.type == "cuda"))
+    sample = next((item for item in (views[0].dataset[i] for i in range(min(4, len(train_set)))) if item), None)
+    if sample is not None:
+        extractor.check(sample[0][None])
+    index_loader = replace(cfg.loader, num_parallel_workers=0)
+    train_order = create_loader(IndexSet(train_set.targets), index_loader, is_training=True, seed=cfg.train.seed)
+    train = FeatureLoader(extractor, views, train_order, pick, cfg.train.seed + 1, "train")
+    val = None
+    if val_loader is not None:
+        val_order = create_loader(IndexSet(val_set.targets), index_loader, is_training=False)
+        val = FeatureLoader(extractor, [val_loader], val_order, _cycle(1), 0, "val")
+    head = FeatureHead(extractor.classifier, _dropout_of(model, extractor.name))
+    logger.info("feature cache: the classifier trains on the frozen model's outputs (%d view%s per training image)",
+                len(views), "s" if len(views) > 1 else "")
+    return head, train, val
