@@ -31,6 +31,7 @@ from tunecv.optim import auto_scaled_lr
 from tunecv.plan import Plan
 from tunecv.report import ResultsWriter, run_summary
 from tunecv.runtime import image_mode, resolve_device, seed_everything
+from tunecv.strategy import apply_phase
 from tunecv.weights import load_initial_weights
 
 logger = logging.getLogger("tunecv")
@@ -47,7 +48,7 @@ class Setup:
     train_loader: DataLoader
     val_loader: DataLoader | None
     model: nn.Module
-    net: nn.Module  # what batches go through: the model, or its classifier alone on cached features
+    forward_model: nn.Module  # what batches go through: the model, or its classifier alone on cached features
     weights: str
     compute: Compute
     trainer: Trainer
@@ -80,15 +81,18 @@ def prepare(cfg: Config) -> Setup:
         cfg.optim.lr, cfg.optim.auto_scale_lr, cfg.loader.batch_size, cfg.train.gradient_accumulation_steps, 1)
     plan = Plan.create(model, cfg, lr, steps_per_epoch)
     features = use_feature_cache(cfg, model, plan)
-    _cache_images(cfg, out_dir, train_set, val_set, features)
-    net = model
+    _cache_images(cfg, out_dir, train_set, val_set, features)  # before the feature pass: its views read them
+    forward_model = model
     if features:
-        net, train_loader, val_loader = create_feature_loaders(model, compute, cfg, train_set, val_set, val_loader)
+        apply_phase(model, plan.phases[0])
+        cached = create_feature_loaders(model, compute, cfg, train_set, val_set, val_loader)
+        if cached is not None:
+            forward_model, train_loader, val_loader = cached
     trainer = create_trainer(model, cfg.train, compute,
                              create_mixup(cfg.loader, len(classes), cfg.train.label_smoothing),
                              class_counts(train_set.targets, len(classes)), freeze_bn=cfg.finetune.freeze_bn)
-    return Setup(cfg, out_dir, train_set, val_set, train_loader, val_loader, model, net, weights, compute, trainer,
-                 plan)
+    return Setup(cfg, out_dir, train_set, val_set, train_loader, val_loader, model, forward_model, weights, compute,
+                 trainer, plan)
 
 
 def _datasets(cfg: Config, out_dir: Path, uint8: bool) -> tuple[Dataset, Dataset | None]:
@@ -121,7 +125,8 @@ def find_lr(setup: Setup) -> float:
     if setup.plan.lr == "auto":
         setup.plan.lr = START_LR  # a placeholder: the range test sets every group's lr itself
     optimizer, _ = setup.plan.start(setup.plan.phases[0])
-    result = lr_find(setup.net, setup.train_loader, optimizer, setup.trainer, setup.cfg.finetune.lr_find_steps)
+    result = lr_find(setup.forward_model, setup.train_loader, optimizer, setup.trainer,
+                     setup.cfg.finetune.lr_find_steps)
     setup.plan.reset()
     path = plot(result, setup.out_dir / "lr_find.png")
     logger.info("lr_find: %d steps from %.1e to %.1e; suggested lr %.3g (plot: %s)", len(result.lrs), result.lrs[0],
@@ -150,7 +155,7 @@ def run(cfg: Config) -> FitResult:
     logger.info(run_summary(cfg, setup.train_set, setup.val_set, setup.weights, count_params(setup.model),
                             type(optimizer).__name__, plan, setup.plan.steps_per_epoch,
                             setup.train_loader.num_workers, setup.compute.describe(), _caches(setup)))
-    return fit(setup.net, setup.train_loader, setup.val_loader, plan, cfg.train, saver,
+    return fit(setup.forward_model, setup.train_loader, setup.val_loader, plan, cfg.train, saver,
                ResultsWriter(out_dir, ema=cfg.train.ema), setup.trainer, saved_model=setup.model)
 
 
@@ -159,8 +164,8 @@ def _caches(setup: Setup) -> str:
     parts = [f"{name} images {cache.storage} ({cache.nbytes / 1e6:.0f} MB)" for name, dataset in
              (("train", setup.train_set), ("val", setup.val_set))
              if (cache := getattr(dataset, "image_cache", None)) is not None]
-    if setup.net is not setup.model:
-        views = len(setup.train_loader.views)
+    if setup.forward_model is not setup.model:
+        views = setup.train_loader.num_views
         parts.append(f"features of the frozen backbone ({views} view{'s' if views > 1 else ''} per training image)")
     return "; ".join(parts) or "none"
 

@@ -45,8 +45,12 @@ def tutorial_model(name: str, num_classes: int, pretrained: bool) -> nn.Module:
     return model
 
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as the tutorial picks it
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                inputs: torch.Tensor, labels: torch.Tensor) -> None:
+    inputs, labels = inputs.to(DEVICE), labels.to(DEVICE)
     optimizer.zero_grad()
     loss = criterion(model(inputs), labels)
     loss.backward()
@@ -58,7 +62,7 @@ def accuracy(model: nn.Module, loader: DataLoader) -> float:
     correct = total = 0
     with torch.no_grad():
         for inputs, labels in loader:
-            correct += (model(inputs).argmax(1) == labels).sum().item()
+            correct += (model(inputs.to(DEVICE)).argmax(1).cpu() == labels).sum().item()
             total += len(labels)
     return 100.0 * correct / total
 
@@ -79,7 +83,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     train = tutorial_loader(args.data_dir, "train", args.image_size, args.batch_size, args.workers)
     val = tutorial_loader(args.data_dir, "val", args.image_size, args.batch_size, args.workers)
-    model = tutorial_model(args.model, len(train.dataset.classes), pretrained=True)
+    model = tutorial_model(args.model, len(train.dataset.classes), pretrained=True).to(DEVICE)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.1)

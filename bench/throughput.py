@@ -65,7 +65,7 @@ def tunecv_rates(args, cache: str, workers: int, synthetic: bool, channels_last:
     from tunecv.models import set_train_mode
 
     setup = tunecv_setup(args, cache, workers, channels_last)
-    model, trainer, optimizer = setup.net, setup.trainer, setup.plan.optimizer
+    model, trainer, optimizer = setup.forward_model, setup.trainer, setup.plan.optimizer
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
     def train_step(batch: tuple) -> int:
@@ -101,7 +101,7 @@ def naive_rates(args, synthetic: bool) -> tuple[float, float]:
     val_loader = naive.tutorial_loader(args.data_dir, "val", args.image_size, args.batch_size, args.naive_workers)
     classes = len(train_loader.dataset.classes)
     torch.manual_seed(0)
-    model = naive.tutorial_model(args.model, classes, pretrained=False)
+    model = naive.tutorial_model(args.model, classes, pretrained=False).to(naive.DEVICE)
     criterion, optimizer = nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
 
     def train_step(batch: tuple) -> int:
@@ -110,7 +110,7 @@ def naive_rates(args, synthetic: bool) -> tuple[float, float]:
 
     @torch.no_grad()
     def eval_step(batch: tuple) -> int:
-        model(batch[0])
+        model(batch[0].to(naive.DEVICE))
         return batch[0].shape[0]
 
     def batches(loader):
@@ -127,7 +127,7 @@ def naive_rates(args, synthetic: bool) -> tuple[float, float]:
 def eval_batch_sweep(args, multiples: tuple[int, ...] = (1, 2, 4)) -> list[dict]:
     """Synthetic eval img/s at larger batches (inference_mode, channels_last): does a bigger eval batch pay?"""
     setup = tunecv_setup(args, "none", 0)
-    model, rows = setup.net.eval(), []
+    model, rows = setup.forward_model.eval(), []
     for multiple in multiples:
         inputs = setup.compute.inputs(synthetic_batch(args.batch_size * multiple, args.image_size, 2)[0])
 

@@ -34,3 +34,16 @@ def test_compiled_run_writes_plain_checkpoints(tmp_path):
         state = torch.load(out / name, weights_only=True)["model"]
         assert not [key for key in state if "_orig_mod" in key]
         assert set(state) == expected
+
+
+def test_compile_without_a_compiler_is_one_clear_error(monkeypatch):
+    import pytest
+
+    from tunecv.errors import UserError
+    from tunecv.runtime import Compute
+
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(UserError, match="needs a C.. compiler"):
+        Compute.create(torch.device("cpu"), "O0", channels_last=False, compile=True)
+    assert Compute.create(torch.device("cpu"), "O0", channels_last=False).compile is False

@@ -20,7 +20,7 @@ from tunecv.config import load_config
 from tunecv.data.transforms import create_transforms
 from tunecv.engine import evaluate
 from tunecv.errors import UserError
-from tunecv.feature_cache import FeatureHead, FeatureLoader, flip_views, use_feature_cache
+from tunecv.feature_cache import FeatureHead, FeatureLoader, dropout_rate, flip_views, use_feature_cache
 from tunecv.models import create_model
 from tunecv.plan import Plan
 
@@ -45,7 +45,6 @@ def _decide(tmp_path: Path, **overrides) -> bool:
     ({**PROBE, "hflip": 0.5, "vflip": 0.5}, True),  # flips are views, computed once each
     ({**PROBE, "cache_features": "false"}, False),
     ({"freeze": "all"}, False),  # random augmentation: auto does not cache
-    ({"freeze": "all", "feature_views": 3}, False),  # ... even with views: only `true` uses them
     ({"freeze": "all", "feature_views": 3, "cache_features": "true"}, True),
     ({"no_aug": True}, False),  # everything trains
     ({"no_aug": True, "freeze": "head_only"}, None),  # decided below from the head group
@@ -81,6 +80,42 @@ def test_cache_features_true_refuses_what_it_cannot_do(tmp_path, overrides, mess
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"freeze": "all", "feature_views": 3}, "feature_views counts the augmented views"),  # only `true` uses them
+    ({**PROBE, "feature_views": 3, "cache_features": "true"}, "feature_views counts the augmented views"),
+    ({**PROBE, "re_prob": 0.25}, "no_aug trains on the evaluation transform"),
+    ({**PROBE, "auto_augment": "rand-m9-mstd0.5"}, "no_aug trains on the evaluation transform"),
+    ({"cache_images": "ram", "cache_ram_gb": 2}, "cache_ram_gb is the RAM budget of cache_images: auto"),
+    ({"cache_images": "none", "cache_dir": "x"}, "cache_dir holds disk caches"),
+])
+def test_keys_that_would_do_nothing_are_rejected(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config(None, {"data_dir": str(tmp_path), "model": TINY_MODEL, **overrides})
+
+
+def test_dropout_rate_is_read_from_training_mode_features():
+    features = torch.rand(2, 512) + 0.1
+    assert dropout_rate(features, features.clone()) == 0.0
+    mask = (torch.rand(features.shape, generator=torch.Generator().manual_seed(0)) > 0.3).float()
+    assert dropout_rate(features, features * mask / 0.7) == pytest.approx(0.3, abs=1e-3)
+    assert dropout_rate(features, features + 0.05 * torch.randn(features.shape)) is None  # noise, not a dropout
+    assert dropout_rate(features, features * 2.0) is None  # a scale without dropped units
+
+
+def test_the_models_dropout_before_the_classifier_is_kept(tiny_overrides):
+    setup = _prepare(tiny_overrides, **PROBE, hflip=0.0, drop_rate=0.3)
+    assert isinstance(setup.forward_model, FeatureHead) and setup.forward_model.drop_rate == pytest.approx(0.3)
+
+
+def test_a_model_whose_output_is_not_its_classifier_falls_back_or_refuses(tiny_overrides, tmp_path):
+    """squeezenet's classifier is a 1x1 conv whose output is pooled afterwards: nothing to cache."""
+    options = {**tiny_overrides, **PROBE, "model": "squeezenet1_1", "image_resize": 64}
+    setup = finetune.prepare(load_config(None, options))
+    assert setup.forward_model is setup.model and isinstance(setup.train_loader, DataLoader)
+    with pytest.raises(UserError, match="cache_features: true, but SqueezeNet's output is not its classifier"):
+        finetune.prepare(load_config(None, {**options, "cache_features": "true"}))
+
+
 def test_flip_views_and_their_rates():
     assert flip_views(0.0, 0.0)[0] == [(0, 0)]
     assert flip_views(0.5, 0.0)[0] == [(0, 0), (1, 0)]
@@ -114,12 +149,12 @@ def _pooled(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def test_cached_features_are_the_classifier_inputs(tiny_overrides):
     setup = _prepare(tiny_overrides, **PROBE, hflip=0.0)
-    assert isinstance(setup.net, FeatureHead) and setup.net.classifier is setup.model.classifier
+    assert isinstance(setup.forward_model, FeatureHead) and setup.forward_model.classifier is setup.model.classifier
     assert isinstance(setup.train_loader, FeatureLoader) and isinstance(setup.val_loader, FeatureLoader)
     assert len(setup.train_loader) == TRAIN_IMAGES // 4 and len(setup.val_loader) == 3
 
     plain = _prepare(tiny_overrides, **PROBE, hflip=0.0, cache_features="false")
-    assert isinstance(plain.train_loader, DataLoader) and plain.net is plain.model
+    assert isinstance(plain.train_loader, DataLoader) and plain.forward_model is plain.model
     assert len(plain.train_loader) == len(setup.train_loader)
     # cache_images: auto caches pixels for the image pipeline only (the feature pass reads each image once)
     assert setup.train_set.image_cache is None and setup.val_set.image_cache is None
@@ -127,7 +162,7 @@ def test_cached_features_are_the_classifier_inputs(tiny_overrides):
     # same init (same seed): the cached head on cached features = the whole model on images
     assert all(torch.equal(a, b) for a, b in zip(setup.model.state_dict().values(),
                                                  plain.model.state_dict().values()))
-    cached_eval = evaluate(setup.net, setup.val_loader, setup.compute, len(CLASSES))
+    cached_eval = evaluate(setup.forward_model, setup.val_loader, setup.compute, len(CLASSES))
     plain_eval = evaluate(plain.model, plain.val_loader, plain.compute, len(CLASSES))
     assert cached_eval.images == plain_eval.images == len(CLASSES) * VAL_PER_CLASS
     assert cached_eval.indices == plain_eval.indices and cached_eval.targets == plain_eval.targets
@@ -146,12 +181,18 @@ def test_cached_features_are_the_classifier_inputs(tiny_overrides):
     assert seen == set(range(TRAIN_IMAGES))  # every image once per epoch
 
 
-def test_image_loader_order_is_kept(tiny_overrides):
+@pytest.mark.parametrize("workers, sampler", [(0, "none"), (2, "none"), (2, "balanced")])
+def test_image_loader_order_is_kept(tiny_overrides, workers, sampler):
     """Same seed, same shuffling: the cached loader yields the images in the uncached loader's order, every
-    epoch (else cache_features: auto changes a run's result)."""
-    cached = _prepare(tiny_overrides, **PROBE, hflip=0.0)
-    plain = _prepare(tiny_overrides, **PROBE, hflip=0.0, cache_features="false")
-    for epoch in (1, 2):
+    epoch (else cache_features: auto changes a run's result), also when the image loader keeps its workers."""
+    options = {**PROBE, "hflip": 0.0, "num_parallel_workers": workers, "sampler": sampler}
+    cached = _prepare(tiny_overrides, **options)
+    plain = _prepare(tiny_overrides, **options, cache_features="false")
+    for epoch in (1, 2, 3):
+        if sampler == "balanced":  # drawn with replacement: compare the orders only
+            assert [i for b in cached.train_loader for i in b[2].tolist()] == \
+                [i for b in plain.train_loader for i in b[2].tolist()], f"epoch {epoch}"
+            continue
         cached_order = [i for batch in cached.train_loader for i in batch[2].tolist()]
         plain_order = [i for batch in plain.train_loader for i in batch[2].tolist()]
         assert sorted(cached_order) == sorted(plain_order) == list(range(TRAIN_IMAGES))
@@ -176,7 +217,7 @@ def test_without_shuffle_the_cached_probe_trains_like_the_uncached(tiny_override
 def test_flip_views_are_the_flipped_images(tiny_overrides):
     setup = _prepare(tiny_overrides, **PROBE, hflip=0.5, val_while_train=False)
     loader = setup.train_loader
-    assert isinstance(loader, FeatureLoader) and len(loader.views) == 2 and setup.val_loader is None
+    assert isinstance(loader, FeatureLoader) and loader.num_views == 2 and setup.val_loader is None
     loader.compute()
     assert loader.features.shape == (2, TRAIN_IMAGES, setup.model.num_features)
     transform = create_transforms(setup.cfg.data, is_training=False)

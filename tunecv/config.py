@@ -157,7 +157,23 @@ def _resolve(cfg: Config, training: bool = True) -> Config:
         raise UserError("ckpt_prefix is set but ckpt_path is not; give the checkpoint to load the prefix from")
     if training:
         _check_finetune(cfg)
+        _check_caches(cfg)
     return dataclasses.replace(cfg, data=data)
+
+
+def _check_caches(cfg: Config) -> None:
+    """The cache and no_aug keys that would have no effect in this combination."""
+    data, ft = cfg.data, cfg.finetune
+    if data.no_aug and (data.auto_augment or data.re_prob > 0):
+        raise UserError("no_aug trains on the evaluation transform and flips only; remove auto_augment/re_prob or "
+                        "set no_aug: false")
+    if ft.feature_views and (ft.cache_features != "true" or data.no_aug):
+        raise UserError("feature_views counts the augmented views of cache_features: true with random augmentation "
+                        "(no_aug: false); remove it, or set cache_features: true")
+    if data.cache_ram_gb is not None and data.cache_images != "auto":
+        raise UserError(f"cache_ram_gb is the RAM budget of cache_images: auto, not {data.cache_images}; remove it")
+    if data.cache_dir is not None and data.cache_images not in ("auto", "disk"):
+        raise UserError(f"cache_dir holds disk caches; cache_images {data.cache_images} writes none; remove it")
 
 
 STRATEGY = re.compile(r"^(full|linear_probe|lp_ft|gradual|freeze:(\d+))$")

@@ -248,6 +248,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
     go through; `saved_model` (default: `model`) is what the checkpoints hold (the whole model when only its
     classifier trains on cached features)."""
     start = time.perf_counter()
+    saved_model = model if saved_model is None else saved_model
     history: list[EpochMetrics] = []
     best, ema_best = Best(path=str(saver.best_path)), Best()
     with logging_redirect_tqdm():
@@ -264,8 +265,8 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
             metrics = _epoch_metrics(epoch, stats, evaluation, time.perf_counter() - epoch_start, ema_evaluation)
             history.append(metrics)
             improved = best.update(metrics.top1, epoch, val_loader is None)
-            saver.save(saved_model or model, epoch=epoch, metrics=_metrics_dict(metrics), is_best=improved,
-                       best_top1=best.top1, training_state=_training_state(optimizer, scheduler, trainer))
+            saver.save(saved_model, epoch=epoch, metrics=_metrics_dict(metrics), is_best=improved, best_top1=best.top1,
+                       training_state=_training_state(optimizer, scheduler, trainer))
             if trainer.ema is not None and ema_best.update(metrics.ema_top1, epoch, val_loader is None):
                 ema_metrics = _metrics_dict(_epoch_metrics(epoch, stats, ema_evaluation, metrics.time_s))
                 ema_best.path = str(saver.save_ema_best(trainer.ema.module, epoch=epoch, metrics=ema_metrics,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 _WORKER_MARKER = "Original Traceback"
 
 
@@ -11,5 +13,9 @@ class UserError(Exception):
     def __init__(self, message: str) -> None:
         # DataLoader workers re-raise errors as UserError(<traceback text>); keep only our sentence.
         if _WORKER_MARKER in message:
-            message = message.rstrip().splitlines()[-1].split("UserError: ", 1)[-1]
+            message = re.sub(r"^[\w.]+: ", "", message.rstrip().splitlines()[-1])
         super().__init__(message)
+
+
+class CacheChanged(UserError):
+    """A cache file changed under a running job: not an unreadable image, so never skipped."""

@@ -20,10 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from tunecv.data.loader import create_loader
+from tunecv.data.loader import create_loader, num_workers
 from tunecv.data.transforms import create_transforms
 from tunecv.errors import UserError
-from tunecv.models import classifier_names
+from tunecv.models import classifier_names, set_train_mode
 from tunecv.runtime import Compute
 
 if TYPE_CHECKING:
@@ -84,16 +84,24 @@ def use_feature_cache(cfg: Config, model: nn.Module, plan: Plan) -> bool:
     return True
 
 
-def _dropout_of(model: nn.Module, name: str) -> float:
-    """timm's drop_rate; torchvision's Dropout placed before the classifier layer in its Sequential."""
-    if hasattr(model, "drop_rate") and isinstance(model.drop_rate, float):
-        return model.drop_rate
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else None
-    if isinstance(parent, nn.Sequential):
-        before = itertools.takewhile(lambda item: item[0] != child, parent.named_children())
-        return max((m.p for _, m in before if isinstance(m, nn.Dropout)), default=0.0)
-    return 0.0
+class NotCacheable(Exception):
+    """The model's classifier input cannot stand for the model (said why)."""
+
+
+def dropout_rate(eval_features: torch.Tensor, train_features: torch.Tensor) -> float | None:
+    """p of a dropout applied to the classifier's input in training mode (train = eval x mask / (1 - p)), 0.0 when
+    training mode changes nothing, None when it changes the features in any other way."""
+    if torch.allclose(train_features, eval_features, rtol=1e-4, atol=1e-5):
+        return 0.0
+    large = eval_features.abs() > 1e-3 * eval_features.abs().max()
+    ratio = train_features[large] / eval_features[large]
+    kept = ratio.abs() > 1e-3
+    if not kept.any() or kept.all():
+        return None
+    scale = ratio[kept].median()
+    if not torch.allclose(ratio[kept], scale.expand(int(kept.sum())), rtol=1e-3) or scale <= 1:
+        return None
+    return round(float(1 - 1 / scale), 4)
 
 
 class FeatureExtractor:
@@ -127,28 +135,41 @@ class FeatureExtractor:
         return (torch.cat(captured).flatten(1), torch.cat(labels).to(self.compute.device),
                 torch.cat(indices).to(self.compute.device))
 
-    def check(self, images: torch.Tensor) -> None:
-        """The model's output must be the classifier applied to the captured input (nothing after it); tested
-        with random classifier weights, since a zero-initialised head would agree with anything."""
+    def check(self, images: torch.Tensor) -> float:
+        """The dropout rate on the classifier's input in training; NotCacheable unless the model's output is the
+        classifier applied to its captured 2-D input (tested with random classifier weights, since a zero-initialised
+        head agrees with anything) and training mode changes that input by a dropout at most."""
         state = copy.deepcopy(self.classifier.state_dict())
         captured: list[torch.Tensor] = []
-        hook = self.classifier.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+        hook = self.classifier.register_forward_pre_hook(lambda _, args: captured.append(args[0].float()))
         modes = [m.training for m in self.model.modules()]
-        self.model.eval()
+        generator = torch.Generator().manual_seed(0)
+        inputs = self.compute.inputs(images)
         try:
             with torch.no_grad():
                 for param in self.classifier.parameters():
-                    param.normal_()
-                output = self.model(self.compute.inputs(images))
-                direct = self.classifier(captured[0])
+                    param.copy_(torch.randn(param.shape, generator=generator))
+                self.model.eval()
+                output = self.model(inputs)
+                features = captured.pop()
+                set_train_mode(self.model, keep_frozen_eval=True)
+                self.model(inputs)
+                training_features = captured.pop()
+                hook.remove()
+                direct = self.classifier(features)
         finally:
             hook.remove()
             self.classifier.load_state_dict(state)
             for module, mode in zip(self.model.modules(), modes):
                 module.training = mode
-        if not torch.allclose(output.float(), direct.float(), rtol=1e-3, atol=1e-3):
-            raise UserError(f"cache_features: {type(self.model).__name__}'s output is not its classifier "
-                            f"({self.name}) applied to the features; set cache_features: false")
+        if features.ndim != 2 or output.shape != direct.shape or \
+                not torch.allclose(output.float(), direct.float(), rtol=1e-3, atol=1e-3):
+            raise NotCacheable(f"{type(self.model).__name__}'s output is not its classifier ({self.name}) applied to "
+                               "pooled features")
+        rate = dropout_rate(features, training_features)
+        if rate is None:
+            raise NotCacheable("something random runs below the classifier in training (not a dropout on its input)")
+        return rate
 
 
 class IndexSet(Dataset):
@@ -171,8 +192,10 @@ class FeatureLoader:
     image and epoch."""
 
     def __init__(self, extractor: FeatureExtractor, views: list[DataLoader], order: DataLoader,
-                 pick: Callable[[int, int, torch.Generator], torch.Tensor], seed: int, desc: str) -> None:
+                 pick: Callable[[int, int, torch.Generator], torch.Tensor], seed: int, desc: str,
+                 persistent_workers: bool = False) -> None:
         self.extractor, self.views, self.order, self.pick = extractor, views, order, pick
+        self.num_views, self.persistent_workers = len(views), persistent_workers
         self.generator = torch.Generator().manual_seed(seed)  # the views' draws, apart from the order's
         self.desc, self.epoch = desc, 0
         self.features: torch.Tensor | None = None  # (views, rows, dim)
@@ -187,12 +210,22 @@ class FeatureLoader:
                    for i, loader in enumerate(self.views)]
         self.features = torch.stack([features for features, _, _ in outputs])
         self.labels, self.indices = outputs[0][1], outputs[0][2]
+        self.views = []  # run once: their workers can go
         # dataset index -> feature row (-1: the image failed to decode and has no features, as it has no batch slot)
         self.row_of = torch.full((len(self.order.dataset),), -1, dtype=torch.long)
         self.row_of[self.indices.cpu()] = torch.arange(len(self.indices))
-        logger.info("feature cache: %s, %d view%s x %d images x %d features in %.1f s", self.desc, len(self.views),
-                    "s" if len(self.views) > 1 else "", len(self.labels), self.features.shape[-1],
+        logger.info("feature cache: %s, %d view%s x %d images x %d features in %.1f s", self.desc, self.num_views,
+                    "s" if self.num_views > 1 else "", len(self.labels), self.features.shape[-1],
                     time.perf_counter() - start)
+
+    def epoch_order(self) -> Iterator[torch.Tensor]:
+        """The next epoch's batches of dataset indices, drawn as the image loader draws them: a DataLoader takes
+        its workers' base seed from the generator when it starts an iterator, each epoch, or only the first with
+        persistent workers; then its sampler draws the order from the same generator."""
+        if self.epoch <= 1 or not self.persistent_workers:
+            torch.empty((), dtype=torch.int64).random_(generator=self.order.generator)
+        for indices in self.order.batch_sampler:
+            yield torch.as_tensor(indices, dtype=torch.long)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
         if self.features is None:
@@ -200,7 +233,7 @@ class FeatureLoader:
         self.epoch += 1
         view = self.pick(self.epoch, len(self.labels), self.generator)
         device = self.features.device
-        for batch in self.order:
+        for batch in self.epoch_order():
             rows = self.row_of[batch]
             rows = rows[rows >= 0]
             if not len(rows):
@@ -231,9 +264,11 @@ def _cycle(views: int) -> Callable:
 
 
 def create_feature_loaders(model: nn.Module, compute: Compute, cfg: Config, train_set, val_set,
-                           val_loader: DataLoader | None) -> tuple[FeatureHead, FeatureLoader, FeatureLoader | None]:
+                           val_loader: DataLoader | None
+                           ) -> tuple[FeatureHead, FeatureLoader, FeatureLoader | None] | None:
     """The classifier as a module of its own, and loaders of the frozen model's outputs for it (`val_loader`: the
-    evaluation image loader, run once)."""
+    evaluation image loader, run once); None when the model turns out not to allow it (`cache_features: auto`).
+    The first phase's freezing must be applied."""
     extractor = FeatureExtractor(model, compute)
     data = cfg.data
     if data.no_aug:
@@ -247,18 +282,23 @@ def create_feature_loaders(model: nn.Module, compute: Compute, cfg: Config, trai
         dataset = copy.copy(train_set)
         dataset.transform = transform
         views.append(create_loader(dataset, cfg.loader, is_training=False, seed=cfg.train.seed + view,
-                                   pin_memory=compute.device.type == "cuda"))
+                                   pin_memory=compute.device.type == "cuda", persistent=False))
     sample = next((item for item in (views[0].dataset[i] for i in range(min(4, len(train_set)))) if item), None)
-    if sample is not None:
-        extractor.check(sample[0][None])
+    try:
+        drop_rate = extractor.check(sample[0][None]) if sample is not None else 0.0
+    except NotCacheable as err:
+        if cfg.finetune.cache_features == "true":
+            raise UserError(f"cache_features: true, but {err}; set cache_features: auto or false") from None
+        logger.info("feature cache: off (%s)", err)
+        return None
     index_loader = replace(cfg.loader, num_parallel_workers=0)
     train_order = create_loader(IndexSet(train_set.targets), index_loader, is_training=True, seed=cfg.train.seed)
-    train = FeatureLoader(extractor, views, train_order, pick, cfg.train.seed + 1, "train")
+    persistent = num_workers(cfg.loader.num_parallel_workers) > 0  # as create_loader makes the image loader's
+    train = FeatureLoader(extractor, views, train_order, pick, cfg.train.seed + 1, "train", persistent)
     val = None
     if val_loader is not None:
         val_order = create_loader(IndexSet(val_set.targets), index_loader, is_training=False)
         val = FeatureLoader(extractor, [val_loader], val_order, _cycle(1), 0, "val")
-    head = FeatureHead(extractor.classifier, _dropout_of(model, extractor.name))
-    logger.info("feature cache: the classifier trains on the frozen model's outputs (%d view%s per training image)",
-                len(views), "s" if len(views) > 1 else "")
-    return head, train, val
+    logger.info("feature cache: the classifier trains on the frozen model's outputs (%d view%s per training image"
+                "%s)", len(views), "s" if len(views) > 1 else "", f", dropout {drop_rate:g}" if drop_rate else "")
+    return FeatureHead(extractor.classifier, drop_rate), train, val

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -37,6 +39,16 @@ def image_mode(in_channels: int) -> str:
     return modes[in_channels]
 
 
+def check_compile(device: torch.device) -> None:
+    """torch.compile fails deep in the first forward pass without these; say so up front."""
+    if not hasattr(nn.Module, "compile"):
+        raise UserError(f"compile: true needs torch >= 2.2 (this is {torch.__version__}); upgrade torch or remove it")
+    compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    if device.type == "cpu" and not any(name and shutil.which(name) for name in compilers):
+        raise UserError("compile: true on the CPU needs a C++ compiler (g++ or clang++) on PATH; install one or "
+                        "remove compile")
+
+
 @dataclass(frozen=True)
 class Compute:
     """Where and how tensors are computed: the device, the autocast dtype (fp32 everywhere but CUDA with
@@ -49,6 +61,8 @@ class Compute:
 
     @classmethod
     def create(cls, device: torch.device, amp_level: str, channels_last: bool, compile: bool = False) -> Compute:
+        if compile:
+            check_compile(device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
         dtype = None

@@ -23,6 +23,7 @@ from tunecv.data import cache_file, image_cache
 from tunecv.data.datasets import create_dataset
 from tunecv.data.image_cache import ImageCache, Resize, attach_image_cache, choose_storage, plan_resize
 from tunecv.data.transforms import create_transforms, draft_size
+from tunecv.errors import CacheChanged, UserError
 
 LOGGER = "tunecv.data.image_cache"
 TRAIN_IMAGES = len(CLASSES) * TRAIN_PER_CLASS
@@ -395,3 +396,30 @@ def test_in_memory_datasets_are_not_cached(tmp_path, requested):
     assert attach_image_cache(dataset, transform, requested, tmp_path / "cache", "train", 40, None) == "none"
     assert dataset.image_cache is None and not (tmp_path / "cache").exists()
     assert torch.equal(dataset[0][0], before)
+
+
+def test_a_disk_cache_rewritten_under_the_run_is_an_error_not_a_skipped_image(tiny_image_folder, tmp_path):
+    cfg = _cfg(tiny_image_folder)
+    transform = create_transforms(cfg.data, is_training=False)
+    dataset = create_dataset(cfg.data, "val", transform)
+    dataset.skip_unreadable = True  # on_bad_image: skip must not hide it
+    _attach(dataset, transform, "disk", tmp_path / "cache", cfg, training=False, name="val")
+    data_file = dataset.image_cache.path
+    data_file.write_bytes(data_file.read_bytes())  # another run rewrote it: new mtime
+    os.utime(data_file, ns=(data_file.stat().st_atime_ns, data_file.stat().st_mtime_ns + 10**9))
+    with pytest.raises(CacheChanged, match="rewritten by another run"):
+        dataset[0]
+
+
+def test_an_unwritable_cache_dir(tiny_image_folder, tmp_path, caplog):
+    cfg = _cfg(tiny_image_folder)
+    transform = create_transforms(cfg.data, is_training=False)
+    dataset = create_dataset(cfg.data, "val", transform)
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with pytest.raises(UserError, match="cannot write the image cache in .*; set cache_dir"):
+        _attach(dataset, transform, "disk", blocked / "cache", cfg, training=False, name="val")
+    tiny_budget = attach_image_cache(dataset, transform, "auto", blocked / "cache", "val",
+                                     draft_size(cfg.data, False), 1e-9)
+    assert tiny_budget == "none" and dataset.image_cache is None
+    assert "image cache: off" in caplog.text

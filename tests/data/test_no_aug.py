@@ -23,8 +23,7 @@ def _image(size=(41, 57)) -> Image.Image:
 
 @pytest.mark.parametrize("uint8", [False, True])
 def test_no_aug_without_flips_is_the_eval_transform(tmp_path, uint8):
-    cfg = _cfg(tmp_path, no_aug=True, hflip=0.0, vflip=0.0, scale=[0.08, 0.2], color_jitter=[0.4],
-               auto_augment="rand-m9-mstd0.5", re_prob=0.5)
+    cfg = _cfg(tmp_path, no_aug=True, hflip=0.0, vflip=0.0, scale=[0.08, 0.2], color_jitter=[0.4])
     train = create_transforms(cfg.data, is_training=True, uint8=uint8)
     evaluation = create_transforms(cfg.data, is_training=False, uint8=uint8)
     torch.manual_seed(0)

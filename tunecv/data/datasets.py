@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from tunecv.data import layouts, torchvision_sets
 from tunecv.data.scan import scan_images
-from tunecv.errors import UserError
+from tunecv.errors import CacheChanged, UserError
 from tunecv.fileio import atomic_write_text
 
 if TYPE_CHECKING:
@@ -59,10 +59,10 @@ class ImageDataset(Dataset):
     def load_image(self, index: int) -> Image.Image:
         if self.arrays is not None:
             return Image.fromarray(self.arrays[index]).convert(self.image_mode)
+        if self.image_cache is not None:
+            return self.image_cache.image(index)
         path = self.samples[index][0]
         try:
-            if self.image_cache is not None:
-                return self.image_cache.image(index)
             with Image.open(path) as image:  # an animated GIF/WebP opens at its first frame
                 crop = self.crop_bottom
                 if self.draft_size and image.format == "JPEG":
@@ -86,6 +86,8 @@ class ImageDataset(Dataset):
         (the loader's collate drops it, so a truncated JPEG never kills an epoch)."""
         try:
             image = self.load_image(index)
+        except CacheChanged:
+            raise
         except UserError as err:
             if not self.skip_unreadable:
                 raise

@@ -7,6 +7,7 @@ memory-mapped file per split and size, reused by the next run for every image wh
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import shutil
@@ -23,11 +24,12 @@ from torchvision.transforms import functional as F
 
 from tunecv.data import cache_file as cache_file_format
 from tunecv.data.cache_file import cache_file_for
-from tunecv.errors import UserError
+from tunecv.errors import CacheChanged, UserError
 
 logger = logging.getLogger(__name__)
 
 RAM_SHARE_OF_AVAILABLE = 0.25  # cache_images: auto keeps images in RAM up to this share of the free memory
+SHARED_MEMORY = "/dev/shm"
 DISK_SHARE_OF_FREE = 0.5  # ... and on disk up to this share of the free space; beyond both it caches nothing
 
 
@@ -92,12 +94,13 @@ class ImageCache:
         """The data file, memory-mapped in this process; refused if another run has rewritten it since."""
         stat = self.path.stat()
         if self.stamp is not None and (stat.st_size, stat.st_mtime_ns) != self.stamp:
-            raise OSError(f"image cache {self.path} was rewritten by another run; give each run its own cache_dir")
+            raise CacheChanged(f"image cache {self.path} was rewritten by another run; give each run its own "
+                               "cache_dir")
         return np.memmap(self.path, dtype=np.uint8, mode="r")
 
     def image(self, index: int) -> Image.Image:
         if index in self.errors:
-            raise OSError(self.errors[index])
+            raise UserError(self.errors[index])  # recorded as load_image worded it
         return Image.fromarray(self.pixels(index), self.mode)
 
     def __getstate__(self) -> dict:
@@ -134,13 +137,24 @@ def choose_storage(requested: str, estimate: int, cache_dir: Path, ram_budget: i
 
 
 def ram_budget(cache_ram_gb: float | None) -> int:
+    """cache_ram_gb, else a share of the free memory; never more than the shared memory (/dev/shm, 64 MB in a
+    default Docker container) can hold, since the RAM cache lives there."""
     if cache_ram_gb is not None:
-        return int(cache_ram_gb * 2**30)
+        budget = int(cache_ram_gb * 2**30)
+    else:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            available = 4 * 2**30
+        budget = int(available * RAM_SHARE_OF_AVAILABLE)
+    return min(budget, shared_memory_free())
+
+
+def shared_memory_free() -> int:
     try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        available = 4 * 2**30
-    return int(available * RAM_SHARE_OF_AVAILABLE)
+        return shutil.disk_usage(SHARED_MEMORY).free
+    except OSError:
+        return 2**62  # no /dev/shm (macOS, Windows): torch shares through other means
 
 
 def build(load: Callable[[int], Image.Image], files: list[str], resize: Resize, mode: str, storage: str,
@@ -168,9 +182,19 @@ def _decode(load: Callable[[int], Image.Image], resize: Resize, index: int) -> n
 
 
 def _decoded(load, resize, indices, workers):
-    """(index, pixels or error) in order; PIL releases the GIL while it decodes, so threads scale."""
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        yield from zip(indices, pool.map(lambda i: _decode(load, resize, i), indices))
+    """(index, pixels or error) in order, a few images in flight at a time (memory stays bounded); PIL releases
+    the GIL while it decodes, so threads scale."""
+    threads = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: collections.deque = collections.deque()
+        for index in indices:
+            pending.append((index, pool.submit(_decode, load, resize, index)))
+            if len(pending) >= 4 * threads:
+                done_index, future = pending.popleft()
+                yield done_index, future.result()
+        while pending:
+            done_index, future = pending.popleft()
+            yield done_index, future.result()
 
 
 def _shape(pixels: np.ndarray) -> tuple[int, int, int]:
@@ -190,8 +214,9 @@ def _build_ram(load, count: int, resize: Resize, mode: str, workers: int | None)
     data = torch.empty(int(shapes.prod(axis=1).sum()), dtype=torch.uint8).share_memory_()
     flat = data.numpy()
     for index, pixels in enumerate(arrays):
-        if pixels is not None:
+        if pixels is not None:  # moved image by image: the shared pages fill as the private copies go
             flat[offsets[index]:offsets[index] + pixels.size] = pixels.reshape(-1)
+            arrays[index] = None
     return ImageCache(data, offsets, shapes, mode, errors=errors)
 
 
@@ -208,15 +233,15 @@ def _build_disk(load, files: list[str], resize: Resize, mode: str, cache_file: P
                     if e[4] > 0 and e[1:3] == cache_file_format.file_stat(e[0])}
     old_data = np.memmap(cache_file, dtype=np.uint8, mode="r") if reusable else None
     todo = [i for i, path in enumerate(files) if path not in reusable]
-    decoded = dict(_decoded(load, resize, todo, workers))
+    decoded = _decoded(load, resize, todo, workers)  # consumed in file order as the data file is written
 
     def blocks():
-        for index, path in enumerate(files):
+        for path in files:
             if path in reusable:
                 start, shape = reusable[path]
                 yield old_data[start:start + int(np.prod(shape))], shape, ""
                 continue
-            result = decoded.pop(index)
+            _, result = next(decoded)
             if isinstance(result, str):
                 yield np.empty(0, np.uint8), [0, 0, 0], result
             else:
@@ -259,9 +284,20 @@ def attach_image_cache(dataset, transform: Callable, requested: str, cache_dir: 
         logger.info("image cache: %s images need %.1f GB, more than the RAM budget and half the free disk; "
                     "decoding every epoch", name, estimate / 2**30)
         return storage
+    if storage == "ram" and requested == "ram" and estimate > shared_memory_free():
+        raise UserError(f"cache_images: ram needs {estimate / 1e6:.0f} MB of shared memory but {SHARED_MEMORY} has "
+                        f"{shared_memory_free() / 1e6:.0f} MB free; use cache_images: disk, or enlarge it "
+                        "(docker run --shm-size)")
     root = os.path.commonpath([os.path.abspath(p) for p in files]) if files else ""
     cache_file = cache_file_for(cache_dir, name, f"{resize.key()}-{dataset.image_mode}-{dataset.crop_bottom}-"
                                 f"{dataset.draft_size}-{root}")
     dataset.image_cache = None
-    dataset.image_cache = build(dataset.load_image, files, resize, dataset.image_mode, storage, cache_file)
+    try:
+        dataset.image_cache = build(dataset.load_image, files, resize, dataset.image_mode, storage, cache_file)
+    except OSError as err:
+        if requested != "auto":
+            raise UserError(f"cannot write the image cache in {cache_dir} ({err}); set cache_dir to a writable "
+                            "folder with space, or cache_images: none") from None
+        logger.warning("image cache: off, %s could not be written (%s)", cache_dir, err)
+        return "none"
     return storage

@@ -50,9 +50,9 @@ def collate_skipping_none(batch: list):
 
 
 def create_loader(dataset: Dataset, cfg: LoaderConfig, is_training: bool, *, seed: int = 0,
-                  pin_memory: bool = False) -> DataLoader:
+                  pin_memory: bool = False, persistent: bool = True) -> DataLoader:
     """Training loaders shuffle (seeded) and drop a last batch of one (BatchNorm cannot train on it),
-    or of odd size under mixup."""
+    or of odd size under mixup. `persistent`: keep the workers between epochs (not for a loader run once)."""
     remainder = len(dataset) % cfg.batch_size
     mixing = cfg.mixup > 0 or cfg.cutmix > 0  # timm Mixup needs an even batch
     drop_last = is_training and (cfg.drop_remainder or remainder == 1 or (mixing and remainder % 2 == 1))
@@ -69,7 +69,7 @@ def create_loader(dataset: Dataset, cfg: LoaderConfig, is_training: bool, *, see
         sampler=sampler,
         drop_last=drop_last,
         num_workers=workers,
-        persistent_workers=workers > 0,
+        persistent_workers=persistent and workers > 0,
         pin_memory=pin_memory,
         worker_init_fn=_seed_worker,
         collate_fn=collate_skipping_none,

@@ -59,6 +59,8 @@ class DevicePrefetcher:
                 yield previous
             first = False
             torch.cuda.current_stream().wait_stream(self.stream)  # the copy is done before the batch is used
+            for tensor in ready or ():
+                tensor.record_stream(torch.cuda.current_stream())  # allocated on the side stream, used on the main
             previous = ready
         if not first:
             yield previous
@@ -70,5 +72,5 @@ def on_device(loader: DataLoader, compute: Compute, cfg: DataConfig,
     if compute.device.type != "cuda":
         return loader
     return DevicePrefetcher(loader, compute.device, tuple(cfg.mean), tuple(cfg.std), compute.channels_last,
-                            re_prob=cfg.re_prob if is_training else 0.0,
+                            re_prob=cfg.re_prob if is_training and not cfg.no_aug else 0.0,
                             re_mode="pixel" if cfg.re_value == "random" else "const")
