@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import functional as F
+from tqdm import tqdm
 
 from tunecv.data import cache_file as cache_file_format
 from tunecv.data.cache_file import cache_file_for
@@ -185,15 +186,18 @@ def _decoded(load, resize, indices, workers):
     """(index, pixels or error) in order, a few images in flight at a time (memory stays bounded); PIL releases
     the GIL while it decodes, so threads scale."""
     threads = workers or os.cpu_count() or 1
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    with ThreadPoolExecutor(max_workers=threads) as pool, \
+            tqdm(total=len(indices), desc="image cache", leave=False, disable=None, dynamic_ncols=True) as bar:
         pending: collections.deque = collections.deque()
         for index in indices:
             pending.append((index, pool.submit(_decode, load, resize, index)))
             if len(pending) >= 4 * threads:
                 done_index, future = pending.popleft()
+                bar.update()
                 yield done_index, future.result()
         while pending:
             done_index, future = pending.popleft()
+            bar.update()
             yield done_index, future.result()
 
 
