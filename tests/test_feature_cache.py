@@ -21,6 +21,7 @@ from tunecv.data.transforms import create_transforms
 from tunecv.engine import evaluate
 from tunecv.errors import UserError
 from tunecv.feature_cache import FeatureHead, FeatureLoader, dropout_rate, flip_views, use_feature_cache
+from tunecv.frozen_prefix import PrefixSkipped
 from tunecv.models import create_model
 from tunecv.plan import Plan
 
@@ -47,7 +48,7 @@ def _decide(tmp_path: Path, **overrides) -> bool:
     ({"freeze": "all"}, False),  # random augmentation: auto does not cache
     ({"freeze": "all", "feature_views": 3, "cache_features": "true"}, True),
     ({"no_aug": True}, False),  # everything trains
-    ({"no_aug": True, "freeze": "head_only"}, None),  # decided below from the head group
+    ({"no_aug": True, "freeze": "head_only"}, True),  # a frozen prefix: the head group trains on its output
     ({"no_aug": True, "freeze_epochs": 1}, False),  # the head alone in epoch 1, then everything
     ({**PROBE, "freeze_bn": False}, False),
     ({**PROBE, "mixup": 0.2}, False),
@@ -67,7 +68,7 @@ def test_when_features_are_cached(tmp_path, overrides, expected):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"no_aug": True, "cache_features": "true"}, "layers below the classifier train"),
+    ({"no_aug": True, "cache_features": "true"}, "the stem trains"),
     ({"no_aug": True, "freeze_epochs": 1, "cache_features": "true"}, "layers unfreeze during the run"),
     ({**PROBE, "freeze_bn": False, "cache_features": "true"}, "freeze_bn: false"),
     ({**PROBE, "mixup": 0.2, "cache_features": "true"}, "mixup/cutmix"),
@@ -277,7 +278,7 @@ def runs(data_dir, tmp_path_factory) -> dict[str, Path]:
         proc = _finetune(data_dir, out, "--cache_features", mode)
         assert proc.returncode == 0, proc.stderr[-3000:]
         log = (out / "train.log").read_text()
-        assert ("the classifier trains on the frozen model's outputs" in log) == (mode == "true")
+        assert ("the classifier trains on the frozen layers' outputs" in log) == (mode == "true")
         outs[mode] = out
     return outs
 
@@ -324,3 +325,32 @@ def test_cache_features_true_with_two_phases_is_a_user_error(data_dir, tmp_path)
     assert proc.stderr.rstrip().splitlines()[-1] == errors[0]
     assert not list(out.glob("*.pth"))
 
+
+
+@pytest.mark.parametrize("model", [TINY_MODEL, "test_resnet", "test_convnext"])
+def test_a_frozen_prefix_is_run_once_and_trains_like_the_uncached(tiny_overrides, tmp_path, model):
+    """frozen_stages: the frozen stem and stages run once per image; the rest trains on their stored output,
+    with the same batches, to the same weights as without the cache."""
+    results = {}
+    for mode in ("auto", "false"):
+        cfg = load_config(None, {**tiny_overrides, "model": model, "no_aug": True, "hflip": 0.0, "frozen_stages": 1,
+                                 "epoch_size": 2, "lr": 0.01, "cache_features": mode,
+                                 "ckpt_save_dir": str(tmp_path / mode)})
+        setup = finetune.prepare(cfg)
+        assert isinstance(setup.forward_model, PrefixSkipped) == (mode == "auto")
+        results[mode] = finetune.run(cfg)
+    cached, plain = results["auto"], results["false"]
+    for a, b in zip(cached.history, plain.history):
+        assert a.train_loss == pytest.approx(b.train_loss, abs=1e-4) and a.top1 == b.top1
+    weights = [torch.load(Path(r.best_path), weights_only=True)["model"] for r in (cached, plain)]
+    for key in weights[1]:
+        assert torch.allclose(weights[0][key].float(), weights[1][key].float(), atol=1e-4), key
+
+
+def test_a_prefix_the_model_cannot_resume_from_is_not_cached(tiny_overrides):
+    """A ViT adds the class token and position embeddings between its stem and its blocks: no clean cut."""
+    options = {**tiny_overrides, "model": "test_vit", "image_resize": 160, "no_aug": True, "frozen_stages": 0}
+    setup = finetune.prepare(load_config(None, options))
+    assert setup.forward_model is setup.model
+    with pytest.raises(UserError, match="cache_features: true, but the model does"):
+        finetune.prepare(load_config(None, {**options, "cache_features": "true"}))

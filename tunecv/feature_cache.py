@@ -12,6 +12,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -20,9 +21,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from tunecv import frozen_prefix
+from tunecv.data.image_cache import ram_budget
 from tunecv.data.loader import create_loader, num_workers
 from tunecv.data.transforms import create_transforms
 from tunecv.errors import UserError
+from tunecv.frozen_prefix import NotCacheable
 from tunecv.models import classifier_names, set_train_mode
 from tunecv.runtime import Compute
 
@@ -51,11 +55,8 @@ def why_not_cacheable(cfg: Config, model: nn.Module, plan: Plan) -> str | None:
         return f"the model has {len(names)} classifiers ({', '.join(names)})"
     if len(plan.phases) > 1:
         return "layers unfreeze during the run"
-    head = f"{names[0]}."
-    training = [name for name, _ in model.named_parameters()
-                if name not in plan.phases[0].frozen and not name.startswith(head)]
-    if training:
-        return f"layers below the classifier train ({training[0]}, ...)"
+    if not set(plan.lmap.stages[0]) <= plan.phases[0].frozen:
+        return "the stem trains: no frozen layers to run once"
     if not cfg.finetune.freeze_bn:
         return "freeze_bn: false updates the frozen BatchNorm statistics every epoch"
     if cfg.loader.mixup > 0 or cfg.loader.cutmix > 0:
@@ -84,10 +85,6 @@ def use_feature_cache(cfg: Config, model: nn.Module, plan: Plan) -> bool:
     return True
 
 
-class NotCacheable(Exception):
-    """The model's classifier input cannot stand for the model (said why)."""
-
-
 def dropout_rate(eval_features: torch.Tensor, train_features: torch.Tensor) -> float | None:
     """p of a dropout applied to the classifier's input in training mode (train = eval x mask / (1 - p)), 0.0 when
     training mode changes nothing, None when it changes the features in any other way."""
@@ -105,10 +102,11 @@ def dropout_rate(eval_features: torch.Tensor, train_features: torch.Tensor) -> f
 
 
 class FeatureExtractor:
-    """The frozen model run to its classifier's input (a forward pre-hook), under inference_mode."""
+    """The frozen model run to its classifier's input (a forward pre-hook), or to the output of its frozen
+    `prefix` (the rest not run), under inference_mode."""
 
-    def __init__(self, model: nn.Module, compute: Compute) -> None:
-        self.model, self.compute = model, compute
+    def __init__(self, model: nn.Module, compute: Compute, prefix: frozen_prefix.Prefix | None = None) -> None:
+        self.model, self.compute, self.prefix = model, compute, prefix
         self.name = classifier_names(model)[0]
         self.classifier = model.get_submodule(self.name)
 
@@ -116,7 +114,7 @@ class FeatureExtractor:
     def __call__(self, loader: DataLoader, desc: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(features, labels, dataset indices) on the device, float32."""
         captured: list[torch.Tensor] = []
-        hook = self.classifier.register_forward_pre_hook(lambda _, args: captured.append(args[0].float()))
+        hook = self.classifier.register_forward_pre_hook(lambda _, args: captured.append(args[0].float().flatten(1)))
         modes = [m.training for m in self.model.modules()]
         self.model.eval()
         labels, indices = [], []
@@ -124,15 +122,19 @@ class FeatureExtractor:
             for batch in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
                 if batch is None:
                     continue
+                inputs = self.compute.inputs(batch[0])
                 with self.compute.autocast():
-                    self.model(self.compute.inputs(batch[0]))
+                    if self.prefix is not None:
+                        captured.append(frozen_prefix.prefix_output(self.model, self.prefix, inputs).float())
+                    else:
+                        self.model(inputs)
                 labels.append(batch[1])
                 indices.append(batch[2])
         finally:
             hook.remove()
             for module, mode in zip(self.model.modules(), modes):
                 module.training = mode
-        return (torch.cat(captured).flatten(1), torch.cat(labels).to(self.compute.device),
+        return (torch.cat(captured), torch.cat(labels).to(self.compute.device),
                 torch.cat(indices).to(self.compute.device))
 
     def check(self, images: torch.Tensor) -> float:
@@ -214,8 +216,8 @@ class FeatureLoader:
         # dataset index -> feature row (-1: the image failed to decode and has no features, as it has no batch slot)
         self.row_of = torch.full((len(self.order.dataset),), -1, dtype=torch.long)
         self.row_of[self.indices.cpu()] = torch.arange(len(self.indices))
-        logger.info("feature cache: %s, %d view%s x %d images x %d features in %.1f s", self.desc, self.num_views,
-                    "s" if self.num_views > 1 else "", len(self.labels), self.features.shape[-1],
+        logger.info("feature cache: %s, %d view%s x %d images x %s features in %.1f s", self.desc, self.num_views,
+                    "s" if self.num_views > 1 else "", len(self.labels), "x".join(map(str, self.features.shape[2:])),
                     time.perf_counter() - start)
 
     def epoch_order(self) -> Iterator[torch.Tensor]:
@@ -284,8 +286,9 @@ def create_feature_loaders(model: nn.Module, compute: Compute, cfg: Config, trai
         views.append(create_loader(dataset, cfg.loader, is_training=False, seed=cfg.train.seed + view,
                                    pin_memory=compute.device.type == "cuda", persistent=False))
     sample = next((item for item in (views[0].dataset[i] for i in range(min(4, len(train_set)))) if item), None)
+    sizes = len(train_set) * len(views) + (len(val_set) if val_loader is not None else 0)
     try:
-        drop_rate = extractor.check(sample[0][None]) if sample is not None else 0.0
+        forward_model, extractor = _forward_model(model, compute, sample[0][None], sizes)
     except NotCacheable as err:
         if cfg.finetune.cache_features == "true":
             raise UserError(f"cache_features: true, but {err}; set cache_features: auto or false") from None
@@ -299,6 +302,43 @@ def create_feature_loaders(model: nn.Module, compute: Compute, cfg: Config, trai
     if val_loader is not None:
         val_order = create_loader(IndexSet(val_set.targets), index_loader, is_training=False)
         val = FeatureLoader(extractor, [val_loader], val_order, _cycle(1), 0, "val")
-    logger.info("feature cache: the classifier trains on the frozen model's outputs (%d view%s per training image"
-                "%s)", len(views), "s" if len(views) > 1 else "", f", dropout {drop_rate:g}" if drop_rate else "")
-    return FeatureHead(extractor.classifier, drop_rate), train, val
+    what = f"the layers after {extractor.prefix.last}" if extractor.prefix else "the classifier"
+    logger.info("feature cache: %s train%s on the frozen layers' outputs (%d view%s per training image)", what,
+                "" if extractor.prefix else "s", len(views), "s" if len(views) > 1 else "")
+    return forward_model, train, val
+
+
+def _forward_model(model: nn.Module, compute: Compute, image: torch.Tensor,
+                   images: int) -> tuple[nn.Module, FeatureExtractor]:
+    """The classifier alone (with the dropout on its input) when only it trains; else the model with its frozen
+    prefix skipped. NotCacheable when neither stands for the model, or the stored outputs would not fit."""
+    extractor = FeatureExtractor(model, compute)
+    head = {id(p) for p in extractor.classifier.parameters()}
+    if not any(p.requires_grad and id(p) not in head for p in model.parameters()):
+        return FeatureHead(extractor.classifier, extractor.check(image)), extractor
+    inputs = compute.inputs(image)
+    prefix = frozen_prefix.find_prefix(model, inputs)
+    with _random_weights(extractor.classifier):  # a zero-initialised head would agree with anything
+        frozen_prefix.check(model, prefix, inputs)
+    modes = [m.training for m in model.modules()]
+    per_image = frozen_prefix.prefix_output(model.eval(), prefix, inputs).numel() * 4
+    for module, mode in zip(model.modules(), modes):
+        module.training = mode
+    budget = torch.cuda.mem_get_info(compute.device)[0] // 2 if compute.device.type == "cuda" else ram_budget(None)
+    if per_image * images > budget:
+        raise NotCacheable(f"the outputs of the layers up to {prefix.last} need {per_image * images / 2**30:.1f} GB, "
+                           f"more than the {budget / 2**30:.1f} GB budget")
+    return frozen_prefix.PrefixSkipped(model, prefix), FeatureExtractor(model, compute, prefix)
+
+
+@contextmanager
+def _random_weights(module: nn.Module) -> Iterator[None]:
+    state = copy.deepcopy(module.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator))
+    try:
+        yield
+    finally:
+        module.load_state_dict(state)
