@@ -48,7 +48,7 @@ class Setup:
     train_loader: DataLoader
     val_loader: DataLoader | None
     model: nn.Module
-    forward_model: nn.Module  # what batches go through: the model, or its classifier alone on cached features
+    forward_model: nn.Module  # what batches go through: the model, or its trained part on stored features
     weights: str
     compute: Compute
     trainer: Trainer

@@ -1,5 +1,6 @@
-"""Frozen-backbone feature cache: when only the classifier trains, run the frozen model once per image (and view)
-and train the classifier on the stored inputs it would have seen: epochs after the first take milliseconds.
+"""Frozen-backbone feature cache: the frozen part of the model runs once per image (and view) and the rest trains
+on its stored output: the classifier alone on the inputs it would have seen, or the layers after a frozen prefix
+(`tunecv.frozen_prefix`). Epochs after the first take milliseconds when only the classifier trains.
 
 `FeatureLoader` stands in for the image loaders (same batches per epoch, same shuffling rules); it computes its
 features on first use, so the first epoch carries their cost and the run's wall time stays honest.
@@ -26,7 +27,7 @@ from tunecv.data.transforms import create_transforms
 from tunecv.errors import UserError
 from tunecv.feature_loader import FeatureLoader, IndexSet, cycle_views, flip_views
 from tunecv.frozen_prefix import NotCacheable
-from tunecv.models import classifier_names, set_train_mode
+from tunecv.models import classifier_names, kept_modes, set_train_mode
 from tunecv.runtime import Compute
 
 if TYPE_CHECKING:
@@ -114,25 +115,23 @@ class FeatureExtractor:
         """(features, labels, dataset indices) on the device, float32."""
         captured: list[torch.Tensor] = []
         hook = self.classifier.register_forward_pre_hook(lambda _, args: captured.append(args[0].float().flatten(1)))
-        modes = [m.training for m in self.model.modules()]
-        self.model.eval()
         labels, indices = [], []
         try:
-            for batch in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
-                if batch is None:
-                    continue
-                inputs = self.compute.inputs(batch[0])
-                with self.compute.autocast():
-                    if self.prefix is not None:
-                        captured.append(frozen_prefix.prefix_output(self.model, self.prefix, inputs).float())
-                    else:
-                        self.model(inputs)
-                labels.append(batch[1])
-                indices.append(batch[2])
+            with kept_modes(self.model):
+                self.model.eval()
+                for batch in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
+                    if batch is None:
+                        continue
+                    inputs = self.compute.inputs(batch[0])
+                    with self.compute.autocast():
+                        if self.prefix is not None:
+                            captured.append(frozen_prefix.prefix_output(self.model, self.prefix, inputs).float())
+                        else:
+                            self.model(inputs)
+                    labels.append(batch[1])
+                    indices.append(batch[2])
         finally:
             hook.remove()
-            for module, mode in zip(self.model.modules(), modes):
-                module.training = mode
         return (torch.cat(captured), torch.cat(labels).to(self.compute.device),
                 torch.cat(indices).to(self.compute.device))
 
@@ -140,29 +139,19 @@ class FeatureExtractor:
         """The dropout rate on the classifier's input in training; NotCacheable unless the model's output is the
         classifier applied to its captured 2-D input (tested with random classifier weights, since a zero-initialised
         head agrees with anything) and training mode changes that input by a dropout at most."""
-        state = copy.deepcopy(self.classifier.state_dict())
         captured: list[torch.Tensor] = []
-        hook = self.classifier.register_forward_pre_hook(lambda _, args: captured.append(args[0].float()))
-        modes = [m.training for m in self.model.modules()]
-        generator = torch.Generator().manual_seed(0)
         inputs = self.compute.inputs(images)
-        try:
-            with torch.no_grad():
-                for param in self.classifier.parameters():
-                    param.copy_(torch.randn(param.shape, generator=generator))
+        with _random_weights(self.classifier), kept_modes(self.model), torch.no_grad():
+            hook = self.classifier.register_forward_pre_hook(lambda _, args: captured.append(args[0].float()))
+            try:
                 self.model.eval()
                 output = self.model(inputs)
-                features = captured.pop()
                 set_train_mode(self.model, keep_frozen_eval=True)
                 self.model(inputs)
-                training_features = captured.pop()
+            finally:
                 hook.remove()
-                direct = self.classifier(features)
-        finally:
-            hook.remove()
-            self.classifier.load_state_dict(state)
-            for module, mode in zip(self.model.modules(), modes):
-                module.training = mode
+            features, training_features = captured
+            direct = self.classifier(features)
         if features.ndim != 2 or output.shape != direct.shape or \
                 not torch.allclose(output.float(), direct.float(), rtol=1e-3, atol=1e-3):
             raise NotCacheable(f"{type(self.model).__name__}'s output is not its classifier ({self.name}) applied to "
@@ -179,7 +168,6 @@ def create_feature_loaders(model: nn.Module, compute: Compute, cfg: Config, trai
     """The classifier as a module of its own, and loaders of the frozen model's outputs for it (`val_loader`: the
     evaluation image loader, run once); None when the model turns out not to allow it (`cache_features: auto`).
     The first phase's freezing must be applied."""
-    extractor = FeatureExtractor(model, compute)
     data = cfg.data
     if data.no_aug:
         combos, pick = flip_views(data.hflip, data.vflip)
@@ -227,11 +215,7 @@ def _forward_model(model: nn.Module, compute: Compute, image: torch.Tensor,
     inputs = compute.inputs(image)
     prefix = frozen_prefix.find_prefix(model, inputs)
     with _random_weights(extractor.classifier):  # a zero-initialised head would agree with anything
-        frozen_prefix.check(model, prefix, inputs)
-    modes = [m.training for m in model.modules()]
-    per_image = frozen_prefix.prefix_output(model.eval(), prefix, inputs).numel() * 4
-    for module, mode in zip(model.modules(), modes):
-        module.training = mode
+        per_image = frozen_prefix.check(model, prefix, inputs).numel() * 4
     budget = torch.cuda.mem_get_info(compute.device)[0] // 2 if compute.device.type == "cuda" else ram_budget(None)
     if per_image * images > budget:
         raise NotCacheable(f"the outputs of the layers up to {prefix.last} need {per_image * images / 2**30:.1f} GB, "

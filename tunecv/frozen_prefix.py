@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tunecv.models import set_train_mode
+from tunecv.models import kept_modes, set_train_mode
 
 
 class NotCacheable(Exception):
@@ -49,16 +49,13 @@ def find_prefix(model: nn.Module, images: torch.Tensor) -> Prefix:
         if name:
             hooks.append(module.register_forward_pre_hook(lambda m, _: events.append(("start", names[id(m)]))))
             hooks.append(module.register_forward_hook(lambda m, *_: events.append(("end", names[id(m)]))))
-    modes = [m.training for m in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad():
+        with kept_modes(model), torch.no_grad():
+            model.eval()
             model(images)
     finally:
         for hook in hooks:
             hook.remove()
-        for module, mode in zip(model.modules(), modes):
-            module.training = mode
     trainable = {n for n, m in model.named_modules() if n and _own_trainable(m)}
     finished: list[str] = []
     for kind, name in events:
@@ -123,26 +120,24 @@ class PrefixSkipped(nn.Module):
             return self.model(features)
 
 
-def check(model: nn.Module, prefix: Prefix, images: torch.Tensor) -> None:
-    """NotCacheable unless the prefix is the same in training and evaluation mode (nothing random in it) and the
-    model with the prefix skipped, fed its output, gives the model's output."""
-    modes = [m.training for m in model.modules()]
+def check(model: nn.Module, prefix: Prefix, images: torch.Tensor) -> torch.Tensor:
+    """The prefix's output for `images`; NotCacheable unless it is the same in training and evaluation mode
+    (nothing random in it) and the model with the prefix skipped, fed that output, gives the model's output."""
     try:
-        set_train_mode(model, keep_frozen_eval=True)
-        training = prefix_output(model, prefix, images)
-        model.eval()
-        stored = prefix_output(model, prefix, images)
-        with torch.no_grad():
-            expected = model(images)
-            with prefix_skipped(model, prefix):
-                resumed = model(stored)
+        with kept_modes(model):
+            set_train_mode(model, keep_frozen_eval=True)
+            training = prefix_output(model, prefix, images)
+            model.eval()
+            stored = prefix_output(model, prefix, images)
+            with torch.no_grad():
+                expected = model(images)
+                with prefix_skipped(model, prefix):
+                    resumed = model(stored)
     except (RuntimeError, TypeError, ValueError) as err:
         raise NotCacheable(f"the model does not resume from {prefix.last}'s output ({type(err).__name__})") from None
-    finally:
-        for module, mode in zip(model.modules(), modes):
-            module.training = mode
     if not isinstance(stored, torch.Tensor) or not torch.equal(training, stored):
         raise NotCacheable(f"the frozen layers up to {prefix.last} are random in training (dropout)")
     if resumed.shape != expected.shape or not torch.allclose(resumed.float(), expected.float(), rtol=1e-4,
                                                              atol=1e-4):
         raise NotCacheable(f"the model does more than pass {prefix.last}'s output on to its trainable layers")
+    return stored

@@ -5,9 +5,11 @@ Must not build optimizers. Weight loading lives in `tunecv.weights`.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import timm
@@ -217,6 +219,17 @@ def set_train_mode(model: nn.Module, keep_frozen_eval: bool = True) -> None:
     if keep_frozen_eval:
         for module in frozen_modules(model):
             module.eval()
+
+
+@contextlib.contextmanager
+def kept_modes(model: nn.Module) -> Iterator[None]:
+    """Whatever the block sets (eval, set_train_mode), every module leaves it in the mode it entered with."""
+    modes = [module.training for module in model.modules()]
+    try:
+        yield
+    finally:
+        for module, mode in zip(model.modules(), modes):
+            module.training = mode
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

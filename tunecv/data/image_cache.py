@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision import transforms as T
 from torchvision.transforms import functional as F
 from tqdm import tqdm
 
@@ -115,7 +116,7 @@ def plan_resize(transform: Callable, short_side: int) -> Resize:
     first = next(iter(getattr(transform, "transforms", [])), None)
     size = getattr(first, "size", None)
     one_side = isinstance(size, int) or (isinstance(size, (list, tuple)) and len(size) == 1)
-    if type(first).__name__ == "Resize" and one_side and getattr(first, "max_size", None) is None:
+    if isinstance(first, T.Resize) and one_side and first.max_size is None:
         return Resize(size if isinstance(size, int) else size[0], first.interpolation, exact=True)
     interpolation = getattr(first, "interpolation", F.InterpolationMode.BILINEAR)
     if not isinstance(interpolation, F.InterpolationMode):  # timm's "random" keeps a tuple of modes
@@ -233,8 +234,8 @@ def _build_disk(load, files: list[str], resize: Resize, mode: str, cache_file: P
     if old is not None:
         if [e[0] for e in old["entries"]] == files and [e[1:3] for e in old["entries"]] == stats:
             return _from_index(old, cache_file, mode)
-        reusable = {e[0]: (e[3], e[4:7]) for e in old["entries"]
-                    if e[4] > 0 and e[1:3] == cache_file_format.file_stat(e[0])}
+        current = dict(zip(files, stats))
+        reusable = {e[0]: (e[3], e[4:7]) for e in old["entries"] if e[4] > 0 and e[1:3] == current.get(e[0])}
     old_data = np.memmap(cache_file, dtype=np.uint8, mode="r") if reusable else None
     todo = [i for i, path in enumerate(files) if path not in reusable]
     decoded = _decoded(load, resize, todo, workers)  # consumed in file order as the data file is written
