@@ -10,16 +10,13 @@ import argparse
 import datetime
 import os
 import platform
-from pathlib import Path
 
 import timm
 import torch
 import torchvision
 
-from bench import throughput, time_to_accuracy
+from bench import HYMENOPTERA, ROOT, throughput, time_to_accuracy
 from tunecv.fileio import atomic_write_text
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def machine() -> str:
@@ -31,8 +28,7 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", default=os.environ.get("HYMENOPTERA_DIR",
-                                                             str(ROOT.parent / "shared" / "data" / "hymenoptera_data")))
+    parser.add_argument("--data_dir", default=HYMENOPTERA)
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args()
     throughput_args = ["--data_dir", args.data_dir]

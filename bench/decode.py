@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import HYMENOPTERA
 from tunecv.config import load_config
 from tunecv.data import create_dataset, draft_size
 from tunecv.data.scan import scan_images
@@ -39,7 +40,7 @@ def pipeline_rate(dataset) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data_dir", default="../shared/data/hymenoptera_data")
+    parser.add_argument("--data_dir", default=HYMENOPTERA)
     parser.add_argument("--image_resize", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()

@@ -15,15 +15,13 @@ import os
 import platform
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench import HYMENOPTERA, ROOT, run_finetune
+
 STRATEGIES = {  # config stem: what the tutorial calls it
     "frozen_all": "freeze all feature layers (linear probe)",
     "frozen_shallow": "freeze the shallow layers (stem + 4 blocks)",
@@ -38,15 +36,7 @@ PHASE_PARAMS = re.compile(r"epochs \d+-\d+ \(.*?\): ([\d,]+) trainable parameter
 
 
 def run_one(name: str, data_dir: str, seed: int, out: Path) -> dict:
-    config = ROOT / "configs" / "seeds" / f"hymenoptera_{name}.yaml"
-    command = [sys.executable, "finetune.py", "--config", str(config), "--data_dir", data_dir, "--seed", str(seed),
-               "--ckpt_save_dir", str(out)]
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics, wall = run_finetune(ROOT / "configs" / "seeds" / f"hymenoptera_{name}.yaml", data_dir, seed, out)
     log = (out / "train.log").read_text()
     trainable, total = (int(v.replace(",", "")) for v in PARAMS.search(log).groups())
     phases = PHASE_PARAMS.findall(log)
@@ -104,7 +94,7 @@ def write_markdown(rows: dict[str, list[dict]], seeds: list[int], path: Path, co
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "hymenoptera_data"))
+    parser.add_argument("--data_dir", default=HYMENOPTERA)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--only", nargs="+", choices=sorted(STRATEGIES), help="run these strategies only")
     parser.add_argument("--output", default=str(ROOT / "docs" / "results.md"))

@@ -13,7 +13,6 @@ import argparse
 import itertools
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -21,9 +20,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from bench import naive
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench import HYMENOPTERA, naive
 
 
 def rate(batches: Iterable, step: Callable[[tuple], int], warmup: int, measured: int) -> float:
@@ -168,9 +165,7 @@ def measure(args) -> list[dict]:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", default=os.environ.get("HYMENOPTERA_DIR",
-                                                             os.path.join(ROOT, "..", "shared", "data",
-                                                                          "hymenoptera_data")))
+    parser.add_argument("--data_dir", default=HYMENOPTERA)
     parser.add_argument("--model", default="tf_efficientnet_lite0")
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=16)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench import HYMENOPTERA, ROOT, run_finetune
+
 TARGET = 90.0
 CONFIG = "configs/hymenoptera.yaml"
 # ../shared/data/README.md's reference BN-frozen probe (timm's RandomResizedCrop + flip, SGD lr 0.03, batch 16,
@@ -37,15 +37,8 @@ RUNS = {
 
 
 def tunecv_run(extra: list[str], data_dir: str, seed: int) -> dict:
-    out = tempfile.mkdtemp(prefix="tunecv-tta-")
-    command = [sys.executable, "finetune.py", "--config", CONFIG, "--data_dir", data_dir, "--seed", str(seed),
-               "--ckpt_save_dir", out, *extra]
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    epochs = json.loads((Path(out) / "metrics.json").read_text())["epochs"]
+    metrics, wall = run_finetune(CONFIG, data_dir, seed, tempfile.mkdtemp(prefix="tunecv-tta-"), *extra)
+    epochs = metrics["epochs"]
     startup = wall - sum(e["time_s"] for e in epochs)  # launch to the first epoch, and the last writes
     elapsed, points = startup, []
     for e in epochs:
@@ -127,8 +120,7 @@ def table(rows: list[dict]) -> str:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", default=os.environ.get("HYMENOPTERA_DIR",
-                                                             str(ROOT.parent / "shared" / "data" / "hymenoptera_data")))
+    parser.add_argument("--data_dir", default=HYMENOPTERA)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--naive_epochs", type=int, default=4)
     return parser.parse_args(argv)
