@@ -181,9 +181,12 @@ def create_feature_loaders(model: nn.Module, compute: Compute, cfg: Config, trai
         dataset.transform = transform
         views.append(create_loader(dataset, cfg.loader, is_training=False, seed=cfg.train.seed + view,
                                    pin_memory=compute.device.type == "cuda", persistent=False))
-    sample = next((item for item in (views[0].dataset[i] for i in range(min(4, len(train_set)))) if item), None)
+    # the first training image that decodes (a file truncated mid-way passes the start-up scan)
+    sample = next((item for item in map(views[0].dataset.__getitem__, range(len(train_set))) if item), None)
     sizes = len(train_set) * len(views) + (len(val_set) if val_loader is not None else 0)
     try:
+        if sample is None:
+            raise NotCacheable("no training image decodes")
         forward_model, extractor = _forward_model(model, compute, sample[0][None], sizes)
     except NotCacheable as err:
         if cfg.finetune.cache_features == "true":
