@@ -7,15 +7,17 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tunecv import cli
-from tunecv.checkpoint import CheckpointSaver
+from tunecv import cli, distributed
+from tunecv.checkpoint import CheckpointSaver, file_stem, load_checkpoint
 from tunecv.config import Config, UserError, load_config, save_config, to_yaml, with_num_classes
 from tunecv.data import create_dataset, create_loader, create_mixup, create_transforms, draft_size
 from tunecv.data.audit import audit, write_report
@@ -23,13 +25,17 @@ from tunecv.data.datasets import check_num_classes, check_split, resolve_layout,
 from tunecv.data.image_cache import attach_image_cache
 from tunecv.data.loader import class_counts
 from tunecv.data.prefetch import on_device
-from tunecv.engine import Compute, FitResult, Trainer, create_trainer, fit, optimizer_steps
+from tunecv.engine import Compute, Trainer, create_trainer, optimizer_steps
+from tunecv.errors import runtime_failure
 from tunecv.feature_cache import create_feature_loaders, use_feature_cache
+from tunecv.fit import FitResult, fit
 from tunecv.lr_find import START_LR, lr_find, plot
+from tunecv.manifest import data_fingerprint, run_differences, write_run_manifest
 from tunecv.models import count_params, create_model
 from tunecv.optim import auto_scaled_lr
 from tunecv.plan import Plan
 from tunecv.report import ResultsWriter, run_summary
+from tunecv.resume import RunStopped, find_last
 from tunecv.runtime import image_mode, resolve_device, seed_everything
 from tunecv.strategy import apply_phase
 from tunecv.weights import load_initial_weights
@@ -55,37 +61,43 @@ class Setup:
     plan: Plan
 
 
-def prepare(cfg: Config) -> Setup:
+def prepare(cfg: Config, device=None) -> Setup:
+    """`device`: this process's GPU in a distributed run (`distributed.init`)."""
     seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    device = device or resolve_device(cfg.train.device)
     cfg = replace(cfg, data=resolve_layout(cfg.data))
     out_dir = Path(cfg.train.ckpt_save_dir)
     train_set, val_set = _datasets(cfg, out_dir, uint8=device.type == "cuda")
     classes = train_set.classes
     check_num_classes(cfg.model.num_classes, classes, cfg.data.train_split)
     cfg = with_num_classes(cfg, len(classes))
-    cli.setup_logging(out_dir / "train.log")  # only now: a run that fails on its data leaves no log behind
+    if distributed.is_main():  # only now: a run that fails on its data leaves no log behind
+        cli.setup_logging(out_dir / "train.log")
     compute = Compute.create(device, cfg.train.amp_level, cfg.train.channels_last, cfg.train.compile)
+    shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
     train_loader = on_device(create_loader(train_set, cfg.loader, is_training=True, seed=cfg.train.seed,
-                                           pin_memory=device.type == "cuda"), compute, cfg.data, is_training=True)
-    val_loader = on_device(create_loader(val_set, cfg.loader, is_training=False, pin_memory=device.type == "cuda"),
-                           compute, cfg.data, is_training=False) if val_set is not None else None
+                                           pin_memory=device.type == "cuda", **shard),
+                             compute, cfg.data, is_training=True)
+    val_loader = on_device(create_loader(val_set, cfg.loader, is_training=False, pin_memory=device.type == "cuda",
+                                         **shard), compute, cfg.data, is_training=False) \
+        if val_set is not None else None
     if len(train_loader) == 0:
         raise UserError(f"{len(train_set)} training images give no batch of {cfg.loader.batch_size}; "
                         "lower batch_size or set drop_remainder false")
     model = create_model(cfg.model, num_classes=len(classes))
     weights = load_initial_weights(model, cfg.model)
-    model = compute.prepare_model(model)
+    model = compute.prepare_model(distributed.sync_batchnorm(model, cfg.train.sync_bn, device))
     steps_per_epoch = optimizer_steps(len(train_loader), cfg.train.gradient_accumulation_steps)
     lr = cfg.optim.lr if cfg.optim.lr == "auto" else auto_scaled_lr(
-        cfg.optim.lr, cfg.optim.auto_scale_lr, cfg.loader.batch_size, cfg.train.gradient_accumulation_steps, 1)
+        cfg.optim.lr, cfg.optim.auto_scale_lr, cfg.loader.batch_size, cfg.train.gradient_accumulation_steps,
+        distributed.world_size())
     plan = Plan.create(model, cfg, lr, steps_per_epoch)
     features = use_feature_cache(cfg, model, plan)
     _cache_images(cfg, out_dir, train_set, val_set, features)  # before the feature pass: its views read them
     forward_model = model
     if features:
         apply_phase(model, plan.phases[0])
-        cached = create_feature_loaders(model, compute, cfg, train_set, val_set, val_loader)
+        cached = create_feature_loaders(model, compute, cfg, train_set, val_set, train_loader, val_loader)
         if cached is not None:
             forward_model, train_loader, val_loader = cached
     trainer = create_trainer(model, cfg.train, compute,
@@ -113,11 +125,19 @@ def _datasets(cfg: Config, out_dir: Path, uint8: bool) -> tuple[Dataset, Dataset
 def _cache_images(cfg: Config, out_dir: Path, train_set: Dataset, val_set: Dataset | None, features: bool) -> None:
     # images read once or twice for their features gain nothing from a pixel cache, unless it is asked for
     requested = "none" if features and cfg.data.cache_images == "auto" else cfg.data.cache_images
+    if distributed.enabled() and requested == "auto":
+        logger.info("image cache: off in a distributed run (cache_images: ram or disk asks for it)")
+        requested = "none"
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
+    builds_first = distributed.is_main()  # one disk cache for all processes: the first builds, the others read
+    if not builds_first:
+        distributed.barrier()
     for dataset, split, training in ((train_set, "train", True), (val_set, "val", False)):
         if dataset is not None:
             attach_image_cache(dataset, dataset.transform, requested, cache_dir, split,
                                draft_size(cfg.data, training), cfg.data.cache_ram_gb)
+    if builds_first:
+        distributed.barrier()
 
 
 def find_lr(setup: Setup) -> float:
@@ -134,29 +154,98 @@ def find_lr(setup: Setup) -> float:
     return result.suggestion
 
 
-def run(cfg: Config) -> FitResult:
-    setup = prepare(cfg)
+def run(cfg: Config, device=None, argv: list[str] | None = None) -> FitResult:
+    """A whole run: a new one, or a stopped one resumed (`resume`). `device`: see `prepare`; `argv`: the command
+    line, for run.json."""
+    argv = sys.argv[1:] if argv is None else argv
+    resume_path = find_last(cfg.train.resume, cfg.train.ckpt_save_dir, cfg.model.model) if cfg.train.resume else None
+    checkpoint = _training_checkpoint(resume_path) if resume_path else None
+    cfg = _with_run_dir(cfg, resume_path)
+    setup = prepare(cfg, device)
     cfg, out_dir, plan = setup.cfg, setup.out_dir, setup.plan
-    if plan.lr == "auto":
+    if checkpoint is not None and plan.lr == "auto":
+        plan.lr = checkpoint["config"]["lr"]  # the range test's answer when the run began
+    elif plan.lr == "auto":
         plan.lr = find_lr(setup)
         logger.info("lr: auto -> %.3g (LR range test)", plan.lr)
     # config.yaml records the lr the run used, so training from it again repeats this run
     cfg = replace(cfg, optim=replace(cfg.optim, lr=plan.lr, auto_scale_lr=None))
-    if (out_dir / "results.txt").exists():
-        logger.warning("%s holds an earlier run; its results and checkpoints will be replaced", out_dir)
-    sets = [setup.train_set] + ([setup.val_set] if setup.val_set is not None else [])
-    write_bad_images(out_dir, sets)
-    write_report(audit(setup.train_set, setup.val_set), out_dir)
-    save_config(cfg, out_dir)
+    fingerprint = data_fingerprint([setup.train_set, setup.val_set])
+    if checkpoint is not None:
+        _check_same_run(cfg, checkpoint, setup.train_set.classes, fingerprint)
+    main_process = distributed.is_main()
+    if main_process:
+        sets = [setup.train_set] + ([setup.val_set] if setup.val_set is not None else [])
+        write_bad_images(out_dir, sets)
+        write_report(audit(setup.train_set, setup.val_set), out_dir)
+        save_config(cfg, out_dir)
+        write_run_manifest(out_dir, cfg, setup.train_set.classes, fingerprint, [sys.argv[0], *argv],
+                           world_size=distributed.world_size())
     saver = CheckpointSaver(out_dir, cfg.model.model, cfg.to_flat(), setup.train_set.classes,
                             keep_max=cfg.train.keep_checkpoint_max, policy=cfg.train.ckpt_save_policy,
-                            interval=cfg.train.ckpt_save_interval)
+                            interval=cfg.train.ckpt_save_interval, save_format=cfg.train.save_format,
+                            meta={"data_fingerprint": fingerprint})
     optimizer, _ = plan.enter(1)
     logger.info(run_summary(cfg, setup.train_set, setup.val_set, setup.weights, count_params(setup.model),
                             type(optimizer).__name__, plan, setup.plan.steps_per_epoch,
-                            setup.train_loader.num_workers, setup.compute.describe(), _caches(setup)))
+                            setup.train_loader.num_workers, _compute(setup), _caches(setup)))
     return fit(setup.forward_model, setup.train_loader, setup.val_loader, plan, cfg.train, saver,
-               ResultsWriter(out_dir, ema=cfg.train.ema), setup.trainer, saved_model=setup.model)
+               ResultsWriter(out_dir, ema=cfg.train.ema) if main_process else None, setup.trainer,
+               saved_model=setup.model, resume=checkpoint)
+
+
+def _check_same_run(cfg: Config, checkpoint: dict, classes: list[str], fingerprint: str) -> None:
+    differences = run_differences(checkpoint, cfg.model.model, classes, fingerprint)
+    if differences and not cfg.train.resume_force:
+        raise UserError(f"this is not the run being resumed: {'; '.join(differences)}; fix the config or data, or "
+                        "pass --resume_force to resume anyway")
+    for difference in differences:
+        logger.warning("resume_force: resuming although the %s", difference)
+
+
+def _training_checkpoint(path: Path) -> dict:
+    checkpoint = load_checkpoint(path)
+    if "optimizer" not in checkpoint or "rng" not in checkpoint:
+        raise UserError(f"{path} holds no training state to resume (a _best or per-epoch checkpoint?); resume from "
+                        "<model>_last.pth, or start a new run with --ckpt_path to load its weights")
+    logger.info("resuming from %s (epoch %d)", path, checkpoint["epoch"])
+    return checkpoint
+
+
+RUN_FILES = ("results.txt", "run.json", "*_last.pth", "*_best.pth", "*_best.safetensors", "*_best.json")
+
+
+def _with_run_dir(cfg: Config, resume_path: Path | None, refuse: bool = True) -> Config:
+    """ckpt_save_dir: as set; else the resumed run's folder; else a new ./ckpt/<model>_<time> (the first
+    process's name, on all). A folder holding another run is refused (`refuse`) unless resuming or
+    `overwrite`."""
+    out_dir = cfg.train.ckpt_save_dir or (str(resume_path.parent) if resume_path else None)
+    if out_dir is None:
+        out_dir = distributed.broadcast(_new_run_dir(cfg.model.model) if distributed.is_main() else None)
+    found = sorted({path.name for pattern in RUN_FILES for path in Path(out_dir).glob(pattern)})
+    if found and resume_path is None and refuse:
+        if not cfg.train.overwrite:
+            raise UserError(f"{out_dir} holds an earlier run ({', '.join(found[:3])}); pass --resume auto to continue "
+                            "it, --overwrite to replace it, or another --ckpt_save_dir")
+        logger.warning("%s holds an earlier run; its results and checkpoints will be replaced (overwrite)", out_dir)
+    return replace(cfg, train=replace(cfg.train, ckpt_save_dir=out_dir))
+
+
+def _new_run_dir(model_name: str, root: str = "ckpt") -> str:
+    stem = Path(root) / f"{file_stem(model_name)}_{time.strftime('%Y%m%d-%H%M%S')}"
+    path, count = stem, 1
+    while path.exists():
+        count += 1
+        path = stem.with_name(f"{stem.name}-{count}")
+    return str(path)
+
+
+def _compute(setup: Setup) -> str:
+    world = distributed.world_size()
+    if world == 1:
+        return setup.compute.describe()
+    batch = setup.cfg.loader.batch_size
+    return f"{setup.compute.describe()}; {world} processes x batch {batch} = global batch {world * batch}"
 
 
 def _caches(setup: Setup) -> str:
@@ -176,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.add_argument("--lr_find", action="store_true",
                         help="run the LR range test, write lr_find.png in ckpt_save_dir, print the suggested lr, exit")
+    cfg = None
     try:
         args, overrides = cli.parse_args(parser, argv, script_flags=("print_config", "verbose", "lr_find"))
         cli.setup_logging(verbose=args.verbose)
@@ -183,19 +273,44 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
+        device = distributed.init(cfg.train.distribute, cfg.train.device)
+        if not distributed.is_main():  # one process speaks for the run
+            logging.getLogger().setLevel(logging.WARNING)
         if args.lr_find:
-            print(f"tunecv: suggested lr {find_lr(prepare(cfg)):.3g}")
+            print(f"tunecv: suggested lr {find_lr(prepare(_with_run_dir(cfg, None, refuse=False), device)):.3g}")
             return 0
-        result = run(cfg)
+        result = run(cfg, device, argv)
+        if distributed.is_main():
+            print(result.summary())
+        return 0
     except UserError as err:
         logger.debug("user error", exc_info=True)
         print(f"tunecv: error: {err}", file=sys.stderr)
         return 2
+    except RunStopped as stopped:
+        if distributed.is_main():
+            print(f"tunecv: {stopped}\nresume with: {resume_command(argv, stopped.last_path)}", file=sys.stderr)
+        return 128 + stopped.signum
+    except (RuntimeError, OSError) as err:  # CUDA out of memory, a full disk: a traceback would not help
+        message = runtime_failure(err, batch_size=cfg.loader.batch_size if cfg is not None else None)
+        if message is None:
+            raise
+        logger.debug("run-time failure", exc_info=True)
+        print(f"tunecv: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("tunecv: interrupted", file=sys.stderr)
         return 130
-    print(result.summary())
-    return 0
+    finally:
+        distributed.shutdown()
+
+
+def resume_command(argv: list[str] | None, last_path: Path) -> str:
+    """This command line with `--resume <last_path>` in place of any earlier --resume."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    kept = [arg for i, arg in enumerate(args) if not (arg.startswith("--resume") and not arg.startswith(
+        "--resume_force")) and not (i > 0 and args[i - 1] == "--resume")]
+    return shlex.join(["python", "finetune.py", *kept, "--resume", str(last_path)])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Evaluate a checkpoint written by finetune.py: loss, top-1/top-5, per-class accuracy and pred.txt.
 
     python validate.py --ckpt_path ckpt/tf_efficientnet_lite0_best.pth --data_dir DIR
+    python validate.py --ckpt_path ckpt/tf_efficientnet_lite0_best.safetensors   (its .json sidecar beside it)
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from tunecv.config import UserError, load_config
 from tunecv.data import create_dataset, create_loader, create_transforms, draft_size
 from tunecv.data.prefetch import on_device
 from tunecv.engine import Compute, EvalResult, evaluate
+from tunecv.errors import runtime_failure
+from tunecv.manifest import class_changes
 from tunecv.models import create_model
 from tunecv.report import format_per_class, per_class_accuracy, write_predictions
 from tunecv.runtime import image_mode, resolve_device
@@ -39,6 +42,7 @@ def run(ckpt_path: str, config_path: str | None, overrides: dict[str, Any], spli
     dataset = create_dataset(cfg.data, split, create_transforms(cfg.data, is_training=False, uint8=uint8),
                              classes=classes, image_mode=image_mode(cfg.model.in_channels),
                              draft_size=draft_size(cfg.data, False))
+    _warn_absent_classes(classes, dataset.targets, split)
     model = create_model(cfg.model, num_classes=len(classes))
     load_exact(model, checkpoint["model"], source=f"{ckpt_path} (model {cfg.model.model})")
     compute = Compute.create(device, cfg.train.amp_level, cfg.train.channels_last)
@@ -51,10 +55,21 @@ def run(ckpt_path: str, config_path: str | None, overrides: dict[str, Any], spli
     return result, classes, target
 
 
+def _warn_absent_classes(classes: list[str], targets: list[int], split: str) -> None:
+    # data classes the checkpoint does not know are an error (create_dataset); checkpoint classes without
+    # images are not, but top-1 and the per-class table then say nothing about them
+    _, absent = class_changes(classes, [classes[label] for label in sorted(set(targets))])
+    if absent:
+        logger.warning("%s has images of %d of the checkpoint's %d classes, none of %d (e.g. %s); its top-1 "
+                       "covers the %d others only", split, len(classes) - len(absent), len(classes), len(absent),
+                       absent[0], len(classes) - len(absent))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = cli.build_parser("validate.py", "Evaluate a tunecv checkpoint; any config key can be overridden.",
                               exclude=("ckpt_path",))
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by finetune.py (<model>_best.pth)")
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by finetune.py (<model>_best.pth, or "
+                             "<model>_best.safetensors with its .json sidecar)")
     parser.add_argument("--split", help="split to evaluate (default: the checkpoint's val_split)")
     parser.add_argument("--output", help="where to write the predictions (default: pred.txt beside the checkpoint)")
     try:
@@ -65,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
                                              args.cfg_options)
     except UserError as err:
         print(f"tunecv: error: {err}", file=sys.stderr)
+        return 2
+    except (RuntimeError, OSError) as err:  # CUDA out of memory, a full disk: a traceback would not help
+        message = runtime_failure(err)
+        if message is None:
+            raise
+        print(f"tunecv: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tunecv: interrupted", file=sys.stderr)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from tunecv import __version__
-from tunecv.checkpoint import CheckpointSaver, file_stem, load_checkpoint, save_checkpoint
+from tunecv.checkpoint import CheckpointSaver, file_stem, load_checkpoint, own_storage, save_checkpoint
 from tunecv.errors import UserError
 
 
@@ -114,3 +116,124 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
                training_state={"optimizer": torch.optim.AdamW(nn.Linear(2, 2).parameters()).state_dict()})
     data = torch.load(saver.last_path, weights_only=True)
     assert set(data) >= {"model", "config", "classes", "epoch", "metrics", "tunecv_version", "optimizer"}
+
+
+# --- save_format safetensors ----------------------------------------------------------------------------------------
+
+class _Tied(nn.Module):
+    """Tied weights and a buffer that is a view of a parameter: what safetensors refuses unless copied."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(3, 3)
+        self.decoder = nn.Linear(3, 3)
+        self.decoder.weight = self.encoder.weight
+        self.register_buffer("row", self.encoder.weight.data[1])
+        self.bn = nn.BatchNorm1d(3)
+
+
+def _st_saver(tmp_path, **kwargs) -> CheckpointSaver:
+    return _saver(tmp_path, save_format="safetensors", meta={"data_fingerprint": "0123456789abcdef"}, **kwargs)
+
+
+def test_safetensors_best_round_trip(tmp_path):
+    saver = _st_saver(tmp_path)
+    model = _Tied()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    saver.save(model, epoch=3, metrics={"top1": 75.0, "lr": 0.1}, is_best=True, best_top1=75.0,
+               training_state={"optimizer": optimizer.state_dict()})
+    assert saver.best_path.name == "net_best.safetensors" and saver.last_path.name == "net_last.pth"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net_best.json", "net_best.safetensors", "net_last.pth"]
+    best = load_checkpoint(saver.best_path)
+    own = model.state_dict()
+    assert sorted(best["model"]) == sorted(own)
+    assert all(torch.equal(best["model"][k], v) for k, v in own.items())
+    assert {k: v for k, v in best.items() if k != "model"} == {
+        "config": {"lr": 0.1, "model": "net"}, "classes": ["a", "b"], "epoch": 3, "metrics": {"top1": 75.0, "lr": 0.1},
+        "best_metric": 75.0, "tunecv_version": __version__, "data_fingerprint": "0123456789abcdef"}
+    sidecar = json.loads((tmp_path / "net_best.json").read_text())
+    assert sidecar["classes"] == ["a", "b"] and "model" not in sidecar and "optimizer" not in sidecar
+    # _last stays a .pth with the optimizer state (resuming), and carries the meta too
+    last = torch.load(saver.last_path, weights_only=True)
+    assert "optimizer" in last and last["data_fingerprint"] == "0123456789abcdef"
+    # the weights are a plain safetensors file other tools read
+    assert set(load_file(saver.best_path)) == set(own)
+
+
+def test_safetensors_loads_into_the_model(tmp_path):
+    saver = _st_saver(tmp_path)
+    model = _Tied()
+    saver.save(model, epoch=1, metrics={}, is_best=True)
+    fresh = _Tied()
+    fresh.load_state_dict(load_checkpoint(saver.best_path)["model"])
+    assert torch.equal(fresh.decoder.weight, model.encoder.weight)
+
+
+def test_safetensors_ema_best_and_per_epoch_pruning(tmp_path):
+    saver = _st_saver(tmp_path, keep_max=1)
+    for epoch in (1, 2):
+        saver.save(nn.Linear(2, 2), epoch=epoch, metrics={"top1": 1.0}, is_best=False)
+    path = saver.save_ema_best(nn.Linear(2, 2), epoch=2, metrics={"top1": 1.0}, best_top1=1.0)
+    assert path == saver.ema_best_path == tmp_path / "net_ema_best.safetensors"
+    assert load_checkpoint(path)["weights"] == "ema"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "net-2.json", "net-2.safetensors", "net_ema_best.json", "net_ema_best.safetensors", "net_last.pth"]
+
+
+def test_pth_checkpoints_carry_meta(tmp_path):
+    saver = _saver(tmp_path, meta={"data_fingerprint": "abc", "model": "not the weights"})
+    saver.save(nn.Linear(2, 2), epoch=1, metrics={}, is_best=True)
+    best = load_checkpoint(saver.best_path)
+    assert best["data_fingerprint"] == "abc" and isinstance(best["model"], dict)  # meta never replaces a key
+
+
+def test_unknown_save_format(tmp_path):
+    with pytest.raises(UserError, match=r"save_format 'npz'; choose from \['pth', 'safetensors'\]"):
+        _saver(tmp_path, save_format="npz")
+
+
+def test_safetensors_without_sidecar_names_it(tmp_path):
+    saver = _st_saver(tmp_path)
+    saver.save(nn.Linear(2, 2), epoch=1, metrics={}, is_best=True)
+    (tmp_path / "net_best.json").unlink()
+    with pytest.raises(UserError, match=r"has no sidecar .*net_best\.json") as caught:
+        load_checkpoint(saver.best_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_safetensors_with_broken_or_foreign_sidecar(tmp_path):
+    saver = _st_saver(tmp_path)
+    saver.save(nn.Linear(2, 2), epoch=1, metrics={}, is_best=True)
+    sidecar = tmp_path / "net_best.json"
+    first = sidecar.read_text()
+    saver.save(nn.Linear(2, 2), epoch=2, metrics={}, is_best=True)
+    sidecar.write_text(first)  # as if a crash came between writing the weights and the sidecar
+    with pytest.raises(UserError, match="other weights"):
+        load_checkpoint(saver.best_path)
+    sidecar.write_text("{not json")
+    with pytest.raises(UserError, match="net_best.json is not readable JSON"):
+        load_checkpoint(saver.best_path)
+    sidecar.write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a JSON object"):
+        load_checkpoint(saver.best_path)
+    sidecar.write_text("{}")
+    with pytest.raises(UserError, match=r"not a tunecv checkpoint \(no config, classes\)"):
+        load_checkpoint(saver.best_path)
+
+
+def test_damaged_safetensors_is_a_user_error(tmp_path):
+    saver = _st_saver(tmp_path)
+    saver.save(nn.Linear(2, 2), epoch=1, metrics={}, is_best=True)
+    saver.best_path.write_bytes(b"not safetensors")
+    with pytest.raises(UserError, match="not a readable safetensors file"):
+        load_checkpoint(saver.best_path)
+
+
+def test_own_storage_copies_only_shared_tensors():
+    base = torch.arange(6.0)
+    state = {"a": base, "b": base, "c": base[2:4], "t": torch.ones(2, 3).t(), "d": torch.zeros(2)}
+    out = own_storage(state)
+    # first users keep their memory: no extra copy
+    assert out["a"].data_ptr() == base.data_ptr() and out["d"].data_ptr() == state["d"].data_ptr()
+    assert out["b"].data_ptr() != base.data_ptr() and torch.equal(out["b"], base)
+    assert torch.equal(out["c"], base[2:4]) and out["t"].is_contiguous()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import validate
 from conftest import TINY_MODEL, write_image_folder
 from tunecv import cli
 from tunecv.config import KEYS, load_config
+from tunecv.errors import UserError
 
 
 def _parse(argv: list[str]):
@@ -292,7 +295,7 @@ def test_missing_val_split_is_an_error_unless_validation_is_off(capsys, tiny_ima
     (["--scale", "0.08", "1.0]"], "scale"),              # a list that does not parse
     (["--batch_size", "3", "--mixup", "0.2"], "even batch_size"),
     (["--hflip", "1.5"], "hflip must be between 0 and 1"),
-    (["--ckpt_save_dir", ""], "ckpt_save_dir"),
+    (["--image_resize", ""], "image_resize"),
 ])
 def test_bad_command_line_is_one_error_line(capsys, tiny_image_folder, tmp_path, argv, needle):
     assert finetune.main(_tiny_args(tiny_image_folder, tmp_path / "ckpt") + argv) == 2
@@ -315,3 +318,36 @@ def test_fixed_size_model_with_another_image_size_is_an_error(capsys, tiny_image
     argv = _tiny_args(tiny_image_folder, tmp_path / "ckpt") + ["--model", "vit_tiny_patch16_224"]
     assert finetune.main(argv) == 2
     _assert_one_error(capsys, "takes 224 px inputs only", "image_resize 224")
+
+
+class _FullDisk:
+    """A log file stream whose writes fail as on a full disk (fault injection at the write)."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        pass
+
+
+def test_full_disk_stops_the_log_file_with_one_warning(tmp_path, capsys):
+    log_file = tmp_path / "run" / "train.log"
+    cli.setup_logging(log_file)
+    logger = logging.getLogger("tunecv.test")
+    logger.info("epoch 1")
+    handler = next(h for h in logging.getLogger().handlers if isinstance(h, cli.LogFile))
+    handler.stream = _FullDisk()
+    for epoch in (2, 3, 4):
+        logger.info("epoch %d", epoch)
+    err = capsys.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err
+    assert err.count(f"warning: stopped writing {log_file}: No space left on device") == 1
+    assert err.count("epoch 4") == 1 and "epoch 1" in log_file.read_text()
+
+
+def test_log_file_on_a_read_only_disk_is_one_error_line(tmp_path, monkeypatch):
+    def read_only(self):
+        raise OSError(errno.EROFS, "Read-only file system", self.baseFilename)
+    monkeypatch.setattr(cli.LogFile, "_open", read_only)  # FileHandler opens the file on creation
+    with pytest.raises(UserError, match=r"^cannot write .*train.log \(read-only file system\); "):
+        cli.setup_logging(tmp_path / "train.log")

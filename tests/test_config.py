@@ -240,7 +240,7 @@ def test_choices_match_registries():
     assert set(KEYS["scheduler"][1].metadata["choices"]) == set(scheduler.SCHEDULERS)
 
 
-@pytest.mark.parametrize("key, value", [("mode", 0), ("distribute", True), ("device_target", "Ascend"),
+@pytest.mark.parametrize("key, value", [("mode", 0), ("device_target", "Ascend"),
                                         ("loss_scale", 1024), ("dataset_sink_mode", True)])
 def test_mindcv_system_keys_accepted_and_logged(caplog, data_dir, key, value):
     with caplog.at_level(logging.INFO, logger="tunecv.compat"):

@@ -3,6 +3,9 @@ keys from the command line, the fine-tuning cross-key rules and auto_scale_lr.""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,15 @@ import pytest
 from conftest import write_yaml
 from tunecv import cli
 from tunecv.config import expand_strategy, load_config, mapping_keys
-from tunecv.config_files import BUNDLED_CONFIGS, merge, parse_cfg_options, read_config_file
+from tunecv.config_files import (
+    BUNDLED_CONFIGS,
+    PATH_KEYS,
+    merge,
+    parse_cfg_options,
+    read_config_file,
+    resolve_path,
+    resolve_paths,
+)
 from tunecv.errors import UserError
 from tunecv.optim import auto_scaled_lr
 
@@ -135,6 +146,93 @@ def test_base_with_home_directory(tmp_path, monkeypatch):
     write_yaml(tmp_path / "base.yaml", {"lr": 0.5})
     child = write_yaml(tmp_path / "sub" / "child.yaml", {"_base_": "~/base.yaml", "epoch_size": 3})
     assert read_config_file(child) == {"lr": 0.5, "epoch_size": 3}
+
+
+# ------------------------------------------------------------------------- paths in config files, unsafe YAML
+
+def test_path_beside_the_config_wins(tmp_path, monkeypatch):
+    folder = tmp_path / "sub"
+    (folder / "imgs").mkdir(parents=True)
+    (tmp_path / "imgs").mkdir()  # also there from the working directory: the config's folder wins
+    monkeypatch.chdir(tmp_path)
+    assert resolve_path("imgs", folder) == str(folder / "imgs")
+
+
+def test_path_from_the_working_directory_when_only_there(tmp_path, monkeypatch):
+    """configs/hymenoptera.yaml says data_dir: ../shared/data/..., meant from the repo root."""
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_path("data", tmp_path / "configs") == "data"
+    assert resolve_path("./data/train", tmp_path / "configs") == "data/train"
+
+
+def test_path_nowhere_is_named_beside_the_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_path("missing/list.txt", tmp_path / "sub") == str(tmp_path / "sub" / "missing" / "list.txt")
+
+
+def test_absolute_home_and_empty_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    folder = tmp_path / "sub"
+    assert resolve_path("/data/imgs", folder) == "/data/imgs"
+    assert resolve_path("~/imgs", folder) == str(tmp_path / "home" / "imgs")
+    assert [resolve_path(v, folder) for v in (None, "", "  ", 3)] == [None, "", "  ", 3]
+    assert resolve_paths({"data_dir": "imgs", "model": "resnet18", "ckpt_save_dir": "out"}, folder) == \
+        {"data_dir": str(folder / "imgs"), "model": "resnet18", "ckpt_save_dir": "out"}  # outputs: from cwd
+    assert set(PATH_KEYS) == {"data_dir", "train_list", "val_list", "image_root", "class_list", "ckpt_path"}
+
+
+def test_config_file_paths_resolve_against_the_file_that_sets_them(tmp_path, monkeypatch):
+    root = tmp_path.resolve()
+    for folder in ("shared/imgs", "exp/lists"):
+        (root / folder).mkdir(parents=True)
+    write_yaml(root / "shared" / "base.yaml", {"data_dir": "imgs", "class_list": "lists/labels.txt"})
+    child = write_yaml(root / "exp" / "child.yaml", {"_base_": "../shared/base.yaml", "train_list": "lists/t.txt",
+                                                     "load_from": "w.pth"})  # MMPretrain's name for ckpt_path
+    monkeypatch.chdir(root / "exp")  # lists/ is also here from the working directory: the files decide
+    values = read_config_file(child)
+    assert values["data_dir"] == str(root / "shared" / "imgs")
+    assert values["class_list"] == str(root / "shared" / "lists" / "labels.txt")
+    assert values["train_list"] == str(root / "exp" / "lists" / "t.txt")
+    assert values["ckpt_path"] == str(root / "exp" / "w.pth")
+
+
+def test_command_line_paths_stay_relative_to_the_working_directory(tmp_path, monkeypatch):
+    root = tmp_path.resolve()
+    (root / "sub" / "imgs").mkdir(parents=True)
+    config = write_yaml(root / "sub" / "x.yaml", {"data_dir": "imgs", "epoch_size": 2})
+    monkeypatch.chdir(root)
+    assert load_config(config).data.data_dir == str(root / "sub" / "imgs")
+    assert load_config(config, {"data_dir": "imgs"}).data.data_dir == "imgs"
+    assert load_config(config, cfg_options=["data_dir=imgs"]).data.data_dir == "imgs"
+
+
+UNSAFE_YAML = 'lr: 0.1\ndata_dir: !!python/object/apply:os.system ["touch MARKER"]\n'
+
+
+def test_yaml_python_tag_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path.resolve() / "bad.yaml"
+    bad.write_text(UNSAFE_YAML)
+    with pytest.raises(UserError) as info:
+        load_config(bad)
+    assert str(info.value) == (f"config file {bad} line 2 has the YAML tag !!python/object/apply:os.system; tags "
+                               "that build Python objects or run code are not allowed, write a plain value")
+    assert not (tmp_path / "MARKER").exists()
+    (tmp_path / "broken.yaml").write_text("lr: [0.1\n")
+    with pytest.raises(UserError, match=r"^config file .*broken.yaml is not valid YAML: [^\n]*$"):
+        read_config_file(tmp_path / "broken.yaml")
+
+
+def test_yaml_python_tag_through_finetune_py(tmp_path):
+    (tmp_path / "bad.yaml").write_text(UNSAFE_YAML)
+    proc = subprocess.run([sys.executable, str(ROOT / "finetune.py"), "--config", "bad.yaml"], cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [f"tunecv: error: config file {(tmp_path / 'bad.yaml').resolve()} line 2 has "
+                                        "the YAML tag !!python/object/apply:os.system; tags that build Python "
+                                        "objects or run code are not allowed, write a plain value"]
+    assert not (tmp_path / "MARKER").exists()
 
 
 # ------------------------------------------------------------------------------------------ --cfg-options

@@ -12,7 +12,8 @@ from torch import nn
 from conftest import TINY_MODEL, apply_freeze
 from tunecv.checkpoint import CheckpointSaver, load_checkpoint
 from tunecv.config import Config, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig
-from tunecv.engine import Compute, create_trainer, evaluate, fit, train_one_epoch
+from tunecv.engine import Compute, create_trainer, evaluate, train_one_epoch
+from tunecv.fit import fit
 from tunecv.layer_map import layer_map
 from tunecv.models import create_model
 from tunecv.plan import Plan

@@ -232,7 +232,8 @@ def test_flip_views_are_the_flipped_images(tiny_overrides):
     by_index = {int(i): row for row, i in enumerate(loader.indices.tolist())}
     chosen: dict[int, set[int]] = {}
     flips = total = 0
-    for _ in range(6):
+    for epoch in range(1, 7):
+        loader.sampler.set_epoch(epoch)  # as fit does: the views are drawn per epoch
         for features, _, indices in loader:
             for feature, index in zip(features, indices.tolist()):
                 row = by_index[index]

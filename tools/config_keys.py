@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from tunecv.config import KEYS, SECTIONS
+from tunecv.fileio import atomic_write_text
 
 START, END = "<!-- keys:start -->", "<!-- keys:end -->"
 
@@ -39,7 +40,7 @@ def update(readme: Path) -> None:
     text = readme.read_text(encoding="utf-8")
     head, _, rest = text.partition(START)
     _, _, tail = rest.partition(END)
-    readme.write_text(f"{head}{START}\n\n{key_table()}\n{END}{tail}", encoding="utf-8")
+    atomic_write_text(readme, f"{head}{START}\n\n{key_table()}\n{END}{tail}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import typing
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tunecv.config import KEYS, SECTIONS, key_type
-from tunecv.errors import UserError
+from tunecv.errors import UserError, write_failure
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,6 +105,21 @@ class _BareInfo(logging.Formatter):
         return message if record.levelno == logging.INFO else f"{record.levelname.lower()}: {message}"
 
 
+class LogFile(logging.FileHandler):
+    """train.log. A failed write (a full disk) stops the file with one warning instead of logging's traceback
+    per line; the run goes on, and its next checkpoint or results write reports the disk as a UserError."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        failure = sys.exc_info()[1]
+        if not isinstance(failure, OSError):
+            super().handleError(record)
+            return
+        self.setLevel(logging.CRITICAL + 1)  # skipped from now on; removing it here would mutate the list in use
+        with contextlib.suppress(OSError):  # its buffer cannot be written either
+            self.close()
+        logging.getLogger(__name__).warning("stopped writing %s: %s", self.baseFilename, failure.strerror or failure)
+
+
 def setup_logging(log_file: str | Path | None = None, verbose: bool = False) -> None:
     """INFO lines bare on stderr; the log file (if any) gets timestamps."""
     root = logging.getLogger()
@@ -115,7 +131,13 @@ def setup_logging(log_file: str | Path | None = None, verbose: bool = False) -> 
     console.setFormatter(_BareInfo("%(message)s"))
     root.addHandler(console)
     if log_file is not None:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        try:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            file_handler = LogFile(log_file, encoding="utf-8")
+        except OSError as err:
+            message = write_failure(err.errno, log_file)
+            if message is None:
+                raise
+            raise UserError(message) from None
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(file_handler)

@@ -15,7 +15,7 @@ IGNORED_KEYS = {
     "mode": "MindSpore graph/pynative mode", "device_target": "PyTorch picks the device (see `device`)",
     "dataset_sink_mode": "MindSpore data sinking", "loss_scale": "AMP uses a dynamic GradScaler",
     "loss_scale_type": "AMP uses a dynamic GradScaler", "dynamic_loss_scale": "AMP uses a dynamic GradScaler",
-    "drop_overflow_update": "the GradScaler skips overflowing steps", "distribute": "launch with torchrun instead",
+    "drop_overflow_update": "the GradScaler skips overflowing steps",
     "enable_modelarts": "ModelArts platform", "multi_data_url": "ModelArts platform", "data_url": "ModelArts platform",
     "ckpt_url": "ModelArts platform", "train_url": "ModelArts platform", "val_amp_level": "evaluation runs in fp32",
 }

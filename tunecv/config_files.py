@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
 # where `_base_: presets/resnet.yaml` is also looked for when it is not beside the including file
 BUNDLED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+# keys naming input files: a config file's relative value is relative to that file (see resolve_path)
+PATH_KEYS = frozenset({"data_dir", "train_list", "val_list", "image_root", "class_list", "ckpt_path"})
+_TAG = re.compile(r"tag '([^']+)'")
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -32,12 +36,23 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise UserError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise UserError(yaml_error(path, err)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of key: value lines")
     return canonical_keys(data, str(path))
+
+
+def yaml_error(path: Path, err: yaml.YAMLError) -> str:
+    """One line for a file safe_load refused; a tag (`!!python/object/apply:os.system`) was never run."""
+    tag = _TAG.search(str(getattr(err, "problem", None)))
+    if isinstance(err, yaml.constructor.ConstructorError) and tag:
+        mark = err.problem_mark
+        where = f" line {mark.line + 1}" if mark else ""
+        return (f"config file {path}{where} has the YAML tag {tag.group(1).replace('tag:yaml.org,2002:', '!!')}; "
+                "tags that build Python objects or run code are not allowed, write a plain value")
+    return f"config file {path} is not valid YAML: {str(err).splitlines()[0]}"
 
 
 def canonical_keys(mapping: dict[str, Any], where: str) -> dict[str, Any]:
@@ -56,7 +71,7 @@ def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> 
     if path in _chain:
         cycle = " -> ".join(p.name for p in (*_chain, path))
         raise UserError(f"config files include each other in a cycle ({cycle}); remove one _base_ entry")
-    data = read_yaml(path)
+    data = resolve_paths(read_yaml(path), path.parent)
     bases = data.pop(BASE_KEY, None) or []
     if isinstance(bases, str):
         bases = [bases]
@@ -66,6 +81,24 @@ def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> 
     for base in bases:
         merged = merge(merged, read_config_file(_find_base(base, path), (*_chain, path)))
     return merge(drop_replaced_strategy_keys(merged, data), data)
+
+
+def resolve_paths(values: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The input-file keys of one config file's `values`, relative to `folder` (the file's own)."""
+    return {key: resolve_path(value, folder) if key in PATH_KEYS else value for key, value in values.items()}
+
+
+def resolve_path(value: Any, folder: Path) -> Any:
+    """A relative path from a config file in `folder`: beside the file when it is there, else from the working
+    directory when it is there (configs written to run from the repo root), else beside the file (so the error
+    raised later names the path the file meant). Absolute paths, `~`, empty values and non-strings pass."""
+    if not isinstance(value, str) or not value.strip():
+        return value
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    beside = folder / path
+    return str(path) if path.exists() and not beside.exists() else str(beside)
 
 
 def drop_replaced_strategy_keys(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:

@@ -73,7 +73,7 @@ class LoaderConfig:
     mixup: float = _key(0.0, "mixup alpha (0: off)")
     cutmix: float = _key(0.0, "cutmix alpha (0: off)")
     cutmix_prob: float = _key(1.0, "probability of applying mixup/cutmix to a batch")
-    sampler: str = _key("none", "balanced: draw training images with probability 1/class size (WeightedRandomSampler)",
+    sampler: str = _key("none", "balanced: draw training images with probability 1/class size (with replacement)",
                         ("none", "balanced"))
 
 
@@ -167,10 +167,22 @@ class TrainConfig:
     gradient_accumulation_steps: int = _key(1, "batches per optimizer step")
     ema: bool = _key(False, "keep an exponential moving average of the weights; it is validated and saved")
     ema_decay: float = _key(0.9999, "EMA decay")
-    ckpt_save_dir: str = _key("./ckpt", "where checkpoints, results.txt, config.yaml and the log go")
+    ckpt_save_dir: str | None = _key(None, "where checkpoints, results.txt, config.yaml and the log go (default: "
+                                           "./ckpt/<model>_<YYYYmmdd-HHMMSS>)")
+    overwrite: bool = _key(False, "replace an earlier run in ckpt_save_dir (else a run there is never overwritten)")
+    resume: str | None = _key(None, "continue a stopped run from its <model>_last.pth: a path, or auto (the newest "
+                                    "_last in ckpt_save_dir, or under ./ckpt)", literals=("auto",))
+    resume_force: bool = _key(False, "resume even when the model, classes or data differ from the checkpoint's")
     keep_checkpoint_max: int = _key(0, "also keep this many per-epoch checkpoints <model>-<epoch>.pth (0: none)")
     ckpt_save_policy: str = _key("latest_k", "which per-epoch checkpoints to keep", ("latest_k", "top_k"))
     ckpt_save_interval: int = _key(1, "write a per-epoch checkpoint every N epochs")
+    ckpt_save_steps: int = _key(0, "also write <model>_last.pth every N optimizer steps, so a crash loses little "
+                                   "(0: at epoch ends only)")
+    save_format: str = _key("pth", "checkpoint weights: pth (torch.save), or safetensors (.safetensors plus a .json "
+                                   "sidecar holding config, classes and metrics)", ("pth", "safetensors"))
+    distribute: bool = _key(False, "MindCV key: require a torchrun launch (several GPUs/machines); any torchrun "
+                                   "launch trains distributed")
+    sync_bn: bool = _key(False, "distributed CUDA runs: BatchNorm statistics over the global batch (SyncBatchNorm)")
     device: str = _key("auto", "auto (cuda when available), cpu or cuda", ("auto", "cpu", "cuda"))
     channels_last: bool = _key(True, "NHWC memory format (measured faster for CNNs on CPU and GPU)")
     compile: bool = _key(False, "torch.compile the model (slow first epoch, faster later ones; needs a C++ compiler)")

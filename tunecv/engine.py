@@ -9,8 +9,9 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from timm.data import Mixup
@@ -19,18 +20,16 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
+from tunecv import distributed
+from tunecv.errors import UserError
 from tunecv.losses import create_loss
 from tunecv.models import set_train_mode
 from tunecv.optim import base_lr
 from tunecv.runtime import Compute
 
 if TYPE_CHECKING:
-    from tunecv.checkpoint import CheckpointSaver
     from tunecv.config import TrainConfig
-    from tunecv.plan import Plan
-    from tunecv.report import ResultsWriter
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +62,25 @@ def create_trainer(model: nn.Module, cfg: TrainConfig, compute: Compute, mixup: 
                    scaler=compute.scaler(), log_interval=cfg.log_interval, freeze_bn=freeze_bn)
 
 
-@dataclass(frozen=True)
-class TrainStats:
-    loss: float
-    lr: float
-    images: int
-    seconds: float
+@dataclass
+class EpochProgress:
+    """An epoch's running totals after `batches` batches: a mid-epoch checkpoint holds them, so a resumed epoch
+    reports what an uninterrupted one would."""
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    images: int = 0  # images whose loss counted (an AMP step the scaler skipped for overflow does not)
+    lr: float = 0.0
+    seconds: float = 0.0
+    finished: bool = False
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.images, 1)
+
+
+class NonFiniteLoss(UserError):
+    pass
 
 
 def optimizer_steps(num_batches: int, accumulation_steps: int) -> int:
@@ -76,39 +88,61 @@ def optimizer_steps(num_batches: int, accumulation_steps: int) -> int:
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
-                    trainer: Trainer, epoch: int) -> TrainStats:
-    """One pass over `loader`; the scheduler steps after every optimizer update."""
+                    trainer: Trainer, epoch: int, progress: EpochProgress | None = None,
+                    after_step: Callable[[Callable[[], EpochProgress], bool], bool] | None = None) -> EpochProgress:
+    """A pass over `loader` (the rest of an epoch resumed at `progress`); the scheduler steps after every
+    optimizer update. `after_step(snapshot, last_step)` runs after each update and returns True to stop the epoch there;
+    `snapshot()` gives the totals so far (a device sync) and raises NonFiniteLoss after a NaN/inf loss."""
     set_train_mode(model, keep_frozen_eval=trainer.freeze_bn)
     device = trainer.compute.device
+    progress = progress or EpochProgress(lr=base_lr(optimizer))
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    loss_sum = torch.zeros((), device=device)
-    images, start, lr = 0, time.perf_counter(), base_lr(optimizer)
+    # device-side totals: read (a sync) only at the log interval, a checkpoint and the end
+    loss_sum = torch.tensor(progress.loss_sum, device=device)
+    counted = torch.tensor(progress.images, device=device)
+    first_bad_step = torch.tensor(-1, device=device)
+    seen, start, lr, done = 0, time.perf_counter(), progress.lr, progress.batches
+    total = done + len(loader)
     optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(loader, desc=f"train {epoch}", leave=False, disable=None, dynamic_ncols=True)
+
+    def snapshot(finished: bool = False) -> EpochProgress:
+        bad = int(first_bad_step.item())
+        if bad >= 0:
+            raise NonFiniteLoss(f"epoch {epoch} step {bad}: the training loss is not finite (nan/inf); lower lr "
+                                f"(now {lr:.3g}) or set clip_grad true")
+        return EpochProgress(done, loss_sum.item(), int(counted.item()), lr,
+                             progress.seconds + time.perf_counter() - start, finished)
+
+    bar = tqdm(loader, desc=f"train {epoch}", leave=False, disable=None if distributed.is_main() else True,
+               dynamic_ncols=True, initial=done, total=total)
     pending = False  # gradients accumulated since the last optimizer step
-    for step, batch in enumerate(bar, start=1):
+    for done, batch in enumerate(bar, start=progress.batches + 1):
+        update = done % trainer.accumulation_steps == 0 or done == total
         if batch is not None:  # None: every image of the batch failed to decode and was skipped
-            loss, count = batch_loss(model, batch, trainer)
-            backward(loss / trainer.accumulation_steps, trainer)
-            loss_sum += loss.detach() * count
-            images += count
+            with nullcontext() if update or not hasattr(model, "no_sync") else model.no_sync():
+                loss, count = batch_loss(model, batch, trainer)
+                backward(loss / trainer.accumulation_steps, trainer)
+            finite = torch.isfinite(loss.detach())
+            if trainer.scaler is None:  # fp16's scaler skips an overflowing step itself
+                first_bad_step = torch.where(finite | (first_bad_step >= 0), first_bad_step, trainer.global_step + 1)
+            loss_sum += torch.where(finite, loss.detach() * count, 0.0)
+            counted += finite * count
+            seen += count
             pending = True
-        if pending and (step % trainer.accumulation_steps == 0 or step == len(loader)):
+        if pending and update:
             lr = base_lr(optimizer)
             optimizer_step(optimizer, params, trainer)
             scheduler.step()
             trainer.global_step += 1
             pending = False
             if trainer.ema is not None:
-                trainer.ema.update(model, step=trainer.global_step)
-        if images and (step % trainer.log_interval == 0 or step == len(loader)):
-            # .item() syncs with the device: only at the log interval
-            rate = images / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(loss=f"{loss_sum.item() / images:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
-    loss_value = loss_sum.item() / max(images, 1)
-    if not math.isfinite(loss_value):
-        logger.warning("epoch %d: training loss is %s; lower lr", epoch, loss_value)
-    return TrainStats(loss=loss_value, lr=lr, images=images, seconds=time.perf_counter() - start)
+                trainer.ema.update(distributed.unwrap(model), step=trainer.global_step)
+            if after_step is not None and after_step(snapshot, done == total):
+                return snapshot()
+        if seen and (done % trainer.log_interval == 0 or done == total):
+            now = snapshot()
+            bar.set_postfix(loss=f"{now.loss:.4f}", lr=f"{lr:.3g}", img_s=f"{seen / max(now.seconds, 1e-9):.0f}")
+    return snapshot(finished=True)
 
 
 def batch_loss(model: nn.Module, batch: tuple, trainer: Trainer) -> tuple[torch.Tensor, int]:
@@ -161,7 +195,8 @@ def evaluate(model: nn.Module, loader: DataLoader, compute: Compute, num_classes
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     preds, scores, labels, indices, correct_k = [], [], [], [], 0
     start = time.perf_counter()
-    for batch in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None if distributed.is_main() else True,
+                      dynamic_ncols=True):
         if batch is None:
             continue
         inputs, targets = compute.inputs(batch[0]), batch[1].to(device, non_blocking=True)
@@ -177,139 +212,15 @@ def evaluate(model: nn.Module, loader: DataLoader, compute: Compute, num_classes
         preds.extend(top.indices[:, 0].tolist())
         scores.extend(top.values[:, 0].tolist())
         labels.extend(targets.tolist())
+    loss_total = loss_sum.item()
+    if distributed.enabled():  # each process evaluated its share: merge them, in dataset order
+        parts = distributed.gather((indices, preds, scores, labels, loss_total, correct_k))
+        merged = sorted(zip(*(sum((part[column] for part in parts), []) for column in range(4))))
+        indices, preds, scores, labels = (list(column) for column in zip(*merged)) if merged else ([], [], [], [])
+        loss_total, correct_k = sum(part[4] for part in parts), sum(part[5] for part in parts)
     count = len(labels)
     correct1 = sum(int(p == t) for p, t in zip(preds, labels))
-    return EvalResult(loss=loss_sum.item() / max(count, 1), top1=100.0 * correct1 / max(count, 1),
+    return EvalResult(loss=loss_total / max(count, 1), top1=100.0 * correct1 / max(count, 1),
                       top5=100.0 * correct_k / max(count, 1), topk=k, images=count,
                       seconds=time.perf_counter() - start, predictions=preds, scores=scores, targets=labels,
                       indices=indices)
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    epoch: int
-    lr: float
-    train_loss: float
-    val_loss: float | None
-    top1: float | None
-    top5: float | None
-    time_s: float
-    train_images_per_s: float
-    eval_images_per_s: float | None
-    ema_top1: float | None = None
-
-
-@dataclass
-class FitResult:
-    history: list[EpochMetrics]
-    best_epoch: int
-    best_top1: float | None
-    best_path: str
-    last_path: str
-    results_path: str
-    elapsed_s: float
-    ema: Best | None = None
-
-    def summary(self) -> str:
-        best = f"best top-1 {self.best_top1:.2f}% at epoch {self.best_epoch}" if self.best_top1 is not None \
-            else f"no validation set; last epoch {self.best_epoch}"
-        lines = [f"tunecv: {best}; {self.elapsed_s:.1f} s", f"  best checkpoint: {self.best_path}"]
-        if self.ema is not None:
-            ema = f"top-1 {self.ema.top1:.2f}% at epoch {self.ema.epoch}" if self.ema.top1 is not None \
-                else f"epoch {self.ema.epoch}"
-            lines.append(f"  EMA best ({ema}): {self.ema.path}")
-        return "\n".join([*lines, f"  results: {self.results_path}"])
-
-
-@dataclass
-class Best:
-    """The best validated epoch so far (without a validation set: the last epoch)."""
-
-    top1: float | None = None
-    epoch: int = 0
-    path: str = ""
-
-    def update(self, top1: float | None, epoch: int, no_val_set: bool) -> bool:
-        if no_val_set or (top1 is not None and (self.top1 is None or top1 > self.top1)):
-            self.top1, self.epoch = top1, epoch
-            return True
-        return False
-
-
-def _should_validate(epoch: int, epochs: int, cfg: TrainConfig) -> bool:
-    return cfg.val_while_train and (epoch % cfg.val_interval == 0 or epoch == epochs)
-
-
-def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None, plan: Plan, cfg: TrainConfig,
-        saver: CheckpointSaver, results: ResultsWriter, trainer: Trainer, saved_model: nn.Module | None = None
-        ) -> FitResult:
-    """Train `cfg.epoch_size` epochs; validate, checkpoint (`_last` every epoch, `_best` on improvement), report.
-    Each phase of `plan` (un)freezes layers and brings its own optimizer and schedule. `model` is what batches
-    go through; `saved_model` (default: `model`) is what the checkpoints hold (the whole model when only its
-    classifier trains on cached features)."""
-    start = time.perf_counter()
-    saved_model = model if saved_model is None else saved_model
-    history: list[EpochMetrics] = []
-    best, ema_best = Best(path=str(saver.best_path)), Best()
-    with logging_redirect_tqdm():
-        for epoch in range(1, cfg.epoch_size + 1):
-            optimizer, scheduler = plan.enter(epoch)
-            epoch_start = time.perf_counter()
-            stats = train_one_epoch(model, train_loader, optimizer, scheduler, trainer, epoch)
-            evaluation = ema_evaluation = None
-            if val_loader is not None and _should_validate(epoch, cfg.epoch_size, cfg):
-                evaluation = evaluate(model, val_loader, trainer.compute, trainer.num_classes, desc=f"val {epoch}")
-                if trainer.ema is not None:  # the EMA is validated on its own and kept as its own best
-                    ema_evaluation = evaluate(trainer.ema.module, val_loader, trainer.compute, trainer.num_classes,
-                                              desc=f"val ema {epoch}")
-            metrics = _epoch_metrics(epoch, stats, evaluation, time.perf_counter() - epoch_start, ema_evaluation)
-            history.append(metrics)
-            improved = best.update(metrics.top1, epoch, val_loader is None)
-            saver.save(saved_model, epoch=epoch, metrics=_metrics_dict(metrics), is_best=improved, best_top1=best.top1,
-                       training_state=_training_state(optimizer, scheduler, trainer))
-            if trainer.ema is not None and ema_best.update(metrics.ema_top1, epoch, val_loader is None):
-                ema_metrics = _metrics_dict(_epoch_metrics(epoch, stats, ema_evaluation, metrics.time_s))
-                ema_best.path = str(saver.save_ema_best(trainer.ema.module, epoch=epoch, metrics=ema_metrics,
-                                                        best_top1=ema_best.top1))
-            results.add(metrics)
-            logger.info(_epoch_line(metrics))
-    elapsed = time.perf_counter() - start
-    results.finish(best.top1, best.epoch, ema_best if trainer.ema is not None else None)
-    return FitResult(history=history, best_epoch=best.epoch, best_top1=best.top1, best_path=best.path,
-                     last_path=str(saver.last_path), results_path=str(results.path), elapsed_s=elapsed,
-                     ema=ema_best if trainer.ema is not None else None)
-
-
-def _training_state(optimizer: torch.optim.Optimizer, scheduler: LRScheduler, trainer: Trainer) -> dict[str, Any]:
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "global_step": trainer.global_step}
-    if trainer.scaler is not None:
-        state["scaler"] = trainer.scaler.state_dict()
-    if trainer.ema is not None:
-        state["model_ema"] = trainer.ema.module.state_dict()
-    return state
-
-
-def _epoch_metrics(epoch: int, stats: TrainStats, evaluation: EvalResult | None, seconds: float,
-                   ema_evaluation: EvalResult | None = None) -> EpochMetrics:
-    return EpochMetrics(
-        epoch=epoch, lr=stats.lr, train_loss=stats.loss,
-        val_loss=evaluation.loss if evaluation else None, top1=evaluation.top1 if evaluation else None,
-        top5=evaluation.top5 if evaluation else None, time_s=seconds,
-        train_images_per_s=stats.images / max(stats.seconds, 1e-9),
-        eval_images_per_s=evaluation.images / max(evaluation.seconds, 1e-9) if evaluation else None,
-        ema_top1=ema_evaluation.top1 if ema_evaluation else None)
-
-
-def _metrics_dict(metrics: EpochMetrics) -> dict[str, Any]:
-    return {k: v for k, v in metrics.__dict__.items() if v is not None}
-
-
-def _epoch_line(m: EpochMetrics) -> str:
-    line = f"epoch {m.epoch}: lr {m.lr:.3g} train_loss {m.train_loss:.4f} ({m.train_images_per_s:.0f} img/s)"
-    if m.top1 is not None:
-        line += (f" | val_loss {m.val_loss:.4f} top1 {m.top1:.2f} top5 {m.top5:.2f}"
-                 f" ({m.eval_images_per_s:.0f} img/s)")
-    if m.ema_top1 is not None:
-        line += f" | ema top1 {m.ema_top1:.2f}"
-    return line + f" | {m.time_s:.1f} s"

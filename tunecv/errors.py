@@ -1,10 +1,17 @@
-"""The one exception the user can fix; entry scripts print it as one line and exit 2."""
+"""The one exception the user can fix, and the one-line messages for run-time failures the user can fix
+(full disk, CUDA out of memory); entry scripts print them as one line and exit 2. Imports nothing of tunecv."""
 
 from __future__ import annotations
 
+import errno
 import re
 
 _WORKER_MARKER = "Original Traceback"
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk and a full quota need the same fix
+NO_ACCESS = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}
+# torch's C++ writers (shared memory of DataLoader workers) report a full /dev/shm as a RuntimeError
+_SHM_FULL = re.compile(r"unable to (write to file|allocate shared memory).*(No space left on device|\(28\))")
+_TRIED = re.compile(r"Tried to allocate ([\d.]+ [KMGT]?i?B)")
 
 
 class UserError(Exception):
@@ -19,3 +26,44 @@ class UserError(Exception):
 
 class CacheChanged(UserError):
     """A cache file changed under a running job: not an unreadable image, so never skipped."""
+
+
+def write_failure(code: int | None, path: object = None) -> str | None:
+    """The message for a write (of `path`, when known) that failed with errno `code`, or None when it is not
+    a full disk or a refused write."""
+    writing = f" writing {path}" if path is not None else ""
+    if code in NO_SPACE:
+        return f"no space left on device{writing}; free some space or choose another ckpt_save_dir"
+    if code in NO_ACCESS:
+        return f"cannot write {path} ({NO_ACCESS[code]}); make its folder writable or choose another ckpt_save_dir"
+    return None
+
+
+def runtime_failure(exc: BaseException, batch_size: int | None = None) -> str | None:
+    """One line for a failure during a run that the user fixes by changing the config or the machine (no
+    traceback helps them), or None for anything else (a bug: let it raise)."""
+    if _is_out_of_memory(exc):
+        device = "MPS" if "MPS" in str(exc) else "CUDA"
+        tried = _TRIED.search(str(exc))
+        where = f" at batch_size {batch_size}" if batch_size else ""
+        detail = f" (tried to allocate {tried.group(1)})" if tried else ""
+        if batch_size == 1:  # nothing left to split
+            return f"{device} out of memory{where}{detail}; set amp_level O2, or lower image_resize or the model size"
+        smaller = f" (e.g. {batch_size // 2})" if batch_size else ""
+        return (f"{device} out of memory{where}{detail}; lower batch_size{smaller} and raise "
+                "gradient_accumulation_steps to keep the global batch, or set amp_level O2")
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+        return write_failure(exc.errno, exc.filename)
+    if isinstance(exc, RuntimeError) and _SHM_FULL.search(str(exc)):
+        return ("shared memory (/dev/shm) is full; lower num_parallel_workers, or give the container more "
+                "(docker run --shm-size 8g)")
+    return None
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch  # here, not at the top: a config error need not wait for torch to load
+
+    # a RuntimeError with the text: torch before 2.1, and errors re-raised from another thread or process
+    text = str(exc)
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and ("CUDA out of memory" in text or "MPS backend out of memory" in text))

@@ -12,7 +12,6 @@ import copy
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,10 +21,11 @@ from tqdm import tqdm
 
 from tunecv import frozen_prefix
 from tunecv.data.image_cache import ram_budget
-from tunecv.data.loader import create_loader, num_workers
+from tunecv.data.loader import create_loader
+from tunecv.data.sampler import EpochSampler
 from tunecv.data.transforms import create_transforms
 from tunecv.errors import UserError
-from tunecv.feature_loader import FeatureLoader, IndexSet, cycle_views, flip_views
+from tunecv.feature_loader import FeatureLoader, cycle_views, flip_views
 from tunecv.frozen_prefix import NotCacheable
 from tunecv.models import classifier_names, kept_modes, set_train_mode
 from tunecv.runtime import Compute
@@ -163,11 +163,11 @@ class FeatureExtractor:
 
 
 def create_feature_loaders(model: nn.Module, compute: Compute, cfg: Config, train_set, val_set,
-                           val_loader: DataLoader | None
+                           train_loader: DataLoader, val_loader: DataLoader | None
                            ) -> tuple[FeatureHead, FeatureLoader, FeatureLoader | None] | None:
-    """The classifier as a module of its own, and loaders of the frozen model's outputs for it (`val_loader`: the
-    evaluation image loader, run once); None when the model turns out not to allow it (`cache_features: auto`).
-    The first phase's freezing must be applied."""
+    """The classifier as a module of its own, and loaders of the frozen model's outputs for it, batched as the
+    image loaders are (`val_loader`: the evaluation image loader, run once); None when the model turns out not
+    to allow it (`cache_features: auto`). The first phase's freezing must be applied."""
     data = cfg.data
     if data.no_aug:
         combos, pick = flip_views(data.hflip, data.vflip)
@@ -179,10 +179,13 @@ def create_feature_loaders(model: nn.Module, compute: Compute, cfg: Config, trai
     for view, transform in enumerate(transforms):
         dataset = copy.copy(train_set)
         dataset.transform = transform
-        views.append(create_loader(dataset, cfg.loader, is_training=False, seed=cfg.train.seed + view,
+        in_order = EpochSampler(len(dataset), cfg.train.seed, shuffle=False)
+        in_order.set_epoch(view + 1)  # each view its own augmentation seeds
+        views.append(create_loader(dataset, cfg.loader, is_training=False, sampler=in_order,
                                    pin_memory=compute.device.type == "cuda", persistent=False))
     # the first training image that decodes (a file truncated mid-way passes the start-up scan)
-    sample = next((item for item in map(views[0].dataset.__getitem__, range(len(train_set))) if item), None)
+    first_view = views[0].dataset.dataset  # the image dataset inside SeededSamples: read by index
+    sample = next((item for item in map(first_view.__getitem__, range(len(train_set))) if item), None)
     sizes = len(train_set) * len(views) + (len(val_set) if val_loader is not None else 0)
     try:
         if sample is None:
@@ -193,14 +196,10 @@ def create_feature_loaders(model: nn.Module, compute: Compute, cfg: Config, trai
             raise UserError(f"cache_features: true, but {err}; set cache_features: auto or false") from None
         logger.info("feature cache: off (%s)", err)
         return None
-    index_loader = replace(cfg.loader, num_parallel_workers=0)
-    train_order = create_loader(IndexSet(train_set.targets), index_loader, is_training=True, seed=cfg.train.seed)
-    persistent = num_workers(cfg.loader.num_parallel_workers) > 0  # as create_loader makes the image loader's
-    train = FeatureLoader(extractor, views, train_order, pick, cfg.train.seed + 1, "train", persistent)
+    train = FeatureLoader(extractor, views, train_loader.batch_sampler, pick, cfg.train.seed + 1, "train")
     val = None
     if val_loader is not None:
-        val_order = create_loader(IndexSet(val_set.targets), index_loader, is_training=False)
-        val = FeatureLoader(extractor, [val_loader], val_order, cycle_views(1), 0, "val")
+        val = FeatureLoader(extractor, [val_loader], val_loader.batch_sampler, cycle_views(1), 0, "val")
     what = f"the layers after {extractor.prefix.last}" if extractor.prefix else "the classifier"
     logger.info("feature cache: %s train%s on the frozen layers' outputs (%d view%s per training image)", what,
                 "" if extractor.prefix else "s", len(views), "s" if len(views) > 1 else "")

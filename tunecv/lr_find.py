@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from tunecv.engine import Trainer, backward, batch_loss, optimizer_step
 from tunecv.errors import UserError
+from tunecv.fileio import atomic_target
 from tunecv.models import set_train_mode
 
 logger = logging.getLogger(__name__)
@@ -134,9 +135,9 @@ def plot(result: LRFindResult, path: Path) -> Path:
     ax.legend()
     ax.set_title("LR range test")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(temporary)
-    plt.close(fig)
-    temporary.replace(path)
+    try:
+        with atomic_target(path) as tmp:
+            fig.savefig(tmp, format="png")  # the temp name's suffix is .tmp, so name the format
+    finally:
+        plt.close(fig)
     return path

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset as Sized
 
     from tunecv.config import Config
-    from tunecv.engine import Best, EpochMetrics, EvalResult
+    from tunecv.engine import EvalResult
+    from tunecv.fit import Best, EpochMetrics
     from tunecv.plan import Plan
 
 RESULTS_HEADER = "epoch lr train_loss val_loss top1 top5 time_s"

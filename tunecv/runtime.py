@@ -63,8 +63,6 @@ class Compute:
     def create(cls, device: torch.device, amp_level: str, channels_last: bool, compile: bool = False) -> Compute:
         if compile:
             check_compile(device)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
         dtype = None
         if amp_level != "O0" and device.type != "cuda":
             logger.info("amp: amp_level %s needs CUDA; running fp32 on %s", amp_level, device.type)

@@ -66,15 +66,7 @@ def read_state_dict(path: str | Path, prefix: str | None = None) -> dict[str, to
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; check ckpt_path")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path), device="cpu")
-        except Exception as err:  # safetensors raises its own error types for damaged files
-            raise UserError(f"checkpoint {path} is not a readable safetensors file ({err})") from None
-    else:
-        state = load_checkpoint_file(path)
+    state = load_safetensors_file(path) if path.suffix == ".safetensors" else load_checkpoint_file(path)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state.get(key), dict):
             state = state[key]
@@ -102,6 +94,16 @@ def load_checkpoint_file(path: Path) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"checkpoint {path} holds a {type(data).__name__}, not a state_dict")
     return data
+
+
+def load_safetensors_file(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file, on the CPU (the format holds no code to run)."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise UserError(f"checkpoint {path} is not a readable safetensors file ({err})") from None
 
 
 def _rename_in_order(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor],

@@ -1,16 +1,20 @@
-"""Loaders: `create_loader(dataset, cfg.loader, is_training)`; samplers, workers, mixup. Must not know the model."""
+"""Loaders: `create_loader(dataset, cfg.loader, is_training)`; workers, the dropped last batch, mixup. Must not know
+the model; the order is `tunecv.data.sampler`'s."""
 
 from __future__ import annotations
 
 import logging
 import os
 import random
+import signal
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from timm.data import Mixup
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from tunecv.data.sampler import EpochSampler, SeededSamples, ShardSampler
 
 if TYPE_CHECKING:
     from tunecv.config import LoaderConfig
@@ -24,6 +28,8 @@ def num_workers(requested: int) -> int:
 
 
 def _seed_worker(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: the workers keep serving while the main process saves and stops
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -36,13 +42,6 @@ def class_counts(targets: list[int], num_classes: int) -> list[int]:
     return counts
 
 
-def balanced_sampler(targets: list[int], generator: torch.Generator) -> WeightedRandomSampler:
-    """Each image drawn with probability ∝ 1 / (its class size): every class is seen equally often per epoch."""
-    counts = class_counts(targets, max(targets) + 1)
-    weights = [1.0 / counts[label] for label in targets]
-    return WeightedRandomSampler(weights, num_samples=len(targets), replacement=True, generator=generator)
-
-
 def collate_skipping_none(batch: list):
     """default_collate without the samples that failed to decode (None); None when none is left."""
     kept = [sample for sample in batch if sample is not None]
@@ -50,22 +49,32 @@ def collate_skipping_none(batch: list):
 
 
 def create_loader(dataset: Dataset, cfg: LoaderConfig, is_training: bool, *, seed: int = 0,
-                  pin_memory: bool = False, persistent: bool = True) -> DataLoader:
-    """Training loaders shuffle (seeded) and drop a last batch of one (BatchNorm cannot train on it),
-    or of odd size under mixup. `persistent`: keep the workers between epochs (not for a loader run once)."""
-    remainder = len(dataset) % cfg.batch_size
+                  pin_memory: bool = False, persistent: bool = True, rank: int = 0, world_size: int = 1,
+                  sampler: EpochSampler | None = None) -> DataLoader:
+    """Training loaders draw each epoch's order with an `EpochSampler` (seeded, sharded over `world_size`
+    ranks, each image augmented under a seed of its own) and drop a last batch of one (BatchNorm cannot train on
+    it), or of odd size under mixup; evaluation loaders keep the order, each rank its share. `sampler`: an
+    EpochSampler for a loader that is not a training loader but augments (the feature cache's views).
+    `persistent`: keep the workers between epochs (not for a loader run once)."""
+    if is_training and sampler is None:
+        balanced = cfg.sampler == "balanced"
+        sampler = EpochSampler(len(dataset), seed, shuffle=cfg.shuffle, rank=rank, world_size=world_size,
+                               balanced_targets=dataset.targets if balanced else None)
+    per_rank = sampler.shard_size if sampler is not None else len(dataset)
+    remainder = per_rank % cfg.batch_size
     mixing = cfg.mixup > 0 or cfg.cutmix > 0  # timm Mixup needs an even batch
     drop_last = is_training and (cfg.drop_remainder or remainder == 1 or (mixing and remainder % 2 == 1))
     generator = torch.Generator()
     generator.manual_seed(seed)
     workers = num_workers(cfg.num_parallel_workers)
-    sampler = balanced_sampler(dataset.targets, generator) if is_training and cfg.sampler == "balanced" else None
     logger.info("loader: %s, batch %d, %d workers%s%s", "train" if is_training else "eval", cfg.batch_size, workers,
-                ", last batch dropped" if drop_last and remainder else "", ", balanced sampler" if sampler else "")
+                ", last batch dropped" if drop_last and remainder else "",
+                ", balanced sampler" if is_training and cfg.sampler == "balanced" else "")
+    if sampler is None and world_size > 1:
+        sampler = ShardSampler(len(dataset), rank, world_size)
     return DataLoader(
-        dataset,
+        SeededSamples(dataset) if isinstance(sampler, EpochSampler) else dataset,
         batch_size=cfg.batch_size,
-        shuffle=is_training and cfg.shuffle and sampler is None,
         sampler=sampler,
         drop_last=drop_last,
         num_workers=workers,

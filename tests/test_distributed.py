@@ -1,0 +1,68 @@
+"""Several processes with torchrun (gloo on the CPU): the run on 2 processes x batch 4 trains as one process on
+batch 8 does, writes its files once, and validate.py agrees with its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# LayerNorm, no dropout: a per-process batch of 4 computes what a batch of 8 does, up to float summation order
+MODEL = "test_convnext"
+ARGS = ("--model", MODEL, "--pretrained", "false", "--image_resize", "32", "--epoch_size", "2", "--lr", "0.002",
+        "--device", "cpu", "--seed", "7", "--num_parallel_workers", "0", "--drop_rate", "0", "--drop_path_rate", "0")
+# the losses of the two runs agree to this (float sums in another order; measured: equal to 4 decimals)
+LOSS_TOLERANCE = 2e-3
+
+
+def _run(*command: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(command), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _rows(results: Path) -> list[list[str]]:
+    return [line.split() for line in results.read_text().splitlines()[1:-1]]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("ddp") / "images")
+
+
+def test_two_gloo_processes_train_as_one_on_the_global_batch(data_dir, tmp_path):
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    _run(sys.executable, "finetune.py", "--data_dir", str(data_dir), *ARGS, "--batch_size", "8",
+         "--ckpt_save_dir", str(single))
+    proc = _run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "finetune.py", "--data_dir", str(data_dir), *ARGS, "--batch_size", "4", "--distribute",
+                "--ckpt_save_dir", str(ddp))
+    assert "2 processes x batch 4 = global batch 8" in proc.stderr
+    assert proc.stdout.count("best checkpoint:") == 1  # one process reports
+    one, two = _rows(single / "results.txt"), _rows(ddp / "results.txt")
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two):
+        assert a[4] == b[4]  # top-1 over every validation image, each counted once
+        assert abs(float(a[2]) - float(b[2])) < LOSS_TOLERANCE and abs(float(a[3]) - float(b[3])) < LOSS_TOLERANCE
+    assert json.loads((ddp / "run.json").read_text())["world_size"] == 2
+    best = (ddp / "results.txt").read_text().splitlines()[-1].split()[2]
+    check = _run(sys.executable, "validate.py", "--ckpt_path", str(ddp / f"{MODEL}_best.pth"),
+                 "--data_dir", str(data_dir), "--num_parallel_workers", "0", "--device", "cpu")
+    assert f"top1 {best}" in check.stdout
+
+
+def test_distribute_without_torchrun_says_how_to_launch(data_dir, tmp_path):
+    proc = subprocess.run([sys.executable, "finetune.py", "--data_dir", str(data_dir), *ARGS, "--distribute",
+                           "--ckpt_save_dir", str(tmp_path / "ckpt")], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("tunecv: error: distribute: true, but this process was "
+                                                          "not launched by torchrun; run torchrun --nproc_per_node")

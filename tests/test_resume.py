@@ -1,0 +1,130 @@
+"""Stopping and resuming, end to end in subprocesses: a run killed (SIGKILL) or stopped (SIGTERM, Ctrl-C)
+mid-epoch and resumed writes the results.txt of the uninterrupted run; runs are never overwritten silently; a
+nan loss stops the run without saving bad weights."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL, write_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# 24 training images in batches of 4: 6 steps an epoch; `_last` every 2 steps
+ARGS = ("--model", TINY_MODEL, "--pretrained", "false", "--image_resize", "32", "--batch_size", "4",
+        "--epoch_size", "3", "--lr", "0.01", "--device", "cpu", "--seed", "7", "--cache_images", "none",
+        "--ckpt_save_steps", "2")
+LAST = f"{TINY_MODEL}_last.pth"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("resume") / "images")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory) -> list[list[str]]:
+    out = tmp_path_factory.mktemp("whole") / "ckpt"
+    _finetune(data_dir, "--ckpt_save_dir", str(out), "--num_parallel_workers", "0")
+    return _columns(out / "results.txt")
+
+
+def _finetune(data_dir: Path, *extra: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / "finetune.py"), "--data_dir", str(data_dir), *ARGS, *extra],
+                          cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _columns(results: Path) -> list[list[str]]:
+    """Every column of results.txt but time_s."""
+    return [line.split()[:6] for line in results.read_text().splitlines()]
+
+
+def _stop_at_epoch_2(data_dir: Path, signum: int, *extra: str, cwd: Path = ROOT) -> tuple[int, str]:
+    """Start a run and send `signum` once it has written `_last` in the middle of epoch 2."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "finetune.py"), "--data_dir", str(data_dir), *ARGS, *extra],
+                            cwd=cwd, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith(f"saved {LAST} at epoch 2 step 8"):
+            proc.send_signal(signum)
+            break
+    rest = proc.stderr.read() if signum != signal.SIGKILL else ""
+    return proc.wait(timeout=300), "".join(lines) + rest
+
+
+def test_killed_mid_epoch_resumes_to_the_uninterrupted_results(data_dir, uninterrupted, tmp_path):
+    out = tmp_path / "ckpt"
+    code, _ = _stop_at_epoch_2(data_dir, signal.SIGKILL, "--ckpt_save_dir", str(out), "--num_parallel_workers", "2")
+    assert code == -signal.SIGKILL
+    assert len(_columns(out / "results.txt")) == 2  # the header and epoch 1
+    state = torch.load(out / LAST, weights_only=True)
+    assert state["epoch"] == 2 and state["epoch_progress"]["batches"] == 2 and state["global_step"] == 8
+    # resumed with another worker count: each image's augmentation is seeded by its place, not by a worker
+    proc = _finetune(data_dir, "--ckpt_save_dir", str(out), "--num_parallel_workers", "1", "--resume", "auto")
+    assert "resumed at epoch 2 step 8" in proc.stderr
+    assert _columns(out / "results.txt") == uninterrupted
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_exits_cleanly_and_prints_the_resume_command(data_dir, uninterrupted, tmp_path, signum):
+    # no ckpt_save_dir: the run gets ./ckpt/<model>_<time>, and resume: auto finds it there
+    code, stderr = _stop_at_epoch_2(data_dir, signum, "--num_parallel_workers", "1", cwd=tmp_path)
+    assert code == 128 + signum, stderr[-2000:]
+    assert "Traceback" not in stderr
+    stopped = [line for line in stderr.splitlines() if line.startswith("tunecv: stopped by")]
+    assert stopped and signal.Signals(signum).name in stopped[0]
+    command = next(line for line in stderr.splitlines() if line.startswith("resume with: python finetune.py"))
+    assert command.split()[-2] == "--resume"
+    (run_dir,) = (tmp_path / "ckpt").iterdir()
+    assert run_dir.name.startswith(f"{TINY_MODEL}_") and tmp_path / command.split()[-1] == run_dir / LAST
+    _finetune(data_dir, "--num_parallel_workers", "0", "--resume", "auto", cwd=tmp_path)
+    assert _columns(run_dir / "results.txt") == uninterrupted
+
+
+def test_an_earlier_run_is_never_overwritten_silently(data_dir, tmp_path):
+    out = tmp_path / "ckpt"
+    _finetune(data_dir, "--ckpt_save_dir", str(out), "--epoch_size", "1", "--num_parallel_workers", "0")
+    before = (out / LAST).stat().st_mtime_ns
+    proc = _finetune(data_dir, "--ckpt_save_dir", str(out), "--epoch_size", "1", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"tunecv: error: {out} holds an earlier run")
+    assert "--resume auto" in proc.stderr and "--overwrite" in proc.stderr
+    assert (out / LAST).stat().st_mtime_ns == before
+    _finetune(data_dir, "--ckpt_save_dir", str(out), "--epoch_size", "1", "--num_parallel_workers", "0",
+              "--overwrite")
+    assert (out / LAST).stat().st_mtime_ns != before
+
+
+def test_resuming_a_best_checkpoint_is_one_clear_line(data_dir, tmp_path):
+    out = tmp_path / "ckpt"
+    _finetune(data_dir, "--ckpt_save_dir", str(out), "--epoch_size", "1", "--num_parallel_workers", "0")
+    proc = _finetune(data_dir, "--ckpt_save_dir", str(out), "--resume", str(out / f"{TINY_MODEL}_best.pth"),
+                     check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "holds no training state to resume" in proc.stderr.strip().splitlines()[-1]
+    missing = _finetune(data_dir, "--ckpt_save_dir", str(tmp_path / "none"), "--resume", "auto", check=False)
+    assert missing.returncode == 2 and f"resume: auto found no {LAST}" in missing.stderr
+
+
+def test_a_nan_loss_stops_the_run_and_saves_no_bad_weights(data_dir, tmp_path):
+    out = tmp_path / "ckpt"
+    proc = _finetune(data_dir, "--ckpt_save_dir", str(out), "--lr", "1e8", "--opt", "sgd", "--ckpt_save_steps", "1",
+                     "--num_parallel_workers", "0", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("tunecv: error: epoch 1 step ") and "not finite" in last_line
+    assert "lower lr" in last_line
+    if (out / LAST).exists():  # written before the loss went bad: its weights are finite
+        weights = torch.load(out / LAST, weights_only=True)["model"]
+        assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
