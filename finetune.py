@@ -7,17 +7,15 @@
 from __future__ import annotations
 
 import logging
-import shlex
 import sys
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tunecv import cli, distributed
-from tunecv.checkpoint import CheckpointSaver, file_stem, load_checkpoint
+from tunecv import cli, distributed, resume
+from tunecv.checkpoint import CheckpointSaver
 from tunecv.config import Config, UserError, load_config, save_config, to_yaml, with_num_classes
 from tunecv.data import create_dataset, create_loader, create_mixup, create_transforms, draft_size
 from tunecv.data.audit import audit, write_report
@@ -30,12 +28,12 @@ from tunecv.errors import runtime_failure
 from tunecv.feature_cache import create_feature_loaders, use_feature_cache
 from tunecv.fit import FitResult, fit
 from tunecv.lr_find import START_LR, lr_find, plot
-from tunecv.manifest import data_fingerprint, run_differences, write_run_manifest
+from tunecv.manifest import data_fingerprint, write_run_manifest
 from tunecv.models import count_params, create_model
 from tunecv.optim import auto_scaled_lr
 from tunecv.plan import Plan
 from tunecv.report import ResultsWriter, run_summary
-from tunecv.resume import RunStopped, find_last
+from tunecv.resume import RunStopped
 from tunecv.runtime import image_mode, resolve_device, seed_everything
 from tunecv.strategy import apply_phase
 from tunecv.weights import load_initial_weights
@@ -158,9 +156,10 @@ def run(cfg: Config, device=None, argv: list[str] | None = None) -> FitResult:
     """A whole run: a new one, or a stopped one resumed (`resume`). `device`: see `prepare`; `argv`: the command
     line, for run.json."""
     argv = sys.argv[1:] if argv is None else argv
-    resume_path = find_last(cfg.train.resume, cfg.train.ckpt_save_dir, cfg.model.model) if cfg.train.resume else None
-    checkpoint = _training_checkpoint(resume_path) if resume_path else None
-    cfg = _with_run_dir(cfg, resume_path)
+    resume_path = resume.find_last(cfg.train.resume, cfg.train.ckpt_save_dir, cfg.model.model) \
+        if cfg.train.resume else None
+    checkpoint = resume.training_checkpoint(resume_path) if resume_path else None
+    cfg = resume.with_run_dir(cfg, resume_path)
     setup = prepare(cfg, device)
     cfg, out_dir, plan = setup.cfg, setup.out_dir, setup.plan
     if checkpoint is not None and plan.lr == "auto":
@@ -172,7 +171,7 @@ def run(cfg: Config, device=None, argv: list[str] | None = None) -> FitResult:
     cfg = replace(cfg, optim=replace(cfg.optim, lr=plan.lr, auto_scale_lr=None))
     fingerprint = data_fingerprint([setup.train_set, setup.val_set])
     if checkpoint is not None:
-        _check_same_run(cfg, checkpoint, setup.train_set.classes, fingerprint)
+        resume.check_same_run(cfg, checkpoint, setup.train_set.classes, fingerprint)
     main_process = distributed.is_main()
     if main_process:
         sets = [setup.train_set] + ([setup.val_set] if setup.val_set is not None else [])
@@ -192,52 +191,6 @@ def run(cfg: Config, device=None, argv: list[str] | None = None) -> FitResult:
     return fit(setup.forward_model, setup.train_loader, setup.val_loader, plan, cfg.train, saver,
                ResultsWriter(out_dir, ema=cfg.train.ema) if main_process else None, setup.trainer,
                saved_model=setup.model, resume=checkpoint)
-
-
-def _check_same_run(cfg: Config, checkpoint: dict, classes: list[str], fingerprint: str) -> None:
-    differences = run_differences(checkpoint, cfg.model.model, classes, fingerprint)
-    if differences and not cfg.train.resume_force:
-        raise UserError(f"this is not the run being resumed: {'; '.join(differences)}; fix the config or data, or "
-                        "pass --resume_force to resume anyway")
-    for difference in differences:
-        logger.warning("resume_force: resuming although the %s", difference)
-
-
-def _training_checkpoint(path: Path) -> dict:
-    checkpoint = load_checkpoint(path)
-    if "optimizer" not in checkpoint or "rng" not in checkpoint:
-        raise UserError(f"{path} holds no training state to resume (a _best or per-epoch checkpoint?); resume from "
-                        "<model>_last.pth, or start a new run with --ckpt_path to load its weights")
-    logger.info("resuming from %s (epoch %d)", path, checkpoint["epoch"])
-    return checkpoint
-
-
-RUN_FILES = ("results.txt", "run.json", "*_last.pth", "*_best.pth", "*_best.safetensors", "*_best.json")
-
-
-def _with_run_dir(cfg: Config, resume_path: Path | None, refuse: bool = True) -> Config:
-    """ckpt_save_dir: as set; else the resumed run's folder; else a new ./ckpt/<model>_<time> (the first
-    process's name, on all). A folder holding another run is refused (`refuse`) unless resuming or
-    `overwrite`."""
-    out_dir = cfg.train.ckpt_save_dir or (str(resume_path.parent) if resume_path else None)
-    if out_dir is None:
-        out_dir = distributed.broadcast(_new_run_dir(cfg.model.model) if distributed.is_main() else None)
-    found = sorted({path.name for pattern in RUN_FILES for path in Path(out_dir).glob(pattern)})
-    if found and resume_path is None and refuse:
-        if not cfg.train.overwrite:
-            raise UserError(f"{out_dir} holds an earlier run ({', '.join(found[:3])}); pass --resume auto to continue "
-                            "it, --overwrite to replace it, or another --ckpt_save_dir")
-        logger.warning("%s holds an earlier run; its results and checkpoints will be replaced (overwrite)", out_dir)
-    return replace(cfg, train=replace(cfg.train, ckpt_save_dir=out_dir))
-
-
-def _new_run_dir(model_name: str, root: str = "ckpt") -> str:
-    stem = Path(root) / f"{file_stem(model_name)}_{time.strftime('%Y%m%d-%H%M%S')}"
-    path, count = stem, 1
-    while path.exists():
-        count += 1
-        path = stem.with_name(f"{stem.name}-{count}")
-    return str(path)
 
 
 def _compute(setup: Setup) -> str:
@@ -277,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         if not distributed.is_main():  # one process speaks for the run
             logging.getLogger().setLevel(logging.WARNING)
         if args.lr_find:
-            print(f"tunecv: suggested lr {find_lr(prepare(_with_run_dir(cfg, None, refuse=False), device)):.3g}")
+            print(f"tunecv: suggested lr {find_lr(prepare(resume.with_run_dir(cfg, None, refuse=False), device)):.3g}")
             return 0
         result = run(cfg, device, argv)
         if distributed.is_main():
@@ -289,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RunStopped as stopped:
         if distributed.is_main():
-            print(f"tunecv: {stopped}\nresume with: {resume_command(argv, stopped.last_path)}", file=sys.stderr)
+            print(f"tunecv: {stopped}\nresume with: {resume.resume_command(argv, stopped.last_path)}", file=sys.stderr)
         return 128 + stopped.signum
     except (RuntimeError, OSError) as err:  # CUDA out of memory, a full disk: a traceback would not help
         message = runtime_failure(err, batch_size=cfg.loader.batch_size if cfg is not None else None)
@@ -303,14 +256,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         distributed.shutdown()
-
-
-def resume_command(argv: list[str] | None, last_path: Path) -> str:
-    """This command line with `--resume <last_path>` in place of any earlier --resume."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    kept = [arg for i, arg in enumerate(args) if not (arg.startswith("--resume") and not arg.startswith(
-        "--resume_force")) and not (i > 0 and args[i - 1] == "--resume")]
-    return shlex.join(["python", "finetune.py", *kept, "--resume", str(last_path)])
 
 
 if __name__ == "__main__":

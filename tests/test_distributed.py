@@ -17,8 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # LayerNorm, no dropout: a per-process batch of 4 computes what a batch of 8 does, up to float summation order
 MODEL = "test_convnext"
-ARGS = ("--model", MODEL, "--pretrained", "false", "--image_resize", "32", "--epoch_size", "2", "--lr", "0.002",
-        "--device", "cpu", "--seed", "7", "--num_parallel_workers", "0", "--drop_rate", "0", "--drop_path_rate", "0")
+ARGS = ("--pretrained", "false", "--image_resize", "32", "--epoch_size", "2", "--device", "cpu", "--seed", "7",
+        "--num_parallel_workers", "0", "--drop_rate", "0", "--drop_path_rate", "0")
+RECIPES = {"full fine-tune": ("--model", MODEL, "--lr", "0.002"),
+           # BatchNorm frozen, the classifier on the backbone's stored outputs, each process its share of them
+           "linear probe on cached features": ("--model", "test_efficientnet", "--freeze", "all", "--no_aug",
+                                               "--hflip", "0.5", "--lr", "0.05")}
 # the losses of the two runs agree to this (float sums in another order; measured: equal to 4 decimals)
 LOSS_TOLERANCE = 2e-3
 
@@ -38,14 +42,16 @@ def data_dir(tmp_path_factory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("ddp") / "images")
 
 
-def test_two_gloo_processes_train_as_one_on_the_global_batch(data_dir, tmp_path):
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    _run(sys.executable, "finetune.py", "--data_dir", str(data_dir), *ARGS, "--batch_size", "8",
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_two_gloo_processes_train_as_one_on_the_global_batch(data_dir, tmp_path, recipe):
+    single, ddp, args = tmp_path / "single", tmp_path / "ddp", (*ARGS, *RECIPES[recipe])
+    _run(sys.executable, "finetune.py", "--data_dir", str(data_dir), *args, "--batch_size", "8",
          "--ckpt_save_dir", str(single))
     proc = _run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "finetune.py", "--data_dir", str(data_dir), *ARGS, "--batch_size", "4", "--distribute",
+                "finetune.py", "--data_dir", str(data_dir), *args, "--batch_size", "4", "--distribute",
                 "--ckpt_save_dir", str(ddp))
     assert "2 processes x batch 4 = global batch 8" in proc.stderr
+    assert ("feature cache: the classifier trains" in proc.stderr) == (recipe != "full fine-tune")
     assert proc.stdout.count("best checkpoint:") == 1  # one process reports
     one, two = _rows(single / "results.txt"), _rows(ddp / "results.txt")
     assert len(one) == len(two) == 2
@@ -54,7 +60,8 @@ def test_two_gloo_processes_train_as_one_on_the_global_batch(data_dir, tmp_path)
         assert abs(float(a[2]) - float(b[2])) < LOSS_TOLERANCE and abs(float(a[3]) - float(b[3])) < LOSS_TOLERANCE
     assert json.loads((ddp / "run.json").read_text())["world_size"] == 2
     best = (ddp / "results.txt").read_text().splitlines()[-1].split()[2]
-    check = _run(sys.executable, "validate.py", "--ckpt_path", str(ddp / f"{MODEL}_best.pth"),
+    (best_path,) = ddp.glob("*_best.pth")
+    check = _run(sys.executable, "validate.py", "--ckpt_path", str(best_path),
                  "--data_dir", str(data_dir), "--num_parallel_workers", "0", "--device", "cpu")
     assert f"top1 {best}" in check.stdout
 

@@ -213,3 +213,20 @@ def test_fit_with_ema_without_val_set_keeps_the_last_epoch(tmp_path):
     assert torch.equal(saved["classifier.weight"], trainer.ema.module.classifier.weight)
     assert not torch.equal(saved["classifier.weight"], model.classifier.weight)
     assert result.best_top1 is None and result.best_epoch == 1  # no validation set: the last epoch is best
+
+
+def test_an_overflowing_fp16_step_is_skipped_and_counted():
+    """The GradScaler (fp16 AMP) skips a step whose gradients are inf and lowers its scale; tunecv counts it."""
+    from tunecv.engine import Trainer, optimizer_step
+
+    layer = nn.Linear(2, 1)
+    before = layer.weight.detach().clone()
+    scaler = torch.amp.GradScaler("cpu")
+    trainer = Trainer(loss_fn=None, compute=Compute(torch.device("cpu")), num_classes=2, scaler=scaler)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    scaler.scale(layer(torch.tensor([[float("inf"), 1.0]])).sum()).backward()
+    optimizer_step(optimizer, list(layer.parameters()), trainer)
+    assert trainer.skipped_steps == 1 and torch.equal(layer.weight, before)
+    scaler.scale(layer(torch.tensor([[1.0, 1.0]])).sum()).backward()
+    optimizer_step(optimizer, list(layer.parameters()), trainer)
+    assert trainer.skipped_steps == 1 and not torch.equal(layer.weight, before)

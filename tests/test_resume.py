@@ -128,3 +128,54 @@ def test_a_nan_loss_stops_the_run_and_saves_no_bad_weights(data_dir, tmp_path):
     if (out / LAST).exists():  # written before the loss went bad: its weights are finite
         weights = torch.load(out / LAST, weights_only=True)["model"]
         assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    from tunecv.resume import GracefulStop
+
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_resuming_on_other_data_is_refused_unless_forced(data_dir, tmp_path):
+    import shutil
+
+    out, changed = tmp_path / "ckpt", tmp_path / "images"
+    shutil.copytree(data_dir, changed)
+    code, _ = _stop_at_epoch_2(changed, signal.SIGTERM, "--ckpt_save_dir", str(out), "--num_parallel_workers", "0")
+    assert code == 128 + signal.SIGTERM
+    extra = next((changed / "train").iterdir()) / "extra.png"
+    shutil.copy(next(p for p in (changed / "train").rglob("*.png")), extra)
+    proc = _finetune(changed, "--ckpt_save_dir", str(out), "--resume", "auto", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "this is not the run being resumed: data differs" in line and "--resume_force" in line
+    forced = _finetune(changed, "--ckpt_save_dir", str(out), "--resume", "auto", "--resume_force",
+                       "--num_parallel_workers", "0")
+    assert "resumed at epoch 2" in forced.stderr and "resume_force: resuming although the data differs" in forced.stderr
+
+
+def test_resume_command_replaces_an_earlier_resume():
+    from tunecv.resume import resume_command
+
+    command = resume_command(["--config", "my x.yaml", "--resume", "old.pth", "--resume_force"], Path("r/m_last.pth"))
+    assert command == "python finetune.py --config 'my x.yaml' --resume_force --resume r/m_last.pth"
+
+
+def test_new_run_dirs_never_collide(tmp_path):
+    from tunecv.resume import find_last, new_run_dir
+
+    first = Path(new_run_dir("hub/model:v1", root=str(tmp_path)))
+    first.mkdir()
+    second = Path(new_run_dir("hub/model:v1", root=str(tmp_path)))
+    assert first.name.startswith("hub_model_v1_") and second != first and second.parent == tmp_path
+    second.mkdir()
+    (first / "hub_model_v1_last.pth").write_bytes(b"")
+    newest = second / "hub_model_v1_last.pth"
+    newest.write_bytes(b"")
+    os.utime(first / "hub_model_v1_last.pth", (1, 1))
+    assert find_last("auto", None, "hub/model:v1", runs_root=str(tmp_path)) == newest

@@ -49,6 +49,7 @@ class Trainer:
     log_interval: int = 100
     freeze_bn: bool = True
     global_step: int = 0
+    skipped_steps: int = 0  # fp16 steps the GradScaler skipped for inf/nan gradients
 
 
 def create_trainer(model: nn.Module, cfg: TrainConfig, compute: Compute, mixup: Mixup | None,
@@ -165,8 +166,11 @@ def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
     if trainer.clip_norm is not None:
         torch.nn.utils.clip_grad_norm_(params, trainer.clip_norm)
     if trainer.scaler is not None:
+        scale = trainer.scaler.get_scale()
         trainer.scaler.step(optimizer)
         trainer.scaler.update()
+        if trainer.scaler.get_scale() < scale:  # it lowers the scale exactly when it skipped the step
+            trainer.skipped_steps += 1
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)

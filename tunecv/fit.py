@@ -114,7 +114,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
     state = RunState(best=Best(path=str(saver.best_path)))
     if resume is not None:
         state = _restore(resume, saved_model, plan, trainer, saver, results)
-    device, wrapped, phase = trainer.compute.device, model, None
+    device, wrapped, phase, skipped = trainer.compute.device, model, None, trainer.skipped_steps
 
     def training_state(progress: EpochProgress | None) -> dict[str, Any]:
         return {**_training_state(plan.optimizer, plan.scheduler, trainer), **state.to_dict(),
@@ -146,6 +146,10 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
             if not stats.finished:
                 raise RunStopped(stop.signum, saver.last_path, f"at epoch {epoch} step {trainer.global_step}")
             stats = _summed(stats, device)
+            if trainer.skipped_steps > skipped:
+                logger.warning("epoch %d: the AMP scaler skipped %d steps (fp16 overflow; it lowers its scale and "
+                               "goes on)", epoch, trainer.skipped_steps - skipped)
+            skipped = trainer.skipped_steps
             evaluation = ema_evaluation = None
             if val_loader is not None and _should_validate(epoch, cfg.epoch_size, cfg):
                 evaluation = evaluate(model, val_loader, trainer.compute, trainer.num_classes, desc=f"val {epoch}")

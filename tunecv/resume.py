@@ -1,21 +1,31 @@
-"""Stopping and resuming a run: the `_last` checkpoint to resume from, the random state a resumed run needs to
-repeat the uninterrupted one exactly, and `GracefulStop` for SIGTERM / Ctrl-C."""
+"""Stopping and resuming a run: the `_last` checkpoint to resume from and the check that it is this run, the
+random state a resumed run needs to repeat the uninterrupted one exactly, `GracefulStop` for SIGTERM / Ctrl-C,
+and the run folder (never another run's, unless asked)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import random
+import shlex
 import signal
+import sys
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from tunecv.checkpoint import file_stem
+from tunecv import distributed
+from tunecv.checkpoint import file_stem, load_checkpoint
 from tunecv.errors import UserError
+from tunecv.manifest import run_differences
+
+if TYPE_CHECKING:
+    from tunecv.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -93,3 +103,57 @@ class GracefulStop:
         self.signum = signum
         logger.warning("%s: stopping after this step and saving the run; Ctrl-C again to stop at once "
                        "(pid %d)", signal.Signals(signum).name, os.getpid())
+
+
+def check_same_run(cfg: Config, checkpoint: dict, classes: list[str], fingerprint: str) -> None:
+    differences = run_differences(checkpoint, cfg.model.model, classes, fingerprint)
+    if differences and not cfg.train.resume_force:
+        raise UserError(f"this is not the run being resumed: {'; '.join(differences)}; fix the config or data, or "
+                        "pass --resume_force to resume anyway")
+    for difference in differences:
+        logger.warning("resume_force: resuming although the %s", difference)
+
+
+def training_checkpoint(path: Path) -> dict:
+    checkpoint = load_checkpoint(path)
+    if "optimizer" not in checkpoint or "rng" not in checkpoint:
+        raise UserError(f"{path} holds no training state to resume (a _best or per-epoch checkpoint?); resume from "
+                        "<model>_last.pth, or start a new run with --ckpt_path to load its weights")
+    logger.info("resuming from %s (epoch %d)", path, checkpoint["epoch"])
+    return checkpoint
+
+
+RUN_FILES = ("results.txt", "run.json", "*_last.pth", "*_best.pth", "*_best.safetensors", "*_best.json")
+
+
+def with_run_dir(cfg: Config, resume_path: Path | None, refuse: bool = True) -> Config:
+    """ckpt_save_dir: as set; else the resumed run's folder; else a new ./ckpt/<model>_<time> (the first
+    process's name, on all). A folder holding another run is refused (`refuse`) unless resuming or
+    `overwrite`."""
+    out_dir = cfg.train.ckpt_save_dir or (str(resume_path.parent) if resume_path else None)
+    if out_dir is None:
+        out_dir = distributed.broadcast(new_run_dir(cfg.model.model) if distributed.is_main() else None)
+    found = sorted({path.name for pattern in RUN_FILES for path in Path(out_dir).glob(pattern)})
+    if found and resume_path is None and refuse:
+        if not cfg.train.overwrite:
+            raise UserError(f"{out_dir} holds an earlier run ({', '.join(found[:3])}); pass --resume auto to continue "
+                            "it, --overwrite to replace it, or another --ckpt_save_dir")
+        logger.warning("%s holds an earlier run; its results and checkpoints will be replaced (overwrite)", out_dir)
+    return replace(cfg, train=replace(cfg.train, ckpt_save_dir=out_dir))
+
+
+def new_run_dir(model_name: str, root: str = "ckpt") -> str:
+    stem = Path(root) / f"{file_stem(model_name)}_{time.strftime('%Y%m%d-%H%M%S')}"
+    path, count = stem, 1
+    while path.exists():
+        count += 1
+        path = stem.with_name(f"{stem.name}-{count}")
+    return str(path)
+
+
+def resume_command(argv: list[str] | None, last_path: Path) -> str:
+    """This command line with `--resume <last_path>` in place of any earlier --resume."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    kept = [arg for i, arg in enumerate(args) if not (arg.startswith("--resume") and not arg.startswith(
+        "--resume_force")) and not (i > 0 and args[i - 1] == "--resume")]
+    return shlex.join(["python", "finetune.py", *kept, "--resume", str(last_path)])
