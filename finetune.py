@@ -146,7 +146,10 @@ def find_lr(setup: Setup) -> float:
     result = lr_find(setup.forward_model, setup.train_loader, optimizer, setup.trainer,
                      setup.cfg.finetune.lr_find_steps)
     setup.plan.reset()
+    if not distributed.is_main():  # every process takes the first one's lr: DDP replicas must step alike
+        return distributed.broadcast(None)
     path = plot(result, setup.out_dir / "lr_find.png")
+    distributed.broadcast(result.suggestion)
     logger.info("lr_find: %d steps from %.1e to %.1e; suggested lr %.3g (plot: %s)", len(result.lrs), result.lrs[0],
                 result.lrs[-1], result.suggestion, path)
     return result.suggestion
@@ -162,16 +165,17 @@ def run(cfg: Config, device=None, argv: list[str] | None = None) -> FitResult:
     cfg = resume.with_run_dir(cfg, resume_path)
     setup = prepare(cfg, device)
     cfg, out_dir, plan = setup.cfg, setup.out_dir, setup.plan
+    fingerprint = data_fingerprint([setup.train_set, setup.val_set])
+    if checkpoint is not None:
+        resume.check_same_run(cfg, checkpoint, setup.train_set.classes, fingerprint)
     if checkpoint is not None and plan.lr == "auto":
         plan.lr = checkpoint["config"]["lr"]  # the range test's answer when the run began
     elif plan.lr == "auto":
         plan.lr = find_lr(setup)
         logger.info("lr: auto -> %.3g (LR range test)", plan.lr)
-    # config.yaml records the lr the run used, so training from it again repeats this run
-    cfg = replace(cfg, optim=replace(cfg.optim, lr=plan.lr, auto_scale_lr=None))
-    fingerprint = data_fingerprint([setup.train_set, setup.val_set])
-    if checkpoint is not None:
-        resume.check_same_run(cfg, checkpoint, setup.train_set.classes, fingerprint)
+    # config.yaml records the lr the run used, so training from it again repeats this run (a new run, not a resume)
+    cfg = replace(cfg, optim=replace(cfg.optim, lr=plan.lr, auto_scale_lr=None),
+                  train=replace(cfg.train, resume=None, resume_force=False, overwrite=False))
     main_process = distributed.is_main()
     if main_process:
         sets = [setup.train_set] + ([setup.val_set] if setup.val_set is not None else [])
@@ -230,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         if not distributed.is_main():  # one process speaks for the run
             logging.getLogger().setLevel(logging.WARNING)
         if args.lr_find:
-            print(f"tunecv: suggested lr {find_lr(prepare(resume.with_run_dir(cfg, None, refuse=False), device)):.3g}")
+            suggestion = find_lr(prepare(resume.with_run_dir(cfg, None, refuse=False), device))
+            if distributed.is_main():
+                print(f"tunecv: suggested lr {suggestion:.3g}")
             return 0
         result = run(cfg, device, argv)
         if distributed.is_main():
@@ -242,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RunStopped as stopped:
         if distributed.is_main():
-            print(f"tunecv: {stopped}\nresume with: {resume.resume_command(argv, stopped.last_path)}", file=sys.stderr)
+            command = resume.resume_command(argv, stopped.last_path, distributed.world_size())
+            print(f"tunecv: {stopped}\nresume with: {command}", file=sys.stderr)
         return 128 + stopped.signum
     except (RuntimeError, OSError) as err:  # CUDA out of memory, a full disk: a traceback would not help
         message = runtime_failure(err, batch_size=cfg.loader.batch_size if cfg is not None else None)

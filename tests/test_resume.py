@@ -49,15 +49,22 @@ def _columns(results: Path) -> list[list[str]]:
     return [line.split()[:6] for line in results.read_text().splitlines()]
 
 
-def _stop_at_epoch_2(data_dir: Path, signum: int, *extra: str, cwd: Path = ROOT) -> tuple[int, str]:
-    """Start a run and send `signum` once it has written `_last` in the middle of epoch 2."""
+def _stop_at_epoch_2(data_dir: Path, signum: int, *extra: str, cwd: Path = ROOT,
+                     trigger: str = f"saved {LAST} at epoch 2 step 8", group: bool = False) -> tuple[int, str]:
+    """Start a run and send `signum` once a stderr line starts with `trigger` (default: `_last` written in the
+    middle of epoch 2); `group`: to its whole process group, loader workers included (Ctrl-C in a terminal,
+    SLURM's scancel)."""
     proc = subprocess.Popen([sys.executable, str(ROOT / "finetune.py"), "--data_dir", str(data_dir), *ARGS, *extra],
-                            cwd=cwd, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                            cwd=cwd, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            start_new_session=group)
     lines = []
     for line in proc.stderr:
         lines.append(line)
-        if line.startswith(f"saved {LAST} at epoch 2 step 8"):
-            proc.send_signal(signum)
+        if line.startswith(trigger):
+            if group:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
             break
     rest = proc.stderr.read() if signum != signal.SIGKILL else ""
     return proc.wait(timeout=300), "".join(lines) + rest
@@ -79,7 +86,7 @@ def test_killed_mid_epoch_resumes_to_the_uninterrupted_results(data_dir, uninter
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_exits_cleanly_and_prints_the_resume_command(data_dir, uninterrupted, tmp_path, signum):
     # no ckpt_save_dir: the run gets ./ckpt/<model>_<time>, and resume: auto finds it there
-    code, stderr = _stop_at_epoch_2(data_dir, signum, "--num_parallel_workers", "1", cwd=tmp_path)
+    code, stderr = _stop_at_epoch_2(data_dir, signum, "--num_parallel_workers", "2", cwd=tmp_path, group=True)
     assert code == 128 + signum, stderr[-2000:]
     assert "Traceback" not in stderr
     stopped = [line for line in stderr.splitlines() if line.startswith("tunecv: stopped by")]
@@ -179,3 +186,30 @@ def test_new_run_dirs_never_collide(tmp_path):
     newest.write_bytes(b"")
     os.utime(first / "hub_model_v1_last.pth", (1, 1))
     assert find_last("auto", None, "hub/model:v1", runs_root=str(tmp_path)) == newest
+
+
+# `_last` at the end of epoch 1, the head-only phase: the resumed run starts phase 2 with a fresh optimizer
+LP_FT = ("--strategy", "lp_ft", "--epoch_size", "3")
+# the classifier trains on stored features, drawn in the image loader's (resumed) order
+PROBE = ("--freeze", "all", "--no_aug", "--hflip", "0.5", "--lr", "0.05")
+
+
+@pytest.mark.parametrize("recipe, trigger", [(LP_FT, "epoch 1:"), (PROBE, f"saved {LAST} at epoch 2 step 8")],
+                         ids=["lp_ft at the phase boundary", "feature cache mid-epoch"])
+def test_recipes_resume_to_the_uninterrupted_results(data_dir, tmp_path, recipe, trigger):
+    whole, out = tmp_path / "whole", tmp_path / "ckpt"
+    _finetune(data_dir, "--ckpt_save_dir", str(whole), "--num_parallel_workers", "0", *recipe)
+    code, _ = _stop_at_epoch_2(data_dir, signal.SIGKILL, "--ckpt_save_dir", str(out), "--num_parallel_workers", "0",
+                               *recipe, trigger=trigger)
+    assert code == -signal.SIGKILL
+    _finetune(data_dir, "--ckpt_save_dir", str(out), "--num_parallel_workers", "0", "--resume", "auto", *recipe)
+    assert _columns(out / "results.txt") == _columns(whole / "results.txt")
+
+
+def test_resuming_with_another_batch_size_is_refused(data_dir, tmp_path):
+    out = tmp_path / "ckpt"
+    code, _ = _stop_at_epoch_2(data_dir, signal.SIGKILL, "--ckpt_save_dir", str(out), "--num_parallel_workers", "0")
+    assert code == -signal.SIGKILL
+    proc = _finetune(data_dir, "--ckpt_save_dir", str(out), "--resume", "auto", "--batch_size", "8", check=False)
+    assert proc.returncode == 2
+    assert "batches differ: batch_size 8 (checkpoint: 4)" in proc.stderr.strip().splitlines()[-1]

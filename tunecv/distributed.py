@@ -85,13 +85,13 @@ def sum_all(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every process when it is true on any: all stop at the same step."""
+def max_all(value: int, device: torch.device) -> int:
+    """The largest of the processes' `value`s, on every process (a signal any of them caught: all stop alike)."""
     if not enabled():
-        return flag
-    tensor = torch.tensor([int(flag)], device=_comm_device(device))
+        return value
+    tensor = torch.tensor([value], device=_comm_device(device))
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
+    return int(tensor.item())
 
 
 def gather(value: Any) -> list[Any]:

@@ -1,4 +1,5 @@
-"""Engine: `train_one_epoch`, `evaluate`, `fit`; AMP, accumulation, clipping, EMA, progress bars, metrics.
+"""Engine: `train_one_epoch` and `evaluate` (`tunecv.fit` runs the epochs); AMP, accumulation, clipping, EMA,
+progress bars, metrics.
 
 Must not parse config files or print (progress goes through tqdm, facts through logging).
 """

@@ -22,19 +22,19 @@ logger = logging.getLogger(__name__)
 
 class FeatureLoader:
     """Batches of (features, labels, indices) like the image loader's: `views` image loaders, each run once on
-    first use; `order` (batches of the image loader's sampler: an EpochSampler for training) gives each epoch's
+    first use; `batch_sampler` (batches of the image loader's sampler: an EpochSampler for training) gives each epoch's
     batches of dataset indices, so shuffling, sampling, sharding and resuming match the uncached run; `pick`
     draws a view per image and epoch, seeded by (seed, epoch)."""
 
-    def __init__(self, extractor: FeatureExtractor, views: list[DataLoader], order: BatchSampler,
+    def __init__(self, extractor: FeatureExtractor, views: list[DataLoader], batch_sampler: BatchSampler,
                  pick: Callable[[int, int, torch.Generator], torch.Tensor], seed: int, desc: str) -> None:
-        self.extractor, self.views, self.order, self.pick = extractor, views, order, pick
-        self.sampler, self.num_views, self.seed, self.desc = order.sampler, len(views), seed, desc
+        self.extractor, self.views, self.batch_sampler, self.pick = extractor, views, batch_sampler, pick
+        self.sampler, self.num_views, self.seed, self.desc = batch_sampler.sampler, len(views), seed, desc
         self.features: torch.Tensor | None = None  # (views, rows, dim)
         self.size, self.num_workers = len(views[0].dataset), views[0].num_workers
 
     def __len__(self) -> int:
-        return len(self.order)
+        return len(self.batch_sampler)
 
     def compute(self) -> None:
         start = time.perf_counter()
@@ -56,7 +56,7 @@ class FeatureLoader:
         epoch = getattr(self.sampler, "epoch", 1)
         view = self.pick(epoch, len(self.labels), torch.Generator().manual_seed(sample_seed(self.seed, epoch, -2)))
         device = self.features.device
-        for batch in self.order:
+        for batch in self.batch_sampler:
             indices = torch.as_tensor([item[0] if isinstance(item, tuple) else item for item in batch])
             rows = self.row_of[indices]
             rows = rows[rows >= 0]

@@ -19,7 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tunecv import distributed
 from tunecv.engine import EpochProgress, EvalResult, NonFiniteLoss, Trainer, evaluate, train_one_epoch
-from tunecv.resume import GracefulStop, RunStopped, random_state, restore_random_state
+from tunecv.resume import GracefulStop, RunStopped, batch_layout, random_state, restore_random_state
 
 if TYPE_CHECKING:
     from tunecv.checkpoint import CheckpointSaver
@@ -114,11 +114,14 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
     state = RunState(best=Best(path=str(saver.best_path)))
     if resume is not None:
         state = _restore(resume, saved_model, plan, trainer, saver, results)
-    device, wrapped, phase, skipped = trainer.compute.device, model, None, trainer.skipped_steps
+    device, wrapped, phase, skipped, signum = trainer.compute.device, model, None, trainer.skipped_steps, 0
 
     def training_state(progress: EpochProgress | None) -> dict[str, Any]:
+        """Called on every process (it gathers their random states), used by the first."""
         return {**_training_state(plan.optimizer, plan.scheduler, trainer), **state.to_dict(),
-                "epoch_progress": asdict(progress) if progress else None, "rng": random_state()}
+                "epoch_progress": asdict(progress) if progress else None, "phase_start": plan.current.start,
+                "layout": batch_layout(_batch_size(train_loader), trainer.accumulation_steps),
+                "rng": distributed.gather(random_state())}
 
     with logging_redirect_tqdm(), GracefulStop() as stop:
         for epoch in range(state.epoch, cfg.epoch_size + 1):
@@ -129,22 +132,25 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
             _start_epoch(train_loader, epoch, progress)
 
             def after_step(snapshot, last_step: bool, epoch=epoch) -> bool:
+                nonlocal signum
                 if last_step:  # the epoch's end saves and stops
                     return False
-                stopping = distributed.any_rank(stop.requested, device)
+                signum = distributed.max_all(stop.signum or 0, device)
+                stopping = signum > 0
                 if stopping or (cfg.ckpt_save_steps and trainer.global_step % cfg.ckpt_save_steps == 0):
                     done = snapshot()
                     _check_finite(saved_model, epoch, trainer.global_step)
+                    extra = training_state(done)
                     if distributed.is_main():
                         saver.save_last(saved_model, epoch=epoch, metrics={}, best_top1=state.best.top1,
-                                        training_state=training_state(done))
+                                        training_state=extra)
                     logger.info("saved %s at epoch %d step %d", saver.last_path.name, epoch, trainer.global_step)
                 return stopping
 
             epoch_start = time.perf_counter() - (progress.seconds if progress else 0.0)
             stats = train_one_epoch(wrapped, train_loader, optimizer, scheduler, trainer, epoch, progress, after_step)
             if not stats.finished:
-                raise RunStopped(stop.signum, saver.last_path, f"at epoch {epoch} step {trainer.global_step}")
+                raise RunStopped(signum, saver.last_path, f"at epoch {epoch} step {trainer.global_step}")
             stats = _summed(stats, device)
             if trainer.skipped_steps > skipped:
                 logger.warning("epoch %d: the AMP scaler skipped %d steps (fp16 overflow; it lowers its scale and "
@@ -165,13 +171,15 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
                 state.ema_best.path = str(saver.save_ema_best(trainer.ema.module, epoch=epoch, metrics=ema_metrics,
                                                               best_top1=state.ema_best.top1))
             _check_finite(saved_model, epoch, trainer.global_step)
+            extra = training_state(None)
             if distributed.is_main():
                 saver.save(saved_model, epoch=epoch, metrics=_metrics_dict(metrics), is_best=improved,
-                           best_top1=state.best.top1, training_state=training_state(None))
+                           best_top1=state.best.top1, training_state=extra)
                 results.add(metrics)
             logger.info(_epoch_line(metrics))
-            if distributed.any_rank(stop.requested, device) and epoch < cfg.epoch_size:
-                raise RunStopped(stop.signum, saver.last_path, f"after epoch {epoch}")
+            signum = distributed.max_all(stop.signum or 0, device)
+            if signum and epoch < cfg.epoch_size:
+                raise RunStopped(signum, saver.last_path, f"after epoch {epoch}")
     elapsed = time.perf_counter() - start
     ema_best = state.ema_best if trainer.ema is not None else None
     if results is not None:
@@ -193,7 +201,12 @@ def _start_epoch(loader: DataLoader, epoch: int, progress: EpochProgress | None)
     """The epoch's order (an EpochSampler's), from the first batch not yet trained on."""
     sampler = getattr(loader, "sampler", None)
     if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch, progress.batches * loader.batch_sampler.batch_size if progress else 0)
+        sampler.set_epoch(epoch, progress.batches * _batch_size(loader) if progress else 0)
+
+
+def _batch_size(loader: DataLoader) -> int | None:
+    """Images per batch of a DataLoader, FeatureLoader or DevicePrefetcher (None for a plain list of batches)."""
+    return getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
 
 
 def _summed(stats: EpochProgress, device: torch.device) -> EpochProgress:
@@ -215,8 +228,10 @@ def _restore(checkpoint: dict[str, Any], saved_model: nn.Module, plan: Plan, tra
                      history=[EpochMetrics(**row) for row in checkpoint.get("history", [])],
                      best=Best(**checkpoint["best"]), ema_best=Best(**checkpoint["ema_best"]))
     optimizer, scheduler = plan.enter(epoch)
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
+    # a `_last` written at a phase's end holds that phase's optimizer: the next phase starts afresh, as it would
+    if checkpoint["phase_start"] == plan.current.start:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
     trainer.global_step = checkpoint["global_step"]
     if trainer.scaler is not None and "scaler" in checkpoint:
         trainer.scaler.load_state_dict(checkpoint["scaler"])
@@ -226,7 +241,8 @@ def _restore(checkpoint: dict[str, Any], saved_model: nn.Module, plan: Plan, tra
     if results is not None:
         for row in state.history:
             results.add(row)
-    restore_random_state(checkpoint["rng"])
+    states = checkpoint["rng"]  # one per process
+    restore_random_state(states[distributed.rank() % len(states)])
     where = f"epoch {epoch} step {trainer.global_step}" if progress else f"the start of epoch {epoch}"
     logger.info("resumed at %s (global step %d)", where, trainer.global_step)
     return state

@@ -105,8 +105,18 @@ class GracefulStop:
                        "(pid %d)", signal.Signals(signum).name, os.getpid())
 
 
+def batch_layout(batch_size: int | None, accumulation_steps: int) -> dict[str, int | None]:
+    """What a position inside an epoch is counted in: resuming on another layout would land elsewhere."""
+    return {"world_size": distributed.world_size(), "batch_size": batch_size,
+            "gradient_accumulation_steps": accumulation_steps}
+
+
 def check_same_run(cfg: Config, checkpoint: dict, classes: list[str], fingerprint: str) -> None:
     differences = run_differences(checkpoint, cfg.model.model, classes, fingerprint)
+    layout = batch_layout(cfg.loader.batch_size, cfg.train.gradient_accumulation_steps)
+    if checkpoint.get("layout", layout) != layout:
+        differences.append("batches differ: " + ", ".join(f"{key} {layout[key]} (checkpoint: {value})" for key, value
+                                                          in checkpoint["layout"].items() if layout[key] != value))
     if differences and not cfg.train.resume_force:
         raise UserError(f"this is not the run being resumed: {'; '.join(differences)}; fix the config or data, or "
                         "pass --resume_force to resume anyway")
@@ -151,9 +161,11 @@ def new_run_dir(model_name: str, root: str = "ckpt") -> str:
     return str(path)
 
 
-def resume_command(argv: list[str] | None, last_path: Path) -> str:
-    """This command line with `--resume <last_path>` in place of any earlier --resume."""
+def resume_command(argv: list[str] | None, last_path: Path, world_size: int = 1) -> str:
+    """This command line with `--resume <last_path>` in place of any earlier --resume (under torchrun for a
+    distributed run)."""
     args = list(sys.argv[1:] if argv is None else argv)
     kept = [arg for i, arg in enumerate(args) if not (arg.startswith("--resume") and not arg.startswith(
         "--resume_force")) and not (i > 0 and args[i - 1] == "--resume")]
-    return shlex.join(["python", "finetune.py", *kept, "--resume", str(last_path)])
+    launcher = ["torchrun", "--nproc_per_node", str(world_size)] if world_size > 1 else ["python"]
+    return shlex.join([*launcher, "finetune.py", *kept, "--resume", str(last_path)])
