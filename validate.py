@@ -14,45 +14,55 @@ from typing import Any
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tunecv import cli
-from tunecv.checkpoint import load_checkpoint
-from tunecv.config import UserError, load_config
+from tunecv.config import UserError
 from tunecv.data import create_dataset, create_loader, create_transforms, draft_size
 from tunecv.data.prefetch import on_device
-from tunecv.engine import Compute, EvalResult, evaluate
+from tunecv.engine import EvalResult, evaluate
 from tunecv.errors import runtime_failure
+from tunecv.inference import load_trained
 from tunecv.manifest import class_changes
-from tunecv.models import create_model
-from tunecv.report import format_per_class, per_class_accuracy, write_predictions
-from tunecv.runtime import image_mode, resolve_device
-from tunecv.weights import load_exact
+from tunecv.plots import plot_confusion, plot_top_losses
+from tunecv.report import (
+    format_per_class,
+    most_confidently_wrong,
+    per_class_accuracy,
+    write_class_report,
+    write_predictions,
+)
+from tunecv.runtime import image_mode
 
 logger = logging.getLogger("tunecv")
 
 
 def run(ckpt_path: str, config_path: str | None, overrides: dict[str, Any], split: str | None,
-        output: str | None, cfg_options: list[str] | None = None) -> tuple[EvalResult, list[str], Path]:
-    checkpoint = load_checkpoint(ckpt_path)
-    # the checkpoint's config < --config (with _base_ and --cfg-options) < flags; training-only rules skipped
-    saved = (checkpoint["config"], f"checkpoint {ckpt_path}")
-    cfg = load_config(config_path, overrides, cfg_options, base_layers=(saved,), training=False)
-    classes = list(checkpoint["classes"])
+        output: str | None, cfg_options: list[str] | None = None) -> tuple[EvalResult, list[str], list[Path]]:
+    """Evaluate; write pred.txt (or `output`) and, beside it, report.txt and the pictures; return their paths."""
+    trained = load_trained(ckpt_path, config_path, overrides, cfg_options)
+    cfg, classes, compute = trained.cfg, trained.classes, trained.compute
     split = split or cfg.data.val_split
-    device = resolve_device(cfg.train.device)
-    uint8 = device.type == "cuda"  # the GPU normalises (DevicePrefetcher)
+    uint8 = compute.device.type == "cuda"  # the GPU normalises (DevicePrefetcher)
     dataset = create_dataset(cfg.data, split, create_transforms(cfg.data, is_training=False, uint8=uint8),
                              classes=classes, image_mode=image_mode(cfg.model.in_channels),
                              draft_size=draft_size(cfg.data, False))
     _warn_absent_classes(classes, dataset.targets, split)
-    model = create_model(cfg.model, num_classes=len(classes))
-    load_exact(model, checkpoint["model"], source=f"{ckpt_path} (model {cfg.model.model})")
-    compute = Compute.create(device, cfg.train.amp_level, cfg.train.channels_last)
-    model = compute.prepare_model(model)
     loader = on_device(create_loader(dataset, cfg.loader, is_training=False, pin_memory=uint8), compute, cfg.data,
                        is_training=False)
-    result = evaluate(model, loader, compute, len(classes), desc=split)
+    result = evaluate(trained.model, loader, compute, len(classes), desc=split)
     target = Path(output) if output else Path(ckpt_path).parent / "pred.txt"
     write_predictions(target, [dataset.samples[i][0] for i in result.indices], result, classes)
-    return result, classes, target
+    return result, classes, [target, *_pictures(result, classes, dataset, target.parent)]
+
+
+def _pictures(result: EvalResult, classes: list[str], dataset, folder: Path) -> list[Path]:
+    """report.txt, confusion_matrix.png and top_losses.png beside pred.txt."""
+    matrix = write_class_report(folder / "report.txt", result, classes)
+    wrong = most_confidently_wrong(result)
+    images = [dataset.load_image(index) for index, _, _, _ in wrong]
+    for image in images:
+        image.thumbnail((224, 224))
+    titles = [f"{classes[true]} / {classes[pred]} {score:.2f}" for _, true, pred, score in wrong]
+    return [folder / "report.txt", plot_confusion(matrix, classes, folder / "confusion_matrix.png"),
+            plot_top_losses(images, titles, folder / "top_losses.png")]
 
 
 def _warn_absent_classes(classes: list[str], targets: list[int], split: str) -> None:
@@ -76,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         args, overrides = cli.parse_args(parser, argv, script_flags=("ckpt_path", "split", "output"))
         cli.setup_logging()
         with logging_redirect_tqdm():
-            result, classes, pred_path = run(args.ckpt_path, args.config, overrides, args.split, args.output,
+            result, classes, written = run(args.ckpt_path, args.config, overrides, args.split, args.output,
                                              args.cfg_options)
     except UserError as err:
         print(f"tunecv: error: {err}", file=sys.stderr)
@@ -93,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{result.images} images: loss {result.loss:.4f}  top1 {result.top1:.2f}  "
           f"top{result.topk} {result.top5:.2f}  ({result.images / max(result.seconds, 1e-9):.0f} img/s)")
     print(format_per_class(per_class_accuracy(result, classes)))
-    print(f"predictions: {pred_path}")
+    print(f"predictions: {written[0]}")
+    print(f"report: {', '.join(map(str, written[1:]))}")
     return 0
 
 

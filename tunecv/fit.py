@@ -240,7 +240,7 @@ def _restore(checkpoint: dict[str, Any], saved_model: nn.Module, plan: Plan, tra
     saver.kept = [(score, epoch_, Path(path)) for score, epoch_, path in checkpoint.get("kept", [])]
     if results is not None:
         for row in state.history:
-            results.add(row)
+            results.add(row, draw=False)
     states = checkpoint["rng"]  # one per process
     restore_random_state(states[distributed.rank() % len(states)])
     where = f"epoch {epoch} step {trainer.global_step}" if progress else f"the start of epoch {epoch}"

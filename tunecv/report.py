@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from collections import Counter
@@ -9,7 +11,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+from sklearn.metrics import classification_report, confusion_matrix
+
 from tunecv.fileio import atomic_write_text
+from tunecv.plots import plot_curves
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset as Sized
@@ -35,7 +41,7 @@ def results_row(m: EpochMetrics, ema: bool = False) -> str:
 
 class ResultsWriter:
     """results.txt: a header, one row per epoch (rewritten atomically each epoch), then the best line;
-    metrics.json holds the same, for machines."""
+    metrics.json holds the same, for machines; curves.png draws it."""
 
     def __init__(self, directory: str | os.PathLike, ema: bool = False) -> None:
         """`ema`: one more column, the EMA weights' top-1."""
@@ -47,10 +53,13 @@ class ResultsWriter:
         self.history: list[dict] = []
         atomic_write_text(self.path, self.header + "\n")
 
-    def add(self, metrics: EpochMetrics) -> None:
+    def add(self, metrics: EpochMetrics, draw: bool = True) -> None:
+        """`draw`: redraw curves.png from results.txt (not for rows a resumed run puts back)."""
         self.rows.append(results_row(metrics, self.ema))
         self.history.append(asdict(metrics))
         atomic_write_text(self.path, "\n".join([self.header, *self.rows]) + "\n")
+        if draw:
+            plot_curves(self.path, self.path.parent / "curves.png")
 
     def finish(self, best_top1: float | None, best_epoch: int, ema: Best | None = None) -> None:
         lines = [f"best top1 {_cell(best_top1, 2)} at epoch {best_epoch}"]
@@ -90,6 +99,37 @@ def write_predictions(path: str | os.PathLike, sample_ids: list[str], result: Ev
     path = Path(path)
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def write_class_report(path: str | os.PathLike, result: EvalResult, classes: list[str]) -> np.ndarray:
+    """report.txt: scikit-learn's per-class precision / recall / F1 with macro and weighted averages; returns the
+    confusion matrix (rows: true class)."""
+    labels = list(range(len(classes)))
+    text = classification_report(result.targets, result.predictions, labels=labels, target_names=classes, digits=4,
+                                  zero_division=0)
+    atomic_write_text(path, f"{result.images} images, top-1 {result.top1:.2f} %\n\n{text}")
+    return confusion_matrix(result.targets, result.predictions, labels=labels)
+
+
+def most_confidently_wrong(result: EvalResult, count: int = 16) -> list[tuple[int, int, int, float]]:
+    """(dataset index, true label, predicted label, its probability) of the wrong predictions, surest first."""
+    wrong = [(score, index, target, pred) for pred, score, target, index in
+             zip(result.predictions, result.scores, result.targets, result.indices) if pred != target]
+    return [(index, target, pred, score) for score, index, target, pred in sorted(wrong, reverse=True)[:count]]
+
+
+def write_table(path: str | os.PathLike, rows: list[dict]) -> None:
+    """predict.py's rows (path, top: [(class, probability), ...]) as .json, or .csv with class_i, score_i columns."""
+    if str(path).endswith(".json"):
+        records = [{"path": row["path"], "top": [{"class": c, "score": p} for c, p in row["top"]]} for row in rows]
+        atomic_write_text(path, json.dumps(records, indent=1) + "\n")
+        return
+    k = max((len(row["top"]) for row in rows), default=1)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", *(f"{name}_{i}" for i in range(1, k + 1) for name in ("class", "score"))])
+    writer.writerows([row["path"], *(value for pair in row["top"] for value in pair)] for row in rows)
+    atomic_write_text(path, out.getvalue())
 
 
 def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: str, params: tuple[int, int],

@@ -28,10 +28,9 @@ def num_workers(requested: int) -> int:
 
 
 def _seed_worker(worker_id: int) -> None:
-    # Ctrl-C and SLURM's scancel signal the whole process group: the workers keep serving while the main process
-    # saves and stops (then it shuts them down; a worker whose parent is gone exits by itself)
+    # Ctrl-C reaches the whole process group: the workers keep serving while the main process saves and stops
+    # (SIGTERM stays: multiprocessing ends its workers with it at exit)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

@@ -1,0 +1,77 @@
+"""Pictures and reports: curves.png after each epoch, validate.py's report.txt (agreeing with pred.txt),
+confusion_matrix.png and top_losses.png; each a valid PNG of a readable size."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY_MODEL, write_image_folder
+from tunecv.plots import plot_confusion, plot_curves, plot_top_losses, read_results
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.verify()
+        return image.size
+
+
+def test_curves_from_results_txt(tmp_path):
+    results = tmp_path / "results.txt"
+    results.write_text("epoch lr train_loss val_loss top1 top5 time_s\n1 0.01 1.2 - - - 0.1\n"
+                       "2 0.005 0.9 0.8 70.00 100.00 0.1\nbest top1 70.00 at epoch 2\n")
+    assert read_results(results)["val_loss"] == [None, 0.8]
+    width, height = _png_size(plot_curves(results, tmp_path / "curves.png"))
+    assert width >= 900 and height >= 300
+
+
+@pytest.mark.parametrize("count", [3, 40])
+def test_confusion_matrix_for_few_and_many_classes(tmp_path, count):
+    matrix = np.diag(np.arange(1, count + 1))
+    matrix[0, -1] = 3
+    width, height = _png_size(plot_confusion(matrix, [f"class {i}" for i in range(count)], tmp_path / "c.png"))
+    assert width == height >= 400
+
+
+def test_top_losses_grid(tmp_path):
+    images = [Image.new("RGB", (40, 30), color) for color in ("red", "green", "blue", "white", "black")]
+    width, height = _png_size(plot_top_losses(images, ["a / b 0.90"] * 5, tmp_path / "t.png"))
+    assert width >= 900 and height >= 500  # 4 columns, 2 rows
+
+
+def test_finetune_and_validate_write_the_pictures(tmp_path):
+    data = write_image_folder(tmp_path / "images")
+    out = tmp_path / "ckpt"
+    run = subprocess.run([sys.executable, "finetune.py", "--data_dir", str(data), "--model", TINY_MODEL,
+                          "--pretrained", "false", "--image_resize", "32", "--batch_size", "4", "--epoch_size", "2",
+                          "--num_parallel_workers", "0", "--device", "cpu", "--ckpt_save_dir", str(out)],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    _png_size(out / "curves.png")
+    check = subprocess.run([sys.executable, "validate.py", "--ckpt_path", str(out / f"{TINY_MODEL}_best.pth"),
+                            "--num_parallel_workers", "0"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert check.returncode == 0, check.stderr[-2000:]
+    assert f"report: {out / 'report.txt'}" in check.stdout
+    _png_size(out / "confusion_matrix.png")
+    _png_size(out / "top_losses.png")
+    # report.txt's recall per class is pred.txt's share of right predictions in that class
+    rows = [line.split("\t") for line in (out / "pred.txt").read_text().splitlines()[1:]]
+    totals, right = Counter(r[2] for r in rows), Counter(r[2] for r in rows if r[1] == r[2])
+    report = (out / "report.txt").read_text()
+    for name, total in totals.items():
+        match = re.search(rf"^\s*{name}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)$", report, re.MULTILINE)
+        assert match and int(match[4]) == total
+        assert float(match[2]) == pytest.approx(right[name] / total, abs=1e-4)

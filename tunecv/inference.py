@@ -1,0 +1,87 @@
+"""Inference from a checkpoint: `load_trained` rebuilds the config, classes and model finetune.py saved (for
+validate.py and predict.py); `collect_images` and `predict` run the model on any image files."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from tunecv.checkpoint import load_checkpoint
+from tunecv.config import Config, load_config
+from tunecv.data.datasets import IMAGE_EXTENSIONS
+from tunecv.engine import Compute
+from tunecv.errors import UserError
+from tunecv.models import create_model
+from tunecv.runtime import resolve_device
+from tunecv.weights import load_exact
+
+
+@dataclass
+class Trained:
+    cfg: Config
+    classes: list[str]
+    model: nn.Module
+    compute: Compute
+
+
+def load_trained(ckpt_path: str, config_path: str | None, overrides: dict[str, Any],
+                 cfg_options: list[str] | None = None) -> Trained:
+    """The checkpoint's config < --config (with _base_ and --cfg-options) < flags; training-only rules are not
+    checked. The model is on its device, in its memory format."""
+    checkpoint = load_checkpoint(ckpt_path)
+    saved = (checkpoint["config"], f"checkpoint {ckpt_path}")
+    cfg = load_config(config_path, overrides, cfg_options, base_layers=(saved,), training=False)
+    classes = list(checkpoint["classes"])
+    model = create_model(cfg.model, num_classes=len(classes))
+    load_exact(model, checkpoint["model"], source=f"{ckpt_path} (model {cfg.model.model})")
+    compute = Compute.create(resolve_device(cfg.train.device), cfg.train.amp_level, cfg.train.channels_last)
+    return Trained(cfg, classes, compute.prepare_model(model), compute)
+
+
+def collect_images(inputs: list[str]) -> list[Path]:
+    """Image files from files, folders (recursively, by extension) and glob patterns, in the given order, each
+    once. A path or pattern that names nothing is an error."""
+    found: dict[Path, None] = {}
+    for item in inputs:
+        matches = [Path(m) for m in sorted(glob.glob(item, recursive=True))] if glob.has_magic(item) else [Path(item)]
+        if not matches or not matches[0].exists():
+            raise UserError(f"{item}: no such file, folder or matching image; check the path")
+        for path in matches:
+            if path.is_dir():
+                found.update(dict.fromkeys(sorted(p for p in path.rglob("*") if p.is_file()
+                                                  and p.suffix.lower() in IMAGE_EXTENSIONS)))
+            elif path.is_file():
+                found[path] = None
+    if not found:
+        raise UserError(f"no image files in {' '.join(inputs)}; give image files, folders or patterns")
+    return list(found)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader: DataLoader, compute: Compute, tta: bool = False) -> dict[int, torch.Tensor]:
+    """Class probabilities per dataset index (images that fail to decode have none); `tta`: the average with the
+    horizontally flipped image's."""
+    model.eval()
+    probabilities: dict[int, torch.Tensor] = {}
+    for batch in tqdm(loader, desc="predict", leave=False, disable=None, dynamic_ncols=True):
+        if batch is None:
+            continue
+        inputs = compute.inputs(batch[0])
+        with compute.autocast():
+            probs = model(inputs).float().softmax(dim=1)
+            if tta:
+                probs = (probs + model(inputs.flip(-1)).float().softmax(dim=1)) / 2
+        probabilities.update(zip(batch[2].tolist(), probs.cpu()))
+    return probabilities
+
+
+def top_k(probs: torch.Tensor, classes: list[str], k: int) -> list[tuple[str, float]]:
+    values, indices = probs.topk(min(k, len(classes)))
+    return [(classes[i], round(float(v), 6)) for v, i in zip(values, indices.tolist())]
