@@ -16,7 +16,6 @@ from tunecv.config import UserError
 from tunecv.data import create_loader, create_transforms, draft_size
 from tunecv.data.datasets import ImageDataset
 from tunecv.data.prefetch import on_device
-from tunecv.errors import runtime_failure
 from tunecv.inference import collect_images, load_trained, predict, top_k
 from tunecv.report import write_table
 from tunecv.runtime import image_mode
@@ -59,18 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         cli.setup_logging()
         with logging_redirect_tqdm():
             rows, bad = run(args, overrides)
-    except UserError as err:
-        print(f"tunecv: error: {err}", file=sys.stderr)
-        return 2
-    except (RuntimeError, OSError) as err:  # CUDA out of memory, a full disk: a traceback would not help
-        message = runtime_failure(err)
-        if message is None:
+    except (UserError, RuntimeError, OSError, KeyboardInterrupt) as err:  # one line, no traceback
+        code = cli.failure_exit(err)
+        if code is None:
             raise
-        print(f"tunecv: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tunecv: interrupted", file=sys.stderr)
-        return 130
+        return code
     for row in rows:
         print("\t".join([row["path"], *(f"{name} {score:.4f}" for name, score in row["top"])]))
     if bad:

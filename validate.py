@@ -18,7 +18,6 @@ from tunecv.config import UserError
 from tunecv.data import create_dataset, create_loader, create_transforms, draft_size
 from tunecv.data.prefetch import on_device
 from tunecv.engine import EvalResult, evaluate
-from tunecv.errors import runtime_failure
 from tunecv.inference import load_trained
 from tunecv.manifest import class_changes
 from tunecv.plots import plot_confusion, plot_top_losses
@@ -88,18 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         with logging_redirect_tqdm():
             result, classes, written = run(args.ckpt_path, args.config, overrides, args.split, args.output,
                                              args.cfg_options)
-    except UserError as err:
-        print(f"tunecv: error: {err}", file=sys.stderr)
-        return 2
-    except (RuntimeError, OSError) as err:  # CUDA out of memory, a full disk: a traceback would not help
-        message = runtime_failure(err)
-        if message is None:
+    except (UserError, RuntimeError, OSError, KeyboardInterrupt) as err:  # one line, no traceback
+        code = cli.failure_exit(err)
+        if code is None:
             raise
-        print(f"tunecv: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tunecv: interrupted", file=sys.stderr)
-        return 130
+        return code
     print(f"{result.images} images: loss {result.loss:.4f}  top1 {result.top1:.2f}  "
           f"top{result.topk} {result.top5:.2f}  ({result.images / max(result.seconds, 1e-9):.0f} img/s)")
     print(format_per_class(per_class_accuracy(result, classes)))

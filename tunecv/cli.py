@@ -141,3 +141,18 @@ def setup_logging(log_file: str | Path | None = None, verbose: bool = False) -> 
             raise UserError(message) from None
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(file_handler)
+
+
+def failure_exit(err: BaseException, batch_size: int | None = None) -> int | None:
+    """One line on stderr and the exit code for a failure the user can act on: bad input (2), CUDA out of memory
+    or a full disk (2), Ctrl-C (130); None for anything else, which the caller re-raises."""
+    from tunecv.errors import UserError, runtime_failure
+
+    if isinstance(err, KeyboardInterrupt):
+        print("tunecv: interrupted", file=sys.stderr)
+        return 130
+    message = str(err) if isinstance(err, UserError) else runtime_failure(err, batch_size=batch_size)
+    if message is None:
+        return None
+    print(f"tunecv: error: {message}", file=sys.stderr)
+    return 2
