@@ -43,8 +43,8 @@ def synthetic_batch(batch_size: int, size: int, num_classes: int) -> tuple[torch
 
 
 def tunecv_setup(args, cache: str, workers: int, channels_last: bool = True):
-    import finetune
     from tunecv.config import load_config
+    from tunecv.scripts import finetune
 
     out = tempfile.mkdtemp(prefix="tunecv-throughput-")
     cfg = load_config(None, {"dataset": "folder", "data_dir": args.data_dir, "model": args.model,

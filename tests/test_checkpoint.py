@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 
 import pytest
@@ -11,7 +13,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tunecv import __version__
-from tunecv.checkpoint import CheckpointSaver, file_stem, load_checkpoint, own_storage, save_checkpoint
+from tunecv.checkpoint import (
+    CheckpointSaver,
+    file_stem,
+    load_checkpoint,
+    own_storage,
+    save_checkpoint,
+    save_safetensors,
+)
 from tunecv.errors import UserError
 
 
@@ -237,3 +246,16 @@ def test_own_storage_copies_only_shared_tensors():
     assert out["a"].data_ptr() == base.data_ptr() and out["d"].data_ptr() == state["d"].data_ptr()
     assert out["b"].data_ptr() != base.data_ptr() and torch.equal(out["b"], base)
     assert torch.equal(out["c"], base[2:4]) and out["t"].is_contiguous()
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_saved_files_get_the_users_usual_permissions(tmp_path, suffix):
+    # mkstemp makes 0600 and safetensors recreates its file as 0600: a checkpoint others should read must not be
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / f"m_best{suffix}"
+        payload = {"model": {"w": torch.ones(1)}, "config": {}, "classes": ["a"]}
+        (save_checkpoint if suffix == ".pth" else save_safetensors)(payload, path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -10,12 +10,11 @@ import pytest
 import torch
 import yaml
 
-import finetune
-import validate
 from conftest import TINY_MODEL, write_image_folder
 from tunecv import cli
 from tunecv.config import KEYS, load_config
 from tunecv.errors import UserError
+from tunecv.scripts import finetune, validate
 
 
 def _parse(argv: list[str]):

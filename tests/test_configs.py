@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from conftest import write_yaml
-from finetune import run
 from tunecv.config import load_config
 from tunecv.models import create_model
 from tunecv.plan import Plan
+from tunecv.scripts.finetune import run
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = sorted((ROOT / "configs" / "presets").glob("*.yaml"))

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import validate
 from conftest import CLASSES, TINY_MODEL, VAL_PER_CLASS, write_image_folder
 from tunecv.checkpoint import CheckpointSaver, load_checkpoint
 from tunecv.models import create_model
+from tunecv.scripts import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # see conftest: one thread on 2 cores

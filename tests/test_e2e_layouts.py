@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import finetune
 from conftest import CLASSES, TINY_MODEL, write_image_folder
 from tunecv.data import layouts
 from tunecv.data.datasets import IMAGE_EXTENSIONS
+from tunecv.scripts import finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # see conftest: one thread on 2 cores

@@ -14,7 +14,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import finetune
 from conftest import CLASSES, TINY_MODEL, TRAIN_PER_CLASS, VAL_PER_CLASS, write_image_folder
 from tunecv.config import load_config
 from tunecv.data.transforms import create_transforms
@@ -24,6 +23,7 @@ from tunecv.feature_cache import FeatureHead, FeatureLoader, dropout_rate, flip_
 from tunecv.frozen_prefix import PrefixSkipped
 from tunecv.models import create_model
 from tunecv.plan import Plan
+from tunecv.scripts import finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 # one intra-op thread: on a shared 2-core machine more threads only contend (see conftest)

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from finetune import prepare
 from tunecv.config import load_config
 from tunecv.lr_find import END_LR, START_LR, LRFindResult, exponential_lrs, lr_find, plot, smoothed, valley
+from tunecv.scripts.finetune import prepare
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

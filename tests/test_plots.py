@@ -1,5 +1,6 @@
 """Pictures and reports: curves.png after each epoch, validate.py's report.txt (agreeing with pred.txt),
-confusion_matrix.png and top_losses.png; each a valid PNG of a readable size."""
+confusion_matrix.png, top_losses.png and reliability.png, finetune.py --show_batch's batch.png; each a valid PNG
+of a readable size."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import TINY_MODEL, write_image_folder
-from tunecv.plots import plot_confusion, plot_curves, plot_top_losses, read_results
+from tunecv.calibration import reliability_bins
+from tunecv.plots import plot_batch, plot_confusion, plot_curves, plot_reliability, plot_top_losses, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -51,6 +54,41 @@ def test_top_losses_grid(tmp_path):
     assert width >= 900 and height >= 500  # 4 columns, 2 rows
 
 
+def test_curves_without_validation(tmp_path):
+    results = tmp_path / "results.txt"
+    results.write_text("epoch lr train_loss val_loss top1 top5 time_s\n1 0.01 1.2 - - - 0.1\n")
+    _png_size(plot_curves(results, tmp_path / "curves.png"))
+
+
+def test_reliability_panels(tmp_path):
+    confident = reliability_bins([0.95] * 10 + [0.55] * 10, [True] * 7 + [False] * 3 + [True] * 5 + [False] * 5)
+    width, height = _png_size(plot_reliability({"before": confident, "after": confident}, tmp_path / "r.png"))
+    assert width >= 2 * 400 and height >= 400
+
+
+def test_batch_grid_denormalises(tmp_path):
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    white = (torch.ones(3, 3, 24, 24) - 0.5) / 0.25  # normalised pure white
+    path = plot_batch(white, ["a", "b", "c"], mean, std, tmp_path / "batch.png")
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert (pixels == 255).all(axis=2).mean() > 0.5  # de-normalised back to white, not clipped grey/black
+
+
+def test_show_batch_writes_batch_png_and_exits(tmp_path):
+    data = write_image_folder(tmp_path / "images")
+    out = tmp_path / "ckpt"
+    run = subprocess.run([sys.executable, "finetune.py", "--data_dir", str(data), "--model", TINY_MODEL,
+                          "--image_resize", "48", "--batch_size", "6", "--mixup", "0.8", "--num_parallel_workers",
+                          "0", "--ckpt_save_dir", str(out), "--show_batch"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"tunecv: a training batch: {out / 'batch.png'}" in run.stdout
+    width, height = _png_size(out / "batch.png")
+    assert width >= 800 and height >= 500  # 6 images: two rows of four
+    assert not list(out.glob("*.pth")) and not (out / "results.txt").exists()  # it trains nothing
+
+
 def test_finetune_and_validate_write_the_pictures(tmp_path):
     data = write_image_folder(tmp_path / "images")
     out = tmp_path / "ckpt"
@@ -65,8 +103,9 @@ def test_finetune_and_validate_write_the_pictures(tmp_path):
                            timeout=300)
     assert check.returncode == 0, check.stderr[-2000:]
     assert f"report: {out / 'report.txt'}" in check.stdout
-    _png_size(out / "confusion_matrix.png")
-    _png_size(out / "top_losses.png")
+    for picture in ("confusion_matrix.png", "top_losses.png", "reliability.png"):
+        width, height = _png_size(out / picture)
+        assert width >= 400 and height >= 300
     # report.txt's recall per class is pred.txt's share of right predictions in that class
     rows = [line.split("\t") for line in (out / "pred.txt").read_text().splitlines()[1:]]
     totals, right = Counter(r[2] for r in rows), Counter(r[2] for r in rows if r[1] == r[2])

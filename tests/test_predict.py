@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import TINY_MODEL, write_image_folder
 from tunecv.errors import UserError
@@ -86,3 +87,22 @@ def test_collect_images_from_files_folders_and_patterns(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["3.png", "a/1.png", "a/deep/2.JPG"]
     with pytest.raises(UserError, match="no such file"):
         collect_images([str(tmp_path / "*.gif")])
+
+
+def test_calibrated_temperature_is_stored_and_used_by_predict(trained, tmp_path):
+    data, original = trained
+    ckpt = tmp_path / original.name
+    ckpt.write_bytes(original.read_bytes())
+    check = _run("validate.py", "--ckpt_path", str(ckpt), "--data_dir", str(data), "--num_parallel_workers", "0",
+                 "--calibrate")
+    temperature = torch.load(ckpt, weights_only=True)["temperature"]
+    assert abs(temperature - 1.0) > 0.01
+    assert "calibration: temperature 1.000 ->" in check.stderr and "ECE" in check.stdout
+    assert (tmp_path / "reliability.png").stat().st_size > 10_000
+    scores = {line.split("\t")[0]: float(line.split("\t")[3])
+              for line in (tmp_path / "pred.txt").read_text().splitlines()[1:]}
+    out = tmp_path / "preds.json"
+    _run("predict.py", "--ckpt_path", str(ckpt), str(data / "val"), "--output", str(out), "--num_parallel_workers",
+         "0")
+    predicted = {r["path"]: r["top"][0]["score"] for r in json.loads(out.read_text())}
+    assert predicted == pytest.approx(scores, abs=2e-4)  # validate's calibrated scores are predict's

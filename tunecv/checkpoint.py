@@ -103,6 +103,18 @@ def _load_safetensors_checkpoint(path: Path) -> dict[str, Any]:
     return {"model": weights, **info}
 
 
+def update_checkpoint(path: str | os.PathLike, values: dict[str, Any]) -> None:
+    """Add or replace entries (e.g. the fitted temperature) of a checkpoint, atomically: of a .pth itself, of a
+    .safetensors its sidecar (the weights, and so the save id, stay)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        sidecar = sidecar_path(path)
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
+        atomic_write_text(sidecar, json.dumps({**info, **values}, indent=2) + "\n")
+        return
+    save_checkpoint({**load_checkpoint_file(path), **values}, path)
+
+
 def _safetensors_metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from tunecv import progress
 from tunecv.config import KEYS, SECTIONS, key_type
 from tunecv.errors import UserError, write_failure
 
@@ -22,9 +26,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(prog: str, description: str, exclude: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-    """A parser with `--config` and one flag per config key (but `exclude`), grouped by section, values as text."""
-    parser = _Parser(prog=prog, description=description, allow_abbrev=False)
+    """A parser with `--config` and one flag per config key (but `exclude`), grouped by section, values as text.
+    `prog`: the script's name (`finetune.py`); a console script (`tunecv-finetune`) goes by its own."""
+    invoked = Path(sys.argv[0]).name
+    parser = _Parser(prog=invoked if invoked.startswith("tunecv-") else prog, description=description,
+                     allow_abbrev=False)
     parser.add_argument("-c", "--config", help="YAML config file (MindCV keys, _base_ inheritance); flags override it")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars "
+                          "(the run's log file keeps everything)")
+    loudness.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
     parser.add_argument("--cfg-options", "--cfg_options", dest="cfg_options", nargs="+", metavar="KEY=VALUE",
                         help="MMPretrain-style edits of the config file: lr=0.01 lr_scales.classifier=1.2 "
                              "milestones=[3,6] (mapping keys merge)")
@@ -55,7 +66,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None,
     # one token stays text (`--scale 0.5,1.0`, `--freeze_patterns 're:a,b'`); several stay a list of items
     overrides = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in vars(args).items() if k in KEYS}
     overrides.update(_parse_rest(rest))
-    for flag in script_flags:
+    for flag in (*script_flags, "quiet", "verbose"):
         overrides.pop(flag, None)
     return args, overrides
 
@@ -99,10 +110,37 @@ def _parse_rest(tokens: list[str]) -> dict[str, str]:
     return parsed
 
 
+_COLOURS = {logging.WARNING: "33", logging.ERROR: "31", logging.CRITICAL: "31"}  # yellow, red
+
+
+def _colour(text: str, level: int, stream) -> str:
+    """ANSI colour on a terminal only (never in a file or a pipe, nor with NO_COLOR set)."""
+    code = _COLOURS.get(level)
+    if not code or os.environ.get("NO_COLOR") or not getattr(stream, "isatty", lambda: False)():
+        return text
+    return f"\033[{code}m{text}\033[0m"
+
+
 class _BareInfo(logging.Formatter):
+    def __init__(self, stream) -> None:
+        super().__init__("%(message)s")
+        self.stream = stream
+
     def format(self, record: logging.LogRecord) -> str:
         message = super().format(record)
-        return message if record.levelno == logging.INFO else f"{record.levelname.lower()}: {message}"
+        if record.levelno == logging.INFO:
+            return message
+        return _colour(f"{record.levelname.lower()}: {message}", record.levelno, self.stream)
+
+
+class _Console(logging.StreamHandler):
+    """stderr through tqdm.write: a log line goes above any progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging's own policy: report, never raise
+            self.handleError(record)
 
 
 class LogFile(logging.FileHandler):
@@ -120,15 +158,27 @@ class LogFile(logging.FileHandler):
         logging.getLogger(__name__).warning("stopped writing %s: %s", self.baseFilename, failure.strerror or failure)
 
 
-def setup_logging(log_file: str | Path | None = None, verbose: bool = False) -> None:
-    """INFO lines bare on stderr; the log file (if any) gets timestamps."""
+_console_level = logging.INFO
+
+
+def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:
+    """The console's level for this process: warnings (--quiet), info, or debug (--verbose); bars follow it."""
+    global _console_level
+    _console_level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    progress.set_quiet(quiet)
+
+
+def setup_logging(log_file: str | Path | None = None) -> None:
+    """INFO lines bare on stderr (at the level `set_verbosity` chose); the log file (if any) gets everything from
+    INFO up (DEBUG too when verbose), with timestamps."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(_BareInfo("%(message)s"))
+    root.setLevel(min(_console_level, logging.INFO))
+    console = _Console(sys.stderr)
+    console.setLevel(_console_level)
+    console.setFormatter(_BareInfo(sys.stderr))
     root.addHandler(console)
     if log_file is not None:
         try:
@@ -154,5 +204,5 @@ def failure_exit(err: BaseException, batch_size: int | None = None) -> int | Non
     message = str(err) if isinstance(err, UserError) else runtime_failure(err, batch_size=batch_size)
     if message is None:
         return None
-    print(f"tunecv: error: {message}", file=sys.stderr)
+    print(_colour(f"tunecv: error: {message}", logging.ERROR, sys.stderr), file=sys.stderr)
     return 2

@@ -21,8 +21,11 @@ logger = logging.getLogger(__name__)
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
-# where `_base_: presets/resnet.yaml` is also looked for when it is not beside the including file
-BUNDLED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+# where `_base_: presets/resnet.yaml` is also looked for when it is not beside the including file: the repo's
+# configs/, which `pip install .` puts inside the package
+_PACKAGE = Path(__file__).resolve().parent
+BUNDLED_CONFIGS = next((p for p in (_PACKAGE / "configs", _PACKAGE.parent / "configs") if p.is_dir()),
+                       _PACKAGE.parent / "configs")
 # keys naming input files: a config file's relative value is relative to that file (see resolve_path)
 PATH_KEYS = frozenset({"data_dir", "train_list", "val_list", "image_root", "class_list", "ckpt_path"})
 _TAG = re.compile(r"tag '([^']+)'")

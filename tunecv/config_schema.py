@@ -160,6 +160,9 @@ class TrainConfig:
     val_while_train: bool = _key(True, "validate during training")
     val_interval: int = _key(1, "validate every N epochs (and after the last)")
     log_interval: int = _key(20, "progress-bar update (loss, lr, img/s) every N steps")
+    log_csv: bool = _key(True, "write metrics.csv (one row per epoch, every metric) in ckpt_save_dir")
+    log_tensorboard: bool = _key(False, "write TensorBoard scalars to ckpt_save_dir/tensorboard (needs the "
+                                        "tensorboard package: pip install -r requirements-tensorboard.txt)")
     seed: int = _key(42, "random seed")
     amp_level: str = _key("O0", "O0: fp32; O1/O2/O3: mixed precision (CUDA)", ("O0", "O1", "O2", "O3"))
     clip_grad: bool = _key(False, "clip the gradient norm")

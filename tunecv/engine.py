@@ -20,13 +20,13 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from tunecv import distributed
 from tunecv.errors import UserError
 from tunecv.losses import create_loss
 from tunecv.models import set_train_mode
 from tunecv.optim import base_lr
+from tunecv.progress import progress_bar
 from tunecv.runtime import Compute
 
 if TYPE_CHECKING:
@@ -115,8 +115,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         return EpochProgress(done, loss_sum.item(), int(counted.item()), lr,
                              progress.seconds + time.perf_counter() - start, finished)
 
-    bar = tqdm(loader, desc=f"train {epoch}", leave=False, disable=None if distributed.is_main() else True,
-               dynamic_ncols=True, initial=done, total=total)
+    bar = progress_bar(loader, desc=f"train {epoch}", initial=done, total=total)
     pending = False  # gradients accumulated since the last optimizer step
     for done, batch in enumerate(bar, start=progress.batches + 1):
         update = done % trainer.accumulation_steps == 0 or done == total
@@ -189,19 +188,21 @@ class EvalResult:
     scores: list[float] = field(default_factory=list)
     targets: list[int] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)  # dataset index of each prediction
+    logits: torch.Tensor | None = None  # (images, classes), float32 on the CPU, before the temperature; keep_logits
+    temperature: float = 1.0  # what loss and scores were computed with
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, compute: Compute, num_classes: int, *,
-             desc: str = "eval") -> EvalResult:
-    """Loss (plain cross-entropy), top-1 and top-k (k = min(5, num_classes)) in percent, and per-image predictions."""
+             desc: str = "eval", temperature: float = 1.0, keep_logits: bool = False) -> EvalResult:
+    """Loss (plain cross-entropy), top-1 and top-k (k = min(5, num_classes)) in percent, and per-image predictions;
+    loss and scores are of softmax(logits / temperature) (a calibrated model's probabilities)."""
     model.eval()
     device, k = compute.device, min(5, num_classes)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    preds, scores, labels, indices, correct_k = [], [], [], [], 0
+    preds, scores, labels, indices, kept, correct_k = [], [], [], [], [], 0
     start = time.perf_counter()
-    for batch in tqdm(loader, desc=desc, leave=False, disable=None if distributed.is_main() else True,
-                      dynamic_ncols=True):
+    for batch in progress_bar(loader, desc=desc):
         if batch is None:
             continue
         inputs, targets = compute.inputs(batch[0]), batch[1].to(device, non_blocking=True)
@@ -210,6 +211,9 @@ def evaluate(model: nn.Module, loader: DataLoader, compute: Compute, num_classes
         with compute.autocast():
             logits = model(inputs)
         logits = logits.float()
+        if keep_logits:
+            kept.append(logits.cpu())
+        logits = logits / temperature
         loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").double()
         probs = logits.softmax(dim=1)
         top = probs.topk(k, dim=1)
@@ -218,14 +222,18 @@ def evaluate(model: nn.Module, loader: DataLoader, compute: Compute, num_classes
         scores.extend(top.values[:, 0].tolist())
         labels.extend(targets.tolist())
     loss_total = loss_sum.item()
+    rows = list(torch.cat(kept)) if kept else [None] * len(labels)
     if distributed.enabled():  # each process evaluated its share: merge them, in dataset order
-        parts = distributed.gather((indices, preds, scores, labels, loss_total, correct_k))
-        merged = sorted(zip(*(sum((part[column] for part in parts), []) for column in range(4))))
-        indices, preds, scores, labels = (list(column) for column in zip(*merged)) if merged else ([], [], [], [])
-        loss_total, correct_k = sum(part[4] for part in parts), sum(part[5] for part in parts)
+        parts = distributed.gather((indices, preds, scores, labels, rows, loss_total, correct_k))
+        merged = sorted(zip(*(sum((part[column] for part in parts), []) for column in range(5))),
+                        key=lambda row: row[0])
+        indices, preds, scores, labels, rows = (list(column) for column in zip(*merged)) if merged \
+            else ([], [], [], [], [])
+        loss_total, correct_k = sum(part[5] for part in parts), sum(part[6] for part in parts)
     count = len(labels)
     correct1 = sum(int(p == t) for p, t in zip(preds, labels))
     return EvalResult(loss=loss_total / max(count, 1), top1=100.0 * correct1 / max(count, 1),
                       top5=100.0 * correct_k / max(count, 1), topk=k, images=count,
                       seconds=time.perf_counter() - start, predictions=preds, scores=scores, targets=labels,
-                      indices=indices)
+                      indices=indices, logits=torch.stack(rows) if keep_logits and rows else None,
+                      temperature=temperature)

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from tunecv import frozen_prefix
 from tunecv.data.image_cache import ram_budget
@@ -28,6 +27,7 @@ from tunecv.errors import UserError
 from tunecv.feature_loader import FeatureLoader, cycle_views, flip_views
 from tunecv.frozen_prefix import NotCacheable
 from tunecv.models import classifier_names, kept_modes, set_train_mode
+from tunecv.progress import progress_bar
 from tunecv.runtime import Compute
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ class FeatureExtractor:
         try:
             with kept_modes(self.model):
                 self.model.eval()
-                for batch in tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True):
+                for batch in progress_bar(loader, desc=desc):
                     if batch is None:
                         continue
                     inputs = self.compute.inputs(batch[0])

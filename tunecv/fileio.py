@@ -36,8 +36,10 @@ def atomic_target(path: str | os.PathLike) -> Iterator[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the user expects their usual permissions
         yield tmp
+        # after the write: mkstemp makes 0600, and writers that recreate the file (safetensors) do too; the user
+        # expects their usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except Exception as err:  # any writer's error type: OSError, torch's RuntimeError, SafetensorError
         # measured before the temp file is removed: its partial bytes are what filled the disk

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tunecv import distributed
 from tunecv.engine import EpochProgress, EvalResult, NonFiniteLoss, Trainer, evaluate, train_one_epoch
@@ -123,7 +122,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
                 "layout": batch_layout(_batch_size(train_loader), trainer.accumulation_steps),
                 "rng": distributed.gather(random_state())}
 
-    with logging_redirect_tqdm(), GracefulStop() as stop:
+    with GracefulStop() as stop:
         for epoch in range(state.epoch, cfg.epoch_size + 1):
             optimizer, scheduler = plan.enter(epoch)
             if plan.current is not phase:  # DDP hooks the parameters that train: wrap again when they change
@@ -240,7 +239,7 @@ def _restore(checkpoint: dict[str, Any], saved_model: nn.Module, plan: Plan, tra
     saver.kept = [(score, epoch_, Path(path)) for score, epoch_, path in checkpoint.get("kept", [])]
     if results is not None:
         for row in state.history:
-            results.add(row, draw=False)
+            results.add(row, replayed=True)
     states = checkpoint["rng"]  # one per process
     restore_random_state(states[distributed.rank() % len(states)])
     where = f"epoch {epoch} step {trainer.global_step}" if progress else f"the start of epoch {epoch}"

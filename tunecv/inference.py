@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from tunecv.checkpoint import load_checkpoint
 from tunecv.config import Config, load_config
@@ -19,6 +18,7 @@ from tunecv.data.datasets import IMAGE_EXTENSIONS
 from tunecv.engine import Compute
 from tunecv.errors import UserError
 from tunecv.models import create_model
+from tunecv.progress import progress_bar
 from tunecv.runtime import resolve_device
 from tunecv.weights import load_exact
 
@@ -29,6 +29,7 @@ class Trained:
     classes: list[str]
     model: nn.Module
     compute: Compute
+    temperature: float = 1.0  # validate.py --calibrate's fit: probabilities are softmax(logits / temperature)
 
 
 def load_trained(ckpt_path: str, config_path: str | None, overrides: dict[str, Any],
@@ -42,7 +43,7 @@ def load_trained(ckpt_path: str, config_path: str | None, overrides: dict[str, A
     model = create_model(cfg.model, num_classes=len(classes))
     load_exact(model, checkpoint["model"], source=f"{ckpt_path} (model {cfg.model.model})")
     compute = Compute.create(resolve_device(cfg.train.device), cfg.train.amp_level, cfg.train.channels_last)
-    return Trained(cfg, classes, compute.prepare_model(model), compute)
+    return Trained(cfg, classes, compute.prepare_model(model), compute, float(checkpoint.get("temperature", 1.0)))
 
 
 def collect_images(inputs: list[str]) -> list[Path]:
@@ -65,19 +66,20 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader: DataLoader, compute: Compute, tta: bool = False) -> dict[int, torch.Tensor]:
-    """Class probabilities per dataset index (images that fail to decode have none); `tta`: the average with the
-    horizontally flipped image's."""
+def predict(model: nn.Module, loader: DataLoader, compute: Compute, tta: bool = False,
+            temperature: float = 1.0) -> dict[int, torch.Tensor]:
+    """Class probabilities, softmax(logits / temperature), per dataset index (images that fail to decode have
+    none); `tta`: the average with the horizontally flipped image's."""
     model.eval()
     probabilities: dict[int, torch.Tensor] = {}
-    for batch in tqdm(loader, desc="predict", leave=False, disable=None, dynamic_ncols=True):
+    for batch in progress_bar(loader, desc="predict"):
         if batch is None:
             continue
         inputs = compute.inputs(batch[0])
         with compute.autocast():
-            probs = model(inputs).float().softmax(dim=1)
+            probs = (model(inputs).float() / temperature).softmax(dim=1)
             if tta:
-                probs = (probs + model(inputs.flip(-1)).float().softmax(dim=1)) / 2
+                probs = (probs + (model(inputs.flip(-1)).float() / temperature).softmax(dim=1)) / 2
         probabilities.update(zip(batch[2].tolist(), probs.cpu()))
     return probabilities
 

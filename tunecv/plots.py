@@ -8,9 +8,11 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tunecv.calibration import ReliabilityBins
 from tunecv.fileio import atomic_target
 
 TEXT_UP_TO = 20  # classes: past this the confusion matrix cells carry no numbers (they would not be readable)
@@ -38,7 +40,10 @@ def plot_curves(results_path: str | os.PathLike, path: str | os.PathLike) -> Pat
     if "ema_top1" in columns:
         _plot_known(top1, epochs, columns["ema_top1"], "EMA top-1")
     top1.set_title("top-1 (%)")
-    top1.legend()
+    if top1.get_legend_handles_labels()[0]:
+        top1.legend()
+    else:
+        top1.text(0.5, 0.5, "not validated", ha="center", va="center", transform=top1.transAxes)
     lr.plot(epochs, columns["lr"], "o-")
     lr.set_yscale("log")
     lr.set_title("learning rate (last step of the epoch)")
@@ -80,18 +85,62 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: str | os.PathLi
 
 def plot_top_losses(images: list, titles: list[str], path: str | os.PathLike) -> Path:
     """top_losses.png: a grid of images (PIL) with their titles (true / predicted / probability)."""
+    return plot_grid(images, titles, path, "most confidently wrong: true / predicted probability",
+                     empty="no wrong predictions")
+
+
+def plot_batch(images: torch.Tensor, titles: list[str], mean: tuple[float, ...], std: tuple[float, ...],
+               path: str | os.PathLike) -> Path:
+    """batch.png: normalised (N, C, H, W) training inputs shown as the model's eyes get them, de-normalised."""
+    shape = (1, -1, 1, 1)
+    pixels = (images.float().cpu() * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)).clamp(0, 1)
+    arrays = [image[0].numpy() if image.shape[0] == 1 else image[:3].permute(1, 2, 0).numpy() for image in pixels]
+    size = f"{images.shape[-1]}x{images.shape[-2]} px"
+    return plot_grid(arrays, titles, path, f"a training batch after augmentation ({size}): label")
+
+
+def plot_grid(images: list, titles: list[str], path: str | os.PathLike, title: str, empty: str = "no images") -> Path:
+    """Images (PIL, or HxW / HxWx3 arrays in [0, 1]) four to a row, each under its title."""
     columns = min(4, max(1, len(images)))
     rows = max(1, math.ceil(len(images) / columns))
-    fig = Figure(figsize=(max(3 * columns, 6), 3.2 * rows), dpi=100)
+    fig = Figure(figsize=(max(3 * columns, 6), 3.5 * rows), dpi=100)
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax in axes:
         ax.axis("off")
-    for ax, image, title in zip(axes, images, titles):
-        ax.imshow(image, cmap="gray" if image.mode == "L" else None)
-        ax.set_title(title, fontsize=9)
+    for ax, image, caption in zip(axes, images, titles):
+        if getattr(image, "mode", None) == "L" or np.ndim(image) == 2:  # true intensities, not stretched
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255 if hasattr(image, "mode") else 1)
+        else:
+            ax.imshow(image)
+        ax.set_title(caption, fontsize=9)
     if not images:
-        axes[0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
-    fig.suptitle("most confidently wrong: true / predicted probability")
+        axes[0].text(0.5, 0.5, empty, ha="center", va="center")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_reliability(curves: dict[str, ReliabilityBins], path: str | os.PathLike) -> Path:
+    """reliability.png: accuracy against confidence per bin (the diagonal is perfect calibration), one panel per
+    entry of `curves` (e.g. before and after temperature scaling), with the images per bin below."""
+    fig = Figure(figsize=(4.2 * len(curves), 5.2), dpi=100)
+    grid = fig.add_gridspec(2, len(curves), height_ratios=(3, 1))
+    for column, (title, bins) in enumerate(curves.items()):
+        top, bottom = fig.add_subplot(grid[0, column]), fig.add_subplot(grid[1, column])
+        width = bins.edges[1] - bins.edges[0]
+        centres = [lo + width / 2 for lo in bins.edges[:-1]]
+        accuracy = [0.0 if math.isnan(a) else a for a in bins.accuracy]
+        top.bar(centres, accuracy, width=width, edgecolor="black", linewidth=0.5, label="accuracy")
+        filled = [(c, a, conf) for c, a, conf, n in zip(centres, accuracy, bins.confidence, bins.counts) if n]
+        if filled:  # hatched outline from the accuracy to the mean confidence: over- or under-confidence
+            top.bar([c for c, _, _ in filled], [conf - a for _, a, conf in filled], bottom=[a for _, a, _ in filled],
+                    width=width, fill=False, hatch="//", edgecolor="tab:red", linewidth=0.8,
+                    label="gap to mean confidence")
+        top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"{title}: ECE {bins.ece:.2f} %")
+        bottom.bar(centres, bins.counts, width=width, color="gray")
+        # below, where confidences are rare; in the upper panel it would hide bars
+        bottom.legend(*top.get_legend_handles_labels(), loc="upper left", fontsize=7)
+        bottom.set(xlim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="images")
     return _save(fig, path)
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
+from tunecv.errors import UserError
 from tunecv.fileio import atomic_write_text
 from tunecv.plots import plot_curves
 
@@ -41,25 +42,37 @@ def results_row(m: EpochMetrics, ema: bool = False) -> str:
 
 class ResultsWriter:
     """results.txt: a header, one row per epoch (rewritten atomically each epoch), then the best line;
-    metrics.json holds the same, for machines; curves.png draws it."""
+    metrics.json holds the same, for machines; metrics.csv every metric of every epoch (`csv`); curves.png draws
+    them; `tensorboard`: scalars under tensorboard/ too."""
 
-    def __init__(self, directory: str | os.PathLike, ema: bool = False) -> None:
+    def __init__(self, directory: str | os.PathLike, ema: bool = False, csv: bool = True,
+                 tensorboard: bool = False) -> None:
         """`ema`: one more column, the EMA weights' top-1."""
         self.path = Path(directory) / "results.txt"
         self.json_path = Path(directory) / "metrics.json"
+        self.csv_path = Path(directory) / "metrics.csv" if csv else None
+        self.tensorboard = tensorboard_writer(Path(directory) / "tensorboard") if tensorboard else None
         self.ema = ema
         self.header = RESULTS_HEADER + (" ema_top1" if ema else "")
         self.rows: list[str] = []
         self.history: list[dict] = []
         atomic_write_text(self.path, self.header + "\n")
 
-    def add(self, metrics: EpochMetrics, draw: bool = True) -> None:
-        """`draw`: redraw curves.png from results.txt (not for rows a resumed run puts back)."""
+    def add(self, metrics: EpochMetrics, replayed: bool = False) -> None:
+        """`replayed`: a row a resumed run puts back (already drawn and sent to TensorBoard)."""
         self.rows.append(results_row(metrics, self.ema))
         self.history.append(asdict(metrics))
         atomic_write_text(self.path, "\n".join([self.header, *self.rows]) + "\n")
-        if draw:
-            plot_curves(self.path, self.path.parent / "curves.png")
+        if self.csv_path is not None:
+            atomic_write_text(self.csv_path, metrics_csv(self.history))
+        if replayed:
+            return
+        plot_curves(self.path, self.path.parent / "curves.png")
+        if self.tensorboard is not None:
+            for name, value in asdict(metrics).items():
+                if name != "epoch" and value is not None:
+                    self.tensorboard.add_scalar(_TENSORBOARD_TAGS.get(name, name), value, metrics.epoch)
+            self.tensorboard.flush()
 
     def finish(self, best_top1: float | None, best_epoch: int, ema: Best | None = None) -> None:
         lines = [f"best top1 {_cell(best_top1, 2)} at epoch {best_epoch}"]
@@ -70,6 +83,35 @@ class ResultsWriter:
         atomic_write_text(self.path, "\n".join([self.header, *self.rows, *lines]) + "\n")
         summary["epochs"] = self.history
         atomic_write_text(self.json_path, json.dumps(summary, indent=2) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+# TensorBoard groups scalars by the part before "/"
+_TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "top1": "accuracy/top1",
+                     "top5": "accuracy/top5", "ema_top1": "accuracy/ema_top1", "lr": "lr",
+                     "train_images_per_s": "speed/train_images_per_s", "eval_images_per_s": "speed/eval_images_per_s",
+                     "time_s": "speed/epoch_seconds"}
+
+
+def tensorboard_writer(directory: Path):
+    """torch's SummaryWriter, or a UserError saying how to install the optional dependency."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("log_tensorboard: true needs the tensorboard package: pip install -r "
+                        "requirements-tensorboard.txt (or pip install tunecv[tensorboard]), or set log_tensorboard "
+                        "false") from None
+    return SummaryWriter(log_dir=str(directory))
+
+
+def metrics_csv(history: list[dict]) -> str:
+    """One row per epoch, a column per EpochMetrics field; empty cells where not measured."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(history[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in history)
+    return out.getvalue()
 
 
 def per_class_accuracy(result: EvalResult, classes: list[str]) -> list[tuple[str, int, float]]:

@@ -77,8 +77,7 @@ def test_download_offline_fails_clearly(tmp_path):
 
 
 def test_dtd_trains_and_validates_end_to_end(tmp_path, capsys):
-    import finetune
-    import validate
+    from tunecv.scripts import finetune, validate
 
     _fake_dtd(tmp_path / "data")
     out = tmp_path / "ckpt"

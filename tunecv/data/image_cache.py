@@ -22,11 +22,11 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
-from tqdm import tqdm
 
 from tunecv.data import cache_file as cache_file_format
 from tunecv.data.cache_file import cache_file_for
 from tunecv.errors import CacheChanged, UserError
+from tunecv.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def _decoded(load, resize, indices, workers):
     the GIL while it decodes, so threads scale."""
     threads = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=threads) as pool, \
-            tqdm(total=len(indices), desc="image cache", leave=False, disable=None, dynamic_ncols=True) as bar:
+            progress_bar(total=len(indices), desc="image cache") as bar:
         pending: collections.deque = collections.deque()
         for index in indices:
             pending.append((index, pool.submit(_decode, load, resize, index)))

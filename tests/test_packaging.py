@@ -1,0 +1,58 @@
+"""`pip install .` in a fresh virtual environment gives the console scripts tunecv-finetune, -validate, -predict
+and -export (the top-level scripts' programs), the bundled configs, and the [export] and [tensorboard] extras."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ("finetune", "validate", "predict", "export")
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A new venv that sees this environment's packages (torch, timm: not downloaded again) with tunecv installed
+    from the repo, not in development mode: what a user's `pip install .` gets."""
+    venv = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    (Path(site) / "parent_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-cache-dir", str(ROOT)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return venv
+
+
+def test_console_scripts_run_help(installed, tmp_path):
+    for name in SCRIPTS:
+        proc = subprocess.run([str(installed / "bin" / f"tunecv-{name}"), "--help"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.startswith(f"usage: tunecv-{name} ")
+        assert "--lr" in proc.stdout  # every config key is a flag, as in the script
+
+
+def test_installed_package_is_a_copy_with_its_configs(installed, tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text(f"_base_: presets/resnet.yaml\nnum_classes: 7\ndata_dir: {tmp_path}\n")
+    proc = subprocess.run([str(installed / "bin" / "tunecv-finetune"), "--config", str(config), "--print_config"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "num_classes: 7" in proc.stdout and "model: resnet50" in proc.stdout  # the bundled preset was found
+    where = subprocess.run([str(installed / "bin" / "python"), "-c", "import tunecv; print(tunecv.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(installed)) and (Path(where).parent / "configs" / "demo.yaml").is_file()
+
+
+def test_extras_are_declared(installed):
+    code = "from importlib.metadata import metadata; print(metadata('tunecv').get_all('Provides-Extra'))"
+    extras = subprocess.run([str(installed / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    assert "export" in extras and "tensorboard" in extras

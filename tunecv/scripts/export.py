@@ -1,0 +1,147 @@
+"""Export a checkpoint written by finetune.py to ONNX, TorchScript or safetensors, with a JSON sidecar (classes,
+input size, mean/std, temperature) and a parity check: the exported file, loaded back, must give the PyTorch
+model's logits on real images (--images, else the checkpoint's validation split) within --tolerance.
+
+    python export.py --ckpt_path ckpt/run/tf_efficientnet_lite0_best.pth --format onnx --dynamic_batch
+    python export.py --ckpt_path X --format torchscript --images photos/ --output model.pt
+    python export.py --ckpt_path X --format safetensors --overwrite
+
+The export runs on the CPU in fp32 whatever device the model was trained on. Default output:
+<checkpoint folder>/export/<checkpoint name>.onnx|.pt|.safetensors, its sidecar <output>.json.
+Exit codes: 0 written; 1 the parity check failed (nothing written, an earlier export stays); 2 bad input
+(missing checkpoint, existing output without --overwrite, the ONNX extra not installed, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from tunecv import cli
+from tunecv.config import Config, UserError
+from tunecv.data import create_dataset, create_transforms
+from tunecv.data.datasets import ImageDataset
+from tunecv.export import (
+    SUFFIXES,
+    Parity,
+    ParityError,
+    check_onnx_installed,
+    default_output,
+    export_and_check,
+    refuse_existing,
+    sidecar,
+    write_sidecar,
+)
+from tunecv.inference import collect_images, load_trained
+from tunecv.runtime import image_mode
+
+logger = logging.getLogger("tunecv")
+
+PARITY_IMAGES = 8
+# exported files are fp32 CPU graphs; a compiled or autocast model would trace into something else
+CPU_FP32 = {"device": "cpu", "amp_level": "O0", "channels_last": False, "compile": False}
+
+
+def parity_batch(cfg: Config, classes: list[str], image_paths: list[str] | None) -> tuple[torch.Tensor, str]:
+    """Up to 8 preprocessed images and where they came from."""
+    transform = create_transforms(cfg.data, is_training=False)
+    mode = image_mode(cfg.model.in_channels)
+    if image_paths:
+        paths = collect_images(image_paths)
+        dataset = ImageDataset([(str(p), 0) for p in paths], classes, transform, image_mode=mode,
+                               skip_unreadable=True)
+        images, source = _first_decodable(dataset, range(len(dataset))), "images"
+        if not images:
+            raise UserError(f"none of the {len(paths)} --images files decode; give readable images")
+    else:
+        images, source = _val_images(cfg, classes, transform, mode), "val split"
+    if not images:
+        size = (PARITY_IMAGES, cfg.model.in_channels, cfg.data.image_resize, cfg.data.image_resize)
+        return torch.randn(size, generator=torch.Generator().manual_seed(0)), "random"
+    return torch.stack(images), source
+
+
+def _val_images(cfg: Config, classes: list[str], transform, mode: str) -> list[torch.Tensor]:
+    try:
+        dataset = create_dataset(cfg.data, cfg.data.val_split, transform, classes=classes, image_mode=mode)
+    except (UserError, OSError) as err:  # the data stayed on the training machine
+        logger.warning("parity check on random inputs: no %s images here (%s); give --images for a check on real "
+                       "images", cfg.data.val_split, err)
+        return []
+    # spread over the split: a folder layout lists one class after another
+    step = max(len(dataset) / PARITY_IMAGES, 1)
+    return _first_decodable(dataset, sorted({int(i * step) for i in range(min(PARITY_IMAGES, len(dataset)))}))
+
+
+def _first_decodable(dataset: ImageDataset, indices) -> list[torch.Tensor]:
+    dataset.skip_unreadable = True  # one bad file need not stop an export
+    images = []
+    for index in indices:
+        item = dataset[index]
+        if item is not None:
+            images.append(item[0])
+        if len(images) == PARITY_IMAGES:
+            break
+    return images
+
+
+def run(args, overrides: dict) -> tuple[list[Path], Parity]:
+    output = Path(args.output) if args.output else default_output(args.ckpt_path, args.format)
+    if output.resolve() == Path(args.ckpt_path).resolve():
+        raise UserError(f"--output {output} is the checkpoint itself; choose another file")
+    refuse_existing(output, args.overwrite)
+    if args.format == "onnx":
+        check_onnx_installed(args.opset)
+    if str(overrides.get("device", "cpu")) not in ("cpu", "auto"):
+        logger.info("export runs on the CPU in fp32; --device %s is not used", overrides["device"])
+    trained = load_trained(args.ckpt_path, args.config, {**overrides, **CPU_FP32}, args.cfg_options)
+    trained.model = trained.model.to("cpu", memory_format=torch.contiguous_format).float().eval().requires_grad_(False)
+    images, source = parity_batch(trained.cfg, trained.classes, args.images)
+    parity, extra = export_and_check(args.format, trained, output, images, source, args.tolerance,
+                                     args.dynamic_batch, args.opset)
+    info = sidecar(args.format, output, trained, args.ckpt_path, args.dynamic_batch, parity, extra)
+    return [output, write_sidecar(output, info)], parity
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.build_parser("export.py", "Export a tunecv checkpoint to ONNX, TorchScript or safetensors and "
+                              "check the exported file against the model (any config key can be overridden, e.g. "
+                              "--image_resize).", exclude=("ckpt_path", "overwrite"))
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by finetune.py")
+    parser.add_argument("--format", required=True, choices=sorted(SUFFIXES), help="what to write")
+    parser.add_argument("--output", help="the exported file (default: <checkpoint folder>/export/<checkpoint "
+                        "name>.onnx|.pt|.safetensors); its sidecar is <output>.json")
+    parser.add_argument("--dynamic_batch", action="store_true",
+                        help="ONNX: any batch size (default: batch 1); TorchScript and safetensors take any batch")
+    parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's); below 18 uses the "
+                        "TorchScript-based exporter")
+    parser.add_argument("--images", nargs="+", metavar="PATH", help="image files, folders or patterns for the "
+                        "parity check (default: the checkpoint's validation split, when its data is here)")
+    parser.add_argument("--tolerance", type=float, default=1e-3,
+                        help="largest |logit difference| to the PyTorch model that passes (default: 1e-3; fp32 "
+                             "exports differ by 1e-7 to 1e-4, real export bugs by 1e-2 and more)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output and sidecar")
+    try:
+        args, overrides = cli.parse_args(parser, argv, script_flags=(
+            "ckpt_path", "format", "output", "dynamic_batch", "opset", "images", "tolerance", "overwrite"))
+        if not args.tolerance >= 0:
+            raise UserError(f"--tolerance {args.tolerance}: give a number >= 0")
+        cli.set_verbosity(args.quiet, args.verbose)
+        cli.setup_logging()
+        written, parity = run(args, overrides)
+    except (UserError, RuntimeError, OSError, KeyboardInterrupt) as err:  # one line, no traceback
+        code = cli.failure_exit(err)
+        if code is None:
+            raise
+        return 1 if isinstance(err, ParityError) else code
+    for path in written:
+        print(path)
+    print(parity.describe())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

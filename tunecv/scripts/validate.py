@@ -1,0 +1,139 @@
+"""Evaluate a checkpoint written by finetune.py: loss, top-1/top-5, calibration (ECE), per-class accuracy and
+pred.txt; report.txt, confusion_matrix.png, top_losses.png and reliability.png beside it.
+
+    python validate.py --ckpt_path ckpt/tf_efficientnet_lite0_best.pth --data_dir DIR
+    python validate.py --ckpt_path ckpt/tf_efficientnet_lite0_best.safetensors   (its .json sidecar beside it)
+    python validate.py --ckpt_path X --calibrate     (fit a temperature on this split; predict.py then uses it)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunecv import cli
+from tunecv.calibration import calibrated_top1, fit_temperature, nll, reliability_bins
+from tunecv.checkpoint import update_checkpoint
+from tunecv.config import UserError
+from tunecv.data import create_dataset, create_loader, create_transforms, draft_size
+from tunecv.data.prefetch import on_device
+from tunecv.engine import EvalResult, evaluate
+from tunecv.inference import load_trained
+from tunecv.manifest import class_changes
+from tunecv.plots import plot_confusion, plot_reliability, plot_top_losses
+from tunecv.report import (
+    format_per_class,
+    most_confidently_wrong,
+    per_class_accuracy,
+    write_class_report,
+    write_predictions,
+)
+from tunecv.runtime import image_mode
+
+logger = logging.getLogger("tunecv")
+
+
+def run(ckpt_path: str, config_path: str | None, overrides: dict[str, Any], split: str | None,
+        output: str | None, cfg_options: list[str] | None = None,
+        calibrate: bool = False) -> tuple[EvalResult, list[str], list[Path]]:
+    """Evaluate; write pred.txt (or `output`) and, beside it, report.txt and the pictures; return their paths.
+    `calibrate`: fit the temperature on this split and store it in the checkpoint (scores and loss then use it)."""
+    trained = load_trained(ckpt_path, config_path, overrides, cfg_options)
+    cfg, classes, compute = trained.cfg, trained.classes, trained.compute
+    split = split or cfg.data.val_split
+    uint8 = compute.device.type == "cuda"  # the GPU normalises (DevicePrefetcher)
+    dataset = create_dataset(cfg.data, split, create_transforms(cfg.data, is_training=False, uint8=uint8),
+                             classes=classes, image_mode=image_mode(cfg.model.in_channels),
+                             draft_size=draft_size(cfg.data, False))
+    _warn_absent_classes(classes, dataset.targets, split)
+    loader = on_device(create_loader(dataset, cfg.loader, is_training=False, pin_memory=uint8), compute, cfg.data,
+                       is_training=False)
+    result = evaluate(trained.model, loader, compute, len(classes), desc=split, temperature=trained.temperature,
+                      keep_logits=True)
+    target = Path(output) if output else Path(ckpt_path).parent / "pred.txt"
+    curves = {f"temperature {trained.temperature:.2f}": _reliability(result)}
+    if calibrate and result.images:
+        result = _calibrate(result, trained.temperature, ckpt_path, split)
+        curves[f"temperature {result.temperature:.2f} (fitted)"] = _reliability(result)
+    write_predictions(target, [dataset.samples[i][0] for i in result.indices], result, classes)
+    return result, classes, [target, *_pictures(result, classes, dataset, target.parent),
+                             plot_reliability(curves, target.parent / "reliability.png")]
+
+
+def _reliability(result: EvalResult):
+    return reliability_bins(result.scores, [p == t for p, t in zip(result.predictions, result.targets)])
+
+
+def _calibrate(result: EvalResult, old: float, ckpt_path: str, split: str) -> EvalResult:
+    """Temperature scaling fitted on `result`'s logits, stored in the checkpoint; the result rescored with it."""
+    targets = torch.tensor(result.targets)
+    temperature = fit_temperature(result.logits, targets)
+    update_checkpoint(ckpt_path, {"temperature": temperature})
+    before = (nll(result.logits, targets, old), _reliability(result).ece)
+    scores, _ = calibrated_top1(result.logits, temperature)
+    result = replace(result, scores=scores, loss=nll(result.logits, targets, temperature), temperature=temperature)
+    logger.info("calibration: temperature %.3f -> %.3f fitted on %s (%d images): NLL %.4f -> %.4f, ECE %.2f %% -> "
+                "%.2f %%; stored in %s (predict.py and validate.py use it). Judge it on images it was not fitted on.",
+                old, temperature, split, result.images, before[0], result.loss, before[1], _reliability(result).ece,
+                ckpt_path)
+    return result
+
+
+def _pictures(result: EvalResult, classes: list[str], dataset, folder: Path) -> list[Path]:
+    """report.txt, confusion_matrix.png and top_losses.png beside pred.txt."""
+    matrix = write_class_report(folder / "report.txt", result, classes)
+    wrong = most_confidently_wrong(result)
+    images = [dataset.load_image(index) for index, _, _, _ in wrong]
+    for image in images:
+        image.thumbnail((224, 224))
+    titles = [f"{classes[true]} / {classes[pred]} {score:.2f}" for _, true, pred, score in wrong]
+    return [folder / "report.txt", plot_confusion(matrix, classes, folder / "confusion_matrix.png"),
+            plot_top_losses(images, titles, folder / "top_losses.png")]
+
+
+def _warn_absent_classes(classes: list[str], targets: list[int], split: str) -> None:
+    # data classes the checkpoint does not know are an error (create_dataset); checkpoint classes without
+    # images are not, but top-1 and the per-class table then say nothing about them
+    _, absent = class_changes(classes, [classes[label] for label in sorted(set(targets))])
+    if absent:
+        logger.warning("%s has images of %d of the checkpoint's %d classes, none of %d (e.g. %s); its top-1 "
+                       "covers the %d others only", split, len(classes) - len(absent), len(classes), len(absent),
+                       absent[0], len(classes) - len(absent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.build_parser("validate.py", "Evaluate a tunecv checkpoint; any config key can be overridden.",
+                              exclude=("ckpt_path",))
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by finetune.py (<model>_best.pth, or "
+                             "<model>_best.safetensors with its .json sidecar)")
+    parser.add_argument("--split", help="split to evaluate (default: the checkpoint's val_split)")
+    parser.add_argument("--output", help="where to write the predictions (default: pred.txt beside the checkpoint)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="fit a temperature on this split (temperature scaling) and store it in the checkpoint")
+    try:
+        args, overrides = cli.parse_args(parser, argv, script_flags=("ckpt_path", "split", "output", "calibrate"))
+        cli.set_verbosity(args.quiet, args.verbose)
+        cli.setup_logging()
+        result, classes, written = run(args.ckpt_path, args.config, overrides, args.split, args.output,
+                                       args.cfg_options, calibrate=args.calibrate)
+    except (UserError, RuntimeError, OSError, KeyboardInterrupt) as err:  # one line, no traceback
+        code = cli.failure_exit(err)
+        if code is None:
+            raise
+        return code
+    print(f"{result.images} images: loss {result.loss:.4f}  top1 {result.top1:.2f}  "
+          f"top{result.topk} {result.top5:.2f}  ECE {_reliability(result).ece:.2f} %  "
+          f"({result.images / max(result.seconds, 1e-9):.0f} img/s)")
+    print(format_per_class(per_class_accuracy(result, classes)))
+    print(f"predictions: {written[0]}")
+    print(f"report: {', '.join(map(str, written[1:]))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
