@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,8 @@ import pytest
 import torch
 import yaml
 from PIL import Image, ImageDraw
+
+from tunecv import cli
 
 TINY_MODEL = "test_efficientnet"  # timm's ~100k-parameter test model (BatchNorm, classifier "classifier")
 CLASSES = ("circle", "square", "stripes")
@@ -87,6 +92,31 @@ def tiny_cfg(tiny_overrides: dict[str, Any]):
     return load_config(None, tiny_overrides)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def run_script(script: str, *args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    """One of the top-level scripts (finetune.py, validate.py, ...) in a subprocess, from the repo root."""
+    proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=SCRIPT_ENV, capture_output=True, text=True,
+                          timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
+    """(image folder, <model>_best.pth) of a tiny model trained one short epoch: right on most val images, not all
+    (calibration needs some errors). Shared: copy the checkpoint before changing it."""
+    base = tmp_path_factory.mktemp("trained")
+    data = write_image_folder(base / "images")
+    run_script("finetune.py", "--data_dir", str(data), "--model", TINY_MODEL, "--pretrained", "false",
+               "--image_resize", "32", "--batch_size", "4", "--epoch_size", "1", "--lr", "0.003",
+               "--num_parallel_workers", "0", "--device", "cpu", "--ckpt_save_dir", str(base / "ckpt"))
+    return data, base / "ckpt" / f"{TINY_MODEL}_best.pth"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """On a shared 2-core machine, intra-op threads fight other processes (100x slower steps); one is plenty
@@ -112,6 +142,7 @@ def _restore_logging():
         if handler not in root.handlers:
             root.addHandler(handler)
     root.setLevel(level)
+    cli.set_verbosity()  # a test's --quiet must not hide the next test's lines
 
 
 def apply_freeze(model, ft) -> set[str]:

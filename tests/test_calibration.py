@@ -3,13 +3,14 @@ temperature is stored in .pth and .safetensors checkpoints without breaking them
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
 from tunecv.calibration import calibrated_top1, fit_temperature, nll, reliability_bins
-from tunecv.checkpoint import load_checkpoint, save_checkpoint, save_safetensors, update_checkpoint
+from tunecv.checkpoint import SAVE_ID, load_checkpoint, save_checkpoint, save_safetensors, update_checkpoint
 
 
 def test_ece_is_the_weighted_gap_between_confidence_and_accuracy():
@@ -57,6 +58,23 @@ def test_temperature_stored_in_the_checkpoint(tmp_path, suffix):
     path = tmp_path / f"m_best{suffix}"
     payload = {"model": {"w": torch.ones(2)}, "config": {"model": "m"}, "classes": ["a", "b"], "epoch": 3}
     (save_checkpoint if suffix == ".pth" else save_safetensors)(payload, path)
+    save_id = json.loads(path.with_suffix(".json").read_text()).get(SAVE_ID) if suffix == ".safetensors" else None
     update_checkpoint(path, {"temperature": 1.7})
-    loaded = load_checkpoint(path)  # a safetensors pair keeps its save id: still one save
+    if save_id is not None:  # the pair still belongs together
+        assert json.loads(path.with_suffix(".json").read_text())[SAVE_ID] == save_id
+    loaded = load_checkpoint(path)
     assert loaded["temperature"] == 1.7 and loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], torch.ones(2))
+
+
+def test_calibrate_refuses_a_split_without_errors(caplog):
+    from tunecv.engine import EvalResult
+    from tunecv.scripts.validate import _can_calibrate
+
+    def result(predictions):
+        return EvalResult(loss=0.1, top1=100.0, top5=100.0, topk=2, images=len(predictions), seconds=1.0,
+                          predictions=predictions, scores=[0.9] * len(predictions), targets=[0, 1, 1])
+
+    assert not _can_calibrate(result([0, 1, 1]), "val")
+    assert "every val image is right" in caplog.text and "unchanged" in caplog.text
+    assert _can_calibrate(result([0, 0, 1]), "val")
+    assert not _can_calibrate(EvalResult(0.0, 0.0, 0.0, 1, 0, 0.0), "val")

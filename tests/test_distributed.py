@@ -73,3 +73,44 @@ def test_distribute_without_torchrun_says_how_to_launch(data_dir, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("tunecv: error: distribute: true, but this process was "
                                                           "not launched by torchrun; run torchrun --nproc_per_node")
+
+
+EVALUATE_SHARDS = '''
+import json, sys
+import torch
+from torch import nn
+from tunecv import distributed
+from tunecv.engine import evaluate
+from tunecv.runtime import Compute
+
+distributed.init(False, "cpu")
+rank, world = distributed.rank(), distributed.world_size()
+images = torch.arange(11.0)[:, None]
+labels = torch.arange(11) % 3
+mine = list(range(rank, 11, world))  # each process its share, interleaved
+batches = [(images[mine[i:i + 2]], labels[mine[i:i + 2]], torch.tensor(mine[i:i + 2])) for i in range(0, len(mine), 2)]
+model = nn.Linear(1, 3)
+with torch.no_grad():
+    model.weight.copy_(torch.tensor([[1.0], [-1.0], [0.5]]))
+    model.bias.copy_(torch.tensor([0.0, 9.0, 1.0]))
+result = evaluate(model, batches, Compute(torch.device("cpu")), 3, keep_logits=True, temperature=2.0)
+if distributed.is_main():
+    json.dump({"indices": result.indices, "logits": result.logits.tolist(), "targets": result.targets,
+               "images": result.images, "scores": result.scores}, open(sys.argv[1], "w"))
+distributed.shutdown()
+'''
+
+
+def test_evaluate_merges_every_process_share_with_its_logits_in_dataset_order(tmp_path):
+    import torch
+
+    script, out = tmp_path / "shards.py", tmp_path / "out.json"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + EVALUATE_SHARDS)
+    _run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         str(out))
+    merged = json.loads(out.read_text())
+    expected = torch.arange(11.0)[:, None] * torch.tensor([1.0, -1.0, 0.5]) + torch.tensor([0.0, 9.0, 1.0])
+    assert merged["indices"] == list(range(11)) and merged["images"] == 11
+    assert merged["targets"] == [i % 3 for i in range(11)]
+    assert torch.allclose(torch.tensor(merged["logits"]), expected)  # before the temperature, row i is image i
+    assert merged["scores"] == pytest.approx((expected / 2).softmax(dim=1).max(dim=1).values.tolist(), abs=1e-6)

@@ -4,8 +4,6 @@ check), a sidecar with what a deployment needs, and no existing file replaced wi
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -14,26 +12,18 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_MODEL, write_image_folder
+from conftest import TINY_MODEL, run_script
 from tunecv.data import create_transforms
+from tunecv.errors import ONNX_MISSING
 from tunecv.inference import load_trained
 from tunecv.scripts import export, validate
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 CPU = ("--num_parallel_workers", "0")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("export")
-    data = write_image_folder(base / "images")
-    proc = subprocess.run([sys.executable, "finetune.py", "--data_dir", str(data), "--model", TINY_MODEL,
-                           "--pretrained", "false", "--image_resize", "32", "--batch_size", "4", "--epoch_size", "2",
-                           "--lr", "0.01", *CPU, "--device", "cpu", "--ckpt_save_dir", str(base / "ckpt")],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return data, base / "ckpt" / f"{TINY_MODEL}_best.pth"
+@pytest.fixture
+def trained(trained_checkpoint) -> tuple[Path, Path]:
+    return trained_checkpoint
 
 
 def _export(capsys, *args: str) -> tuple[int, list[str], str]:
@@ -142,8 +132,7 @@ def test_without_the_onnx_packages(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     code, lines, err = _export(capsys, "--ckpt_path", str(ckpt), "--format", "onnx", "--output", str(output),
                                "--overwrite")
-    assert code == 2 and err.strip().splitlines() == ["tunecv: error: ONNX export needs the export extra: pip install "
-                                                      "-r requirements-export.txt (or pip install tunecv[export])"]
+    assert code == 2 and err.strip().splitlines() == [f"tunecv: error: {ONNX_MISSING}"]
 
 
 def test_parity_failure_writes_nothing(trained, tmp_path, capsys):
@@ -165,8 +154,21 @@ def test_bad_input_is_one_line(trained, tmp_path, capsys):
                          (["--format", "onnx", "--images", str(tmp_path / "none.png")], "no such file")):
         code, lines, err = _export(capsys, "--ckpt_path", str(ckpt), "--output", str(tmp_path / "x.onnx"), *args)
         assert code == 2 and needle in err.strip().splitlines()[-1], err
-    proc = subprocess.run([sys.executable, "export.py", "--ckpt_path", str(tmp_path / "missing.pth"), "--format",
-                           "safetensors"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = run_script("export.py", "--ckpt_path", str(tmp_path / "missing.pth"), "--format", "safetensors",
+                      check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"tunecv: error: checkpoint {tmp_path / 'missing.pth'} not found; "
                                                 "check --ckpt_path"]
+
+
+def test_sidecar_carries_the_calibrated_temperature(trained, tmp_path, capsys):
+    from tunecv.checkpoint import update_checkpoint
+
+    _, original = trained
+    ckpt = tmp_path / original.name
+    ckpt.write_bytes(original.read_bytes())
+    update_checkpoint(ckpt, {"temperature": 2.5})
+    code, _, err = _export(capsys, "--ckpt_path", str(ckpt), "--format", "safetensors")
+    assert code == 0, err
+    info = json.loads((tmp_path / "export" / f"{ckpt.stem}.safetensors.json").read_text())
+    assert info["temperature"] == 2.5

@@ -3,6 +3,7 @@ and -export (the top-level scripts' programs), the bundled configs, and the [exp
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -19,13 +20,19 @@ def installed(tmp_path_factory) -> Path:
     """A new venv that sees this environment's packages (torch, timm: not downloaded again) with tunecv installed
     from the repo, not in development mode: what a user's `pip install .` gets."""
     venv = tmp_path_factory.mktemp("venv")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    # no pip or setuptools of its own: this environment's (requirements-dev.txt) are seen through the .pth below
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
     (Path(site) / "parent_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-cache-dir", str(ROOT)],
-                          capture_output=True, text=True, timeout=600)
+    # from a copy: pip builds in the source tree (build/, egg-info), which must not change under other tests;
+    # without build isolation: setuptools comes from this environment, nothing is downloaded
+    source = tmp_path_factory.mktemp("source") / "tunecv"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "ckpt", "build", "*.egg-info", "__pycache__",
+                                                                 "tests", "bench", "docs"))
+    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                           "--no-cache-dir", str(source)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return venv
 
@@ -48,7 +55,10 @@ def test_installed_package_is_a_copy_with_its_configs(installed, tmp_path):
     assert "num_classes: 7" in proc.stdout and "model: resnet50" in proc.stdout  # the bundled preset was found
     where = subprocess.run([str(installed / "bin" / "python"), "-c", "import tunecv; print(tunecv.__file__)"],
                            cwd=tmp_path, capture_output=True, text=True, check=True).stdout
-    assert where.startswith(str(installed)) and (Path(where).parent / "configs" / "demo.yaml").is_file()
+    package = Path(where).parent
+    assert where.startswith(str(installed)) and (package / "configs" / "demo.yaml").is_file()
+    assert {p.relative_to(ROOT / "tunecv") for p in (ROOT / "tunecv").rglob("*.py")} <= \
+        {p.relative_to(package) for p in package.rglob("*.py")}  # every module shipped (pyproject lists packages)
 
 
 def test_extras_are_declared(installed):
@@ -56,3 +66,12 @@ def test_extras_are_declared(installed):
     extras = subprocess.run([str(installed / "bin" / "python"), "-c", code], capture_output=True, text=True,
                             check=True).stdout
     assert "export" in extras and "tensorboard" in extras
+
+
+def test_top_level_scripts_are_wrappers_with_the_programs_usage():
+    import ast
+
+    for name in SCRIPTS:
+        wrapper, program = ROOT / f"{name}.py", ROOT / "tunecv" / "scripts" / f"{name}.py"
+        assert ast.get_docstring(ast.parse(wrapper.read_text())) == ast.get_docstring(ast.parse(program.read_text()))
+        assert f"from tunecv.scripts.{name} import main" in wrapper.read_text()

@@ -5,48 +5,29 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY_MODEL, write_image_folder
+from conftest import run_script
 from tunecv.errors import UserError
 from tunecv.inference import collect_images
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
-
-def _run(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=300)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("predict")
-    data = write_image_folder(base / "images")
-    _run("finetune.py", "--data_dir", str(data), "--model", TINY_MODEL, "--pretrained", "false", "--image_resize",
-         "32", "--batch_size", "4", "--epoch_size", "2", "--lr", "0.01", "--num_parallel_workers", "0", "--device",
-         "cpu", "--ckpt_save_dir", str(base / "ckpt"))
-    return data, base / "ckpt" / f"{TINY_MODEL}_best.pth"
+@pytest.fixture
+def trained(trained_checkpoint) -> tuple[Path, Path]:
+    return trained_checkpoint
 
 
 def test_top1_is_validates_on_the_same_images(trained, tmp_path):
     data, ckpt = trained
-    _run("validate.py", "--ckpt_path", str(ckpt), "--data_dir", str(data), "--num_parallel_workers", "0",
+    run_script("validate.py", "--ckpt_path", str(ckpt), "--data_dir", str(data), "--num_parallel_workers", "0",
          "--output", str(tmp_path / "pred.txt"))
     expected = {line.split("\t")[0]: line.split("\t")[1]
                 for line in (tmp_path / "pred.txt").read_text().splitlines()[1:]}
     out = tmp_path / "preds.csv"
-    proc = _run("predict.py", "--ckpt_path", str(ckpt), str(data / "val"), "--topk", "2", "--output", str(out),
+    proc = run_script("predict.py", "--ckpt_path", str(ckpt), str(data / "val"), "--topk", "2", "--output", str(out),
                 "--num_parallel_workers", "0")
     with out.open() as f:
         rows = list(csv.DictReader(f))
@@ -62,7 +43,7 @@ def test_bad_files_are_skipped_and_json_output(trained, tmp_path):
     for path in good:
         (tmp_path / path.name).write_bytes(path.read_bytes())
     out = tmp_path / "preds.json"
-    proc = _run("predict.py", "--ckpt_path", str(ckpt), str(tmp_path / "*.png"), "--tta", "--topk", "3",
+    proc = run_script("predict.py", "--ckpt_path", str(ckpt), str(tmp_path / "*.png"), "--tta", "--topk", "3",
                 "--output", str(out), "--num_parallel_workers", "0")
     records = json.loads(out.read_text())
     assert sorted(Path(r["path"]).name for r in records) == sorted(p.name for p in good)
@@ -74,7 +55,7 @@ def test_bad_arguments_are_one_line(trained, tmp_path):
     _, ckpt = trained
     for args, needle in (([str(tmp_path / "missing.jpg")], "no such file"), ([str(tmp_path)], "no image files"),
                          ([str(ckpt), "--output", "x.txt"], ".csv or .json")):
-        proc = _run("predict.py", "--ckpt_path", str(ckpt), *args, check=False)
+        proc = run_script("predict.py", "--ckpt_path", str(ckpt), *args, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert needle in proc.stderr.strip().splitlines()[-1]
 
@@ -93,7 +74,7 @@ def test_calibrated_temperature_is_stored_and_used_by_predict(trained, tmp_path)
     data, original = trained
     ckpt = tmp_path / original.name
     ckpt.write_bytes(original.read_bytes())
-    check = _run("validate.py", "--ckpt_path", str(ckpt), "--data_dir", str(data), "--num_parallel_workers", "0",
+    check = run_script("validate.py", "--ckpt_path", str(ckpt), "--data_dir", str(data), "--num_parallel_workers", "0",
                  "--calibrate")
     temperature = torch.load(ckpt, weights_only=True)["temperature"]
     assert abs(temperature - 1.0) > 0.01
@@ -102,7 +83,7 @@ def test_calibrated_temperature_is_stored_and_used_by_predict(trained, tmp_path)
     scores = {line.split("\t")[0]: float(line.split("\t")[3])
               for line in (tmp_path / "pred.txt").read_text().splitlines()[1:]}
     out = tmp_path / "preds.json"
-    _run("predict.py", "--ckpt_path", str(ckpt), str(data / "val"), "--output", str(out), "--num_parallel_workers",
-         "0")
+    run_script("predict.py", "--ckpt_path", str(ckpt), str(data / "val"), "--output", str(out),
+               "--num_parallel_workers", "0")
     predicted = {r["path"]: r["top"][0]["score"] for r in json.loads(out.read_text())}
     assert predicted == pytest.approx(scores, abs=2e-4)  # validate's calibrated scores are predict's

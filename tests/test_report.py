@@ -15,6 +15,7 @@ import pytest
 
 from conftest import TINY_MODEL, write_image_folder
 from tunecv import cli
+from tunecv.config import load_config
 from tunecv.errors import UserError
 from tunecv.fit import EpochMetrics
 from tunecv.report import ResultsWriter, tensorboard_writer
@@ -62,8 +63,21 @@ def test_replayed_rows_of_a_resumed_run_are_not_sent_again(tmp_path):
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 3  # the csv keeps both epochs
 
 
+def test_an_overwritten_run_replaces_the_earlier_runs_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    first = ResultsWriter(tmp_path, tensorboard=True)
+    for epoch in (1, 2, 3):
+        first.add(_epoch(epoch, 10.0 * epoch))
+    first.finish(30.0, 3)
+    second = ResultsWriter(tmp_path, tensorboard=True)
+    second.add(_epoch(1, 55.0))
+    second.finish(55.0, 1)
+    assert _scalars(tmp_path / "tensorboard")["accuracy/top1"] == [(1, 55.0)]
+
+
 def test_csv_off(tmp_path):
-    ResultsWriter(tmp_path, csv=False).add(_epoch(1, 50.0))
+    ResultsWriter(tmp_path).add(_epoch(1, 50.0))
+    ResultsWriter(tmp_path, csv=False).add(_epoch(1, 50.0))  # a run over it without the csv
     assert not (tmp_path / "metrics.csv").exists() and (tmp_path / "results.txt").exists()
 
 
@@ -71,6 +85,9 @@ def test_missing_tensorboard_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # what an environment without it raises
     with pytest.raises(UserError, match="pip install -r requirements-tensorboard.txt"):
         tensorboard_writer(tmp_path)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    with pytest.raises(UserError, match=r"^log_tensorboard: true needs the tensorboard package"):
+        load_config(None, {"dataset": "digits", "log_tensorboard": "true"})  # before any data or model work
 
 
 class _Terminal(io.StringIO):
@@ -101,7 +118,7 @@ def test_quiet_run_keeps_its_log_file_and_writes_the_logs(tmp_path):
     pytest.importorskip("tensorboard")
     proc = _finetune(tmp_path, "--quiet", "--log_tensorboard")
     assert "tunecv run" not in proc.stderr and "epoch 1:" not in proc.stderr  # no info lines, no bars
-    assert "\033[" not in proc.stderr  # a pipe gets no colour codes
+    assert "warning: " in proc.stderr and "\033[" not in proc.stderr  # warnings stay, uncoloured in a pipe
     assert "best top-1" in proc.stdout  # the result is still reported
     log = (tmp_path / "ckpt" / "train.log").read_text()
     assert "tunecv run" in log and "epoch 2: lr" in log  # the summary and each epoch's final state

@@ -174,6 +174,15 @@ def test_resume_command_replaces_an_earlier_resume():
     assert command == "python finetune.py --config 'my x.yaml' --resume_force --resume r/m_last.pth"
 
 
+def test_resume_command_of_the_console_script(monkeypatch):
+    from tunecv.resume import resume_command
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/tunecv-finetune"])
+    assert resume_command(["--lr", "0.1"], Path("m_last.pth")) == "tunecv-finetune --lr 0.1 --resume m_last.pth"
+    assert resume_command([], Path("m_last.pth"), world_size=2) == \
+        "torchrun --nproc_per_node 2 -m tunecv.scripts.finetune --resume m_last.pth"
+
+
 def test_new_run_dirs_never_collide(tmp_path):
     from tunecv.resume import find_last, new_run_dir
 

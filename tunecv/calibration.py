@@ -53,9 +53,13 @@ def nll(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> floa
     return float(nn.functional.cross_entropy(logits.float() / temperature, targets))
 
 
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
+TEMPERATURE_RANGE = (1e-2, 1e2)
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float | None:
     """The temperature T > 0 that minimises the negative log-likelihood of softmax(logits / T) (L-BFGS on log T,
-    so T stays positive)."""
+    so T stays positive), within TEMPERATURE_RANGE; None when the fit diverged. Without a wrong top-1 the
+    likelihood has no minimum (it keeps rising as T → 0): callers check for that first."""
     # a clone: logits from an inference_mode pass cannot take part in autograd
     logits, targets = logits.detach().float().cpu().clone(), targets.detach().cpu().clone()
     log_t = torch.zeros((), requires_grad=True)
@@ -69,6 +73,6 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
 
     optimizer.step(closure)
     temperature = float(log_t.detach().exp())
-    if not math.isfinite(temperature):  # degenerate logits (all ties): leave the model as it was
-        return 1.0
-    return min(max(temperature, 1e-2), 1e2)
+    if not math.isfinite(temperature):
+        return None
+    return min(max(temperature, TEMPERATURE_RANGE[0]), TEMPERATURE_RANGE[1])

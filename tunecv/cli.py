@@ -66,7 +66,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None,
     # one token stays text (`--scale 0.5,1.0`, `--freeze_patterns 're:a,b'`); several stay a list of items
     overrides = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in vars(args).items() if k in KEYS}
     overrides.update(_parse_rest(rest))
-    for flag in (*script_flags, "quiet", "verbose"):
+    for flag in script_flags:
         overrides.pop(flag, None)
     return args, overrides
 

@@ -31,7 +31,7 @@ from tunecv.config_schema import (
     TrainConfig,
 )
 from tunecv.config_values import closest_hint, coerce
-from tunecv.errors import UserError
+from tunecv.errors import TENSORBOARD_MISSING, UserError
 from tunecv.fileio import atomic_write_text
 from tunecv.param_groups import check_paramwise_cfg
 
@@ -158,7 +158,18 @@ def _resolve(cfg: Config, training: bool = True) -> Config:
     if training:
         _check_finetune(cfg)
         _check_caches(cfg)
+        if cfg.train.log_tensorboard:
+            _check_tensorboard()
     return dataclasses.replace(cfg, data=data)
+
+
+def _check_tensorboard() -> None:
+    """Before any work, on every process of a distributed run: the missing package is one line, not a failure
+    after the data and model are prepared."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise UserError(TENSORBOARD_MISSING) from None
 
 
 def _check_caches(cfg: Config) -> None:

@@ -222,18 +222,19 @@ def evaluate(model: nn.Module, loader: DataLoader, compute: Compute, num_classes
         scores.extend(top.values[:, 0].tolist())
         labels.extend(targets.tolist())
     loss_total = loss_sum.item()
-    rows = list(torch.cat(kept)) if kept else [None] * len(labels)
+    logits = torch.cat(kept) if kept else None
     if distributed.enabled():  # each process evaluated its share: merge them, in dataset order
-        parts = distributed.gather((indices, preds, scores, labels, rows, loss_total, correct_k))
-        merged = sorted(zip(*(sum((part[column] for part in parts), []) for column in range(5))),
-                        key=lambda row: row[0])
-        indices, preds, scores, labels, rows = (list(column) for column in zip(*merged)) if merged \
-            else ([], [], [], [], [])
+        parts = distributed.gather((indices, preds, scores, labels, logits, loss_total, correct_k))
+        indices, preds, scores, labels = (sum((part[column] for part in parts), []) for column in range(4))
+        order = sorted(range(len(indices)), key=indices.__getitem__)
+        indices, preds, scores, labels = ([column[i] for i in order] for column in (indices, preds, scores, labels))
+        shares = [part[4] for part in parts if part[4] is not None]
+        logits = torch.cat(shares)[order] if shares else None
         loss_total, correct_k = sum(part[5] for part in parts), sum(part[6] for part in parts)
     count = len(labels)
     correct1 = sum(int(p == t) for p, t in zip(preds, labels))
     return EvalResult(loss=loss_total / max(count, 1), top1=100.0 * correct1 / max(count, 1),
                       top5=100.0 * correct_k / max(count, 1), topk=k, images=count,
                       seconds=time.perf_counter() - start, predictions=preds, scores=scores, targets=labels,
-                      indices=indices, logits=torch.stack(rows) if keep_logits and rows else None,
+                      indices=indices, logits=logits,
                       temperature=temperature)

@@ -7,6 +7,12 @@ import errno
 import re
 
 _WORKER_MARKER = "Original Traceback"
+# optional dependencies: what to install (from a clone, or as the package's extra)
+TENSORBOARD_MISSING = ("log_tensorboard: true needs the tensorboard package: pip install -r "
+                       "requirements-tensorboard.txt (or pip install \"tunecv[tensorboard]\"), or set "
+                       "log_tensorboard false")
+ONNX_MISSING = ("ONNX export needs the export extra: pip install -r requirements-export.txt "
+                "(or pip install \"tunecv[export]\")")
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk and a full quota need the same fix
 NO_ACCESS = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}
 # torch's C++ writers (shared memory of DataLoader workers) report a full /dev/shm as a RuntimeError

@@ -25,7 +25,7 @@ from torch import nn
 from tunecv import __version__
 from tunecv.checkpoint import own_storage
 from tunecv.config import Config
-from tunecv.errors import UserError
+from tunecv.errors import ONNX_MISSING, UserError
 from tunecv.fileio import atomic_target, atomic_write_text
 from tunecv.inference import Trained
 from tunecv.models import create_model
@@ -36,9 +36,7 @@ logger = logging.getLogger(__name__)
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 DYNAMO_MIN_OPSET = 18  # the dynamo exporter cannot write older opsets (it silently writes 18 instead)
-ONNX_EXTRA = ("ONNX export needs the export extra: pip install -r requirements-export.txt "
-              "(or pip install tunecv[export])")
-ORT_HINT = "pip install onnxruntime (or pip install tunecv[export])"
+ORT_HINT = "pip install -r requirements-export.txt (or pip install \"tunecv[export]\")"
 # torch 2.9+ deprecates torch.jit and the TorchScript-based ONNX exporter; the user cannot act on that here
 _DEPRECATED = r"(`torch\.jit\.\w+` is deprecated|You are using the legacy TorchScript-based ONNX export)"
 
@@ -70,20 +68,20 @@ def default_output(ckpt_path: str | Path, fmt: str) -> Path:
     return ckpt_path.parent / "export" / (ckpt_path.stem + SUFFIXES[fmt])
 
 
-def sidecar_path(output: str | Path) -> Path:
+def export_sidecar_path(output: str | Path) -> Path:
     return Path(f"{output}.json")
 
 
 def refuse_existing(output: Path, overwrite: bool) -> None:
     """Nothing the user had is replaced silently: checked before the (slow) export starts."""
-    for path in (output, sidecar_path(output)):
+    for path in (output, export_sidecar_path(output)):
         if path.exists() and not overwrite:
             raise UserError(f"{path} exists; --overwrite replaces it (or choose another --output)")
 
 
 def check_onnx_installed(opset: int | None) -> None:
     if any(importlib.util.find_spec(name) is None for name in ("onnx", "onnxscript")):
-        raise UserError(ONNX_EXTRA)
+        raise UserError(ONNX_MISSING)
     import onnx
 
     newest = onnx.defs.onnx_opset_version()
@@ -291,6 +289,6 @@ def _interpolation(data) -> str:
 
 
 def write_sidecar(output: Path, info: dict[str, Any]) -> Path:
-    path = sidecar_path(output)
+    path = export_sidecar_path(output)
     atomic_write_text(path, json.dumps(info, indent=2) + "\n")
     return path

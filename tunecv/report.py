@@ -9,12 +9,12 @@ import os
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
-from tunecv.errors import UserError
+from tunecv.errors import TENSORBOARD_MISSING, UserError
 from tunecv.fileio import atomic_write_text
 from tunecv.plots import plot_curves
 
@@ -51,7 +51,10 @@ class ResultsWriter:
         self.path = Path(directory) / "results.txt"
         self.json_path = Path(directory) / "metrics.json"
         self.csv_path = Path(directory) / "metrics.csv" if csv else None
-        self.tensorboard = tensorboard_writer(Path(directory) / "tensorboard") if tensorboard else None
+        if not csv:  # an overwritten run's file would pass for this one's
+            (Path(directory) / "metrics.csv").unlink(missing_ok=True)
+        self.tensorboard_dir = Path(directory) / "tensorboard" if tensorboard else None
+        self.tensorboard = None
         self.ema = ema
         self.header = RESULTS_HEADER + (" ema_top1" if ema else "")
         self.rows: list[str] = []
@@ -68,7 +71,9 @@ class ResultsWriter:
         if replayed:
             return
         plot_curves(self.path, self.path.parent / "curves.png")
-        if self.tensorboard is not None:
+        if self.tensorboard_dir is not None:
+            if self.tensorboard is None:  # steps from here on of an overwritten or resumed run's events are dropped
+                self.tensorboard = tensorboard_writer(self.tensorboard_dir, purge_step=metrics.epoch)
             for name, value in asdict(metrics).items():
                 if name != "epoch" and value is not None:
                     self.tensorboard.add_scalar(_TENSORBOARD_TAGS.get(name, name), value, metrics.epoch)
@@ -94,15 +99,14 @@ _TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "top1":
                      "time_s": "speed/epoch_seconds"}
 
 
-def tensorboard_writer(directory: Path):
-    """torch's SummaryWriter, or a UserError saying how to install the optional dependency."""
+def tensorboard_writer(directory: Path, purge_step: int | None = None) -> Any:
+    """torch's SummaryWriter (events at `purge_step` and later already in `directory` are dropped), or a
+    UserError saying how to install the optional dependency."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise UserError("log_tensorboard: true needs the tensorboard package: pip install -r "
-                        "requirements-tensorboard.txt (or pip install tunecv[tensorboard]), or set log_tensorboard "
-                        "false") from None
-    return SummaryWriter(log_dir=str(directory))
+        raise UserError(TENSORBOARD_MISSING) from None
+    return SummaryWriter(log_dir=str(directory), purge_step=purge_step)
 
 
 def metrics_csv(history: list[dict]) -> str:

@@ -167,5 +167,12 @@ def resume_command(argv: list[str] | None, last_path: Path, world_size: int = 1)
     args = list(sys.argv[1:] if argv is None else argv)
     kept = [arg for i, arg in enumerate(args) if not (arg.startswith("--resume") and not arg.startswith(
         "--resume_force")) and not (i > 0 and args[i - 1] == "--resume")]
-    launcher = ["torchrun", "--nproc_per_node", str(world_size)] if world_size > 1 else ["python"]
-    return shlex.join([*launcher, "finetune.py", *kept, "--resume", str(last_path)])
+    program = Path(sys.argv[0]).name
+    # a console script (tunecv-finetune) is run by name; torchrun needs it as a module
+    if program.startswith("tunecv-"):
+        command = ["torchrun", "--nproc_per_node", str(world_size), "-m", "tunecv.scripts.finetune"] \
+            if world_size > 1 else [program]
+    else:
+        command = ["torchrun", "--nproc_per_node", str(world_size), "finetune.py"] if world_size > 1 \
+            else ["python", "finetune.py"]
+    return shlex.join([*command, *kept, "--resume", str(last_path)])

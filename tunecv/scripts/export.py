@@ -42,7 +42,7 @@ logger = logging.getLogger("tunecv")
 
 PARITY_IMAGES = 8
 # exported files are fp32 CPU graphs; a compiled or autocast model would trace into something else
-CPU_FP32 = {"device": "cpu", "amp_level": "O0", "channels_last": False, "compile": False}
+CPU_FP32 = {"device": "cpu", "amp_level": "O0", "channels_last": False}
 
 
 def parity_batch(cfg: Config, classes: list[str], image_paths: list[str] | None) -> tuple[torch.Tensor, str]:

@@ -24,7 +24,6 @@ from tunecv.data.image_cache import attach_image_cache
 from tunecv.data.loader import class_counts
 from tunecv.data.prefetch import on_device
 from tunecv.engine import Compute, Trainer, create_trainer, optimizer_steps
-from tunecv.errors import runtime_failure
 from tunecv.feature_cache import create_feature_loaders, use_feature_cache
 from tunecv.fit import FitResult, fit
 from tunecv.lr_find import START_LR, lr_find, plot
@@ -164,11 +163,15 @@ def show_batch(cfg: Config, count: int = 16) -> Path:
     train_set = create_dataset(cfg.data, cfg.data.train_split, create_transforms(cfg.data, True),
                                image_mode=image_mode(cfg.model.in_channels), draft_size=draft_size(cfg.data, True))
     loader = create_loader(train_set, cfg.loader, is_training=True, seed=cfg.train.seed, persistent=False)
-    images, labels = next(batch for batch in loader if batch is not None)[:2]
+    batch = next((batch for batch in loader if batch is not None), None)
+    if batch is None:
+        raise UserError(f"{len(train_set)} training images give no batch of {cfg.loader.batch_size}; lower "
+                        "batch_size or set drop_remainder false")
+    images, labels = batch[:2]
     mixup = create_mixup(cfg.loader, len(train_set.classes), cfg.train.label_smoothing)
     if mixup is not None:
         images, mixed = mixup(images, labels)
-        weights, top = mixed.topk(2, dim=1)
+        weights, top = mixed.topk(min(2, len(train_set.classes)), dim=1)
         titles = [" + ".join(f"{train_set.classes[c]} {w:.2f}" for w, c in zip(ws.tolist(), cs.tolist()) if w >= 0.05)
                   for ws, cs in zip(weights, top)]
     else:
@@ -281,12 +284,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tunecv: {stopped}\nresume with: {command}", file=sys.stderr)
         return 128 + stopped.signum
     except (RuntimeError, OSError) as err:  # CUDA out of memory, a full disk: a traceback would not help
-        message = runtime_failure(err, batch_size=cfg.loader.batch_size if cfg is not None else None)
-        if message is None:
-            raise
         logger.debug("run-time failure", exc_info=True)
-        print(f"tunecv: error: {message}", file=sys.stderr)
-        return 2
+        code = cli.failure_exit(err, batch_size=cfg.loader.batch_size if cfg is not None else None)
+        if code is None:
+            raise
+        return code
     except KeyboardInterrupt:
         print("tunecv: interrupted", file=sys.stderr)
         return 130

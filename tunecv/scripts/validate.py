@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from tunecv import cli
-from tunecv.calibration import calibrated_top1, fit_temperature, nll, reliability_bins
+from tunecv.calibration import TEMPERATURE_RANGE, calibrated_top1, fit_temperature, nll, reliability_bins
 from tunecv.checkpoint import update_checkpoint
 from tunecv.config import UserError
 from tunecv.data import create_dataset, create_loader, create_transforms, draft_size
@@ -57,9 +57,11 @@ def run(ckpt_path: str, config_path: str | None, overrides: dict[str, Any], spli
                       keep_logits=True)
     target = Path(output) if output else Path(ckpt_path).parent / "pred.txt"
     curves = {f"temperature {trained.temperature:.2f}": _reliability(result)}
-    if calibrate and result.images:
-        result = _calibrate(result, trained.temperature, ckpt_path, split)
-        curves[f"temperature {result.temperature:.2f} (fitted)"] = _reliability(result)
+    if calibrate and _can_calibrate(result, split):
+        calibrated = _calibrate(result, trained.temperature, ckpt_path, split)
+        if calibrated is not None:
+            result = calibrated
+            curves[f"temperature {result.temperature:.2f} (fitted)"] = _reliability(result)
     write_predictions(target, [dataset.samples[i][0] for i in result.indices], result, classes)
     return result, classes, [target, *_pictures(result, classes, dataset, target.parent),
                              plot_reliability(curves, target.parent / "reliability.png")]
@@ -69,10 +71,28 @@ def _reliability(result: EvalResult):
     return reliability_bins(result.scores, [p == t for p, t in zip(result.predictions, result.targets)])
 
 
-def _calibrate(result: EvalResult, old: float, ckpt_path: str, split: str) -> EvalResult:
-    """Temperature scaling fitted on `result`'s logits, stored in the checkpoint; the result rescored with it."""
+def _can_calibrate(result: EvalResult, split: str) -> bool:
+    if not result.images:
+        logger.warning("--calibrate: %s has no images to fit a temperature on; the checkpoint is unchanged", split)
+        return False
+    if all(p == t for p, t in zip(result.predictions, result.targets)):
+        logger.warning("--calibrate: every %s image is right, so no temperature fits (sharper is always better); "
+                       "calibrate on a larger split with some errors; the checkpoint is unchanged", split)
+        return False
+    return True
+
+
+def _calibrate(result: EvalResult, old: float, ckpt_path: str, split: str) -> EvalResult | None:
+    """Temperature scaling fitted on `result`'s logits, stored in the checkpoint; the result rescored with it
+    (None, the checkpoint unchanged, when the fit fails)."""
     targets = torch.tensor(result.targets)
     temperature = fit_temperature(result.logits, targets)
+    if temperature is None:
+        logger.warning("--calibrate: the temperature fit diverged on %s; the checkpoint is unchanged", split)
+        return None
+    if temperature in TEMPERATURE_RANGE:
+        logger.warning("--calibrate: the temperature stopped at its bound %g; the logits are far from calibrated "
+                       "or %s is too small", temperature, split)
     update_checkpoint(ckpt_path, {"temperature": temperature})
     before = (nll(result.logits, targets, old), _reliability(result).ece)
     scores, _ = calibrated_top1(result.logits, temperature)
