@@ -14,8 +14,6 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
-from tunecv import cli
-
 TINY_MODEL = "test_efficientnet"  # timm's ~100k-parameter test model (BatchNorm, classifier "classifier")
 CLASSES = ("circle", "square", "stripes")
 TRAIN_PER_CLASS = 8
@@ -142,7 +140,6 @@ def _restore_logging():
         if handler not in root.handlers:
             root.addHandler(handler)
     root.setLevel(level)
-    cli.set_verbosity()  # a test's --quiet must not hide the next test's lines
 
 
 def apply_freeze(model, ft) -> set[str]:

@@ -331,7 +331,8 @@ class _FullDisk:
 
 def test_full_disk_stops_the_log_file_with_one_warning(tmp_path, capsys):
     log_file = tmp_path / "run" / "train.log"
-    cli.setup_logging(log_file)
+    cli.setup_logging()
+    cli.add_log_file(log_file)
     logger = logging.getLogger("tunecv.test")
     logger.info("epoch 1")
     handler = next(h for h in logging.getLogger().handlers if isinstance(h, cli.LogFile))
@@ -349,4 +350,4 @@ def test_log_file_on_a_read_only_disk_is_one_error_line(tmp_path, monkeypatch):
         raise OSError(errno.EROFS, "Read-only file system", self.baseFilename)
     monkeypatch.setattr(cli.LogFile, "_open", read_only)  # FileHandler opens the file on creation
     with pytest.raises(UserError, match=r"^cannot write .*train.log \(read-only file system\); "):
-        cli.setup_logging(tmp_path / "train.log")
+        cli.add_log_file(tmp_path / "train.log")

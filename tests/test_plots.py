@@ -116,3 +116,13 @@ def test_finetune_and_validate_write_the_pictures(tmp_path):
         match = re.search(rf"^\s*{name}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)$", report, re.MULTILINE)
         assert match and int(match[4]) == total
         assert float(match[2]) == pytest.approx(right[name] / total, abs=1e-4)
+
+
+def test_show_batch_without_a_batch_is_one_line(tmp_path, capsys):
+    from tunecv.scripts import finetune
+
+    data = write_image_folder(tmp_path / "images", train_per_class=1, val_per_class=1, classes=("circle",))
+    code = finetune.main(["--data_dir", str(data), "--model", TINY_MODEL, "--image_resize", "32",
+                          "--num_parallel_workers", "0", "--ckpt_save_dir", str(tmp_path / "ckpt"), "--show_batch"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("tunecv: error: 1 training images give no batch of")

@@ -127,6 +127,20 @@ def test_quiet_run_keeps_its_log_file_and_writes_the_logs(tmp_path):
     assert list((tmp_path / "ckpt" / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_verbose_run_shows_debug_lines(tmp_path):
-    proc = _finetune(tmp_path, "--verbose", "--epoch_size", "1")
-    assert "tunecv run" in proc.stderr and "debug: transforms (train" in proc.stderr
+@pytest.mark.parametrize("flags, debug, info, warning, bars", [
+    ({}, False, True, True, True), ({"verbose": True}, True, True, True, True),
+    ({"quiet": True}, False, False, True, False)])
+def test_console_levels(capsys, tmp_path, flags, debug, info, warning, bars):
+    from tunecv.progress import _console_quiet
+
+    cli.setup_logging(**flags)
+    cli.add_log_file(tmp_path / "train.log")
+    logger = logging.getLogger("tunecv.test")
+    logger.debug("a debug line")
+    logger.info("an info line")
+    logger.warning("a warning line")
+    err = capsys.readouterr().err
+    assert ("debug: a debug line" in err, "an info line" in err, "warning: a warning line" in err) == \
+        (debug, info, warning)
+    assert _console_quiet() is not bars
+    assert "an info line" in (tmp_path / "train.log").read_text()  # the file keeps it whatever the console shows

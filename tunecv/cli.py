@@ -13,7 +13,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tunecv import progress
 from tunecv.config import KEYS, SECTIONS, key_type
 from tunecv.errors import UserError, write_failure
 
@@ -158,39 +157,38 @@ class LogFile(logging.FileHandler):
         logging.getLogger(__name__).warning("stopped writing %s: %s", self.baseFilename, failure.strerror or failure)
 
 
-_console_level = logging.INFO
-
-
-def set_verbosity(quiet: bool = False, verbose: bool = False) -> None:
-    """The console's level for this process: warnings (--quiet), info, or debug (--verbose); bars follow it."""
-    global _console_level
-    _console_level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    progress.set_quiet(quiet)
-
-
-def setup_logging(log_file: str | Path | None = None) -> None:
-    """INFO lines bare on stderr (at the level `set_verbosity` chose); the log file (if any) gets everything from
-    INFO up (DEBUG too when verbose), with timestamps."""
+def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """The console: INFO lines bare on stderr; `quiet`: warnings and errors only, and no progress bars
+    (`progress_bar` follows this handler's level); `verbose`: debug lines too."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    root.setLevel(min(_console_level, logging.INFO))
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    root.setLevel(min(level, logging.INFO))  # the log file gets INFO even when the console does not
     console = _Console(sys.stderr)
-    console.setLevel(_console_level)
+    console.setLevel(level)
     console.setFormatter(_BareInfo(sys.stderr))
     root.addHandler(console)
-    if log_file is not None:
-        try:
-            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-            file_handler = LogFile(log_file, encoding="utf-8")
-        except OSError as err:
-            message = write_failure(err.errno, log_file)
-            if message is None:
-                raise
-            raise UserError(message) from None
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(file_handler)
+
+
+def add_log_file(log_file: str | Path) -> None:
+    """The run's log file (replacing an earlier one): what the root logger passes, INFO up (DEBUG when verbose),
+    with timestamps, whatever the console shows."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, LogFile)]:
+        root.removeHandler(handler)
+        handler.close()
+    try:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        file_handler = LogFile(log_file, encoding="utf-8")
+    except OSError as err:
+        message = write_failure(err.errno, log_file)
+        if message is None:
+            raise
+        raise UserError(message) from None
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(file_handler)
 
 
 def failure_exit(err: BaseException, batch_size: int | None = None) -> int | None:

@@ -12,7 +12,6 @@ import importlib.util
 import io
 import json
 import logging
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from torch import nn
 from tunecv import __version__
 from tunecv.checkpoint import own_storage
 from tunecv.config import Config
+from tunecv.data.transforms import eval_resize
 from tunecv.errors import ONNX_MISSING, UserError
 from tunecv.fileio import atomic_target, atomic_write_text
 from tunecv.inference import Trained
@@ -63,6 +63,18 @@ class Parity:
                 f"batch{'es' * (len(self.batch_sizes) > 1)} of {batches} (tolerance {self.tolerance:g})")
 
 
+@dataclass(frozen=True)
+class ExportRequest:
+    """What export.py was asked for."""
+
+    fmt: str  # a key of SUFFIXES
+    ckpt_path: str
+    output: Path
+    dynamic_batch: bool = False
+    opset: int | None = None  # ONNX only; None: the exporter's default
+    tolerance: float = 1e-3  # largest |logit difference| that passes the parity check
+
+
 def default_output(ckpt_path: str | Path, fmt: str) -> Path:
     ckpt_path = Path(ckpt_path)
     return ckpt_path.parent / "export" / (ckpt_path.stem + SUFFIXES[fmt])
@@ -94,23 +106,23 @@ def uses_fixed_batch(fmt: str, dynamic_batch: bool) -> bool:
     return fmt == "onnx" and not dynamic_batch
 
 
-def export_and_check(fmt: str, trained: Trained, output: Path, images: torch.Tensor, inputs: str, tolerance: float,
-                     dynamic_batch: bool, opset: int | None) -> tuple[Parity, dict[str, Any]]:
-    """Write `trained.model` (on the CPU, fp32, eval mode) at `output` if its parity check passes; (the check,
-    format-specific sidecar keys).
+def export_and_check(request: ExportRequest, trained: Trained, images: torch.Tensor,
+                     inputs: str) -> tuple[Parity, dict[str, Any]]:
+    """Write `trained.model` (on the CPU, fp32, eval mode) at `request.output` if its parity check on `images`
+    (from `inputs`: "images", "val split" or "random") passes; (the check, format-specific sidecar keys).
 
     Raises:
-        ParityError: its logits differ from the model's by more than `tolerance`; `output` is left unchanged.
+        ParityError: its logits differ from the model's by more than the tolerance; the output is left unchanged.
     """
-    model, cfg = trained.model, trained.cfg
-    fixed = uses_fixed_batch(fmt, dynamic_batch)
+    model, cfg, fmt = trained.model, trained.cfg, request.fmt
+    fixed = uses_fixed_batch(fmt, request.dynamic_batch)
     count = len(images)
     if not fixed and count == 1:  # a second image (the same one) to try a second batch size
         images = images.repeat(2, 1, 1, 1)
     example = images[:1] if fixed else images[:2]  # torch.export would fix a batch axis of size 1
-    with atomic_target(output) as tmp:
+    with atomic_target(request.output) as tmp:
         if fmt == "onnx":
-            extra = export_onnx(model, example, tmp, dynamic=not fixed, opset=opset)
+            extra = export_onnx(model, example, tmp, dynamic=not fixed, opset=request.opset)
             run = onnx_runner(tmp)
         elif fmt == "torchscript":
             extra = export_torchscript(model, example, tmp)
@@ -118,7 +130,8 @@ def export_and_check(fmt: str, trained: Trained, output: Path, images: torch.Ten
         else:
             extra = export_safetensors(model, cfg, tmp)
             run = safetensors_runner(tmp, cfg, num_classes=len(trained.classes))
-        parity = check_parity(run, model, images, tolerance, inputs, [1] if fixed else sorted({1, len(images)}))
+        parity = check_parity(run, model, images, request.tolerance, inputs,
+                              [1] if fixed else sorted({1, len(images)}))
         parity.images = count
     return parity, extra
 
@@ -247,15 +260,15 @@ def check_parity(run: Runner | None, model: nn.Module, images: torch.Tensor, tol
     return parity
 
 
-def sidecar(fmt: str, output: Path, trained: Trained, ckpt_path: str, dynamic_batch: bool, parity: Parity,
-            extra: dict[str, Any]) -> dict[str, Any]:
+def sidecar(request: ExportRequest, trained: Trained, parity: Parity, extra: dict[str, Any]) -> dict[str, Any]:
     """What a deployment needs beside the weights: classes, input size and preprocessing, the temperature."""
-    cfg, classes, data = trained.cfg, trained.classes, trained.cfg.data
+    cfg, classes, data, fmt = trained.cfg, trained.classes, trained.cfg.data, request.fmt
     size = [cfg.model.in_channels, data.image_resize, data.image_resize]
-    fixed = uses_fixed_batch(fmt, dynamic_batch)
+    resize, interpolation = eval_resize(data)
+    fixed = uses_fixed_batch(fmt, request.dynamic_batch)
     return {
         "format": fmt,
-        "file": output.name,
+        "file": request.output.name,
         "model": cfg.model.model,
         "classes": list(classes),
         "num_classes": len(classes),
@@ -266,26 +279,21 @@ def sidecar(fmt: str, output: Path, trained: Trained, ckpt_path: str, dynamic_ba
         "dynamic_batch": not fixed,
         "input_dtype": "float32",
         # timm's evaluation transform, as validate.py and predict.py apply it
-        "preprocessing": f"{'RGB' if size[0] == 3 else 'grayscale'}; resize the shorter side to "
-                         f"{math.floor(data.image_resize / data.crop_pct)} px ({_interpolation(data)}), centre-crop "
-                         f"{data.image_resize}x{data.image_resize}, scale to [0, 1], subtract mean, divide by std",
+        "preprocessing": f"{'RGB' if size[0] == 3 else 'grayscale'}; resize the shorter side to {resize} px "
+                         f"({interpolation}), centre-crop {data.image_resize}x{data.image_resize}, scale to [0, 1], "
+                         "subtract mean, divide by std",
         "mean": list(data.mean),
         "std": list(data.std),
-        "interpolation": _interpolation(data),
+        "interpolation": interpolation,
         "crop_pct": data.crop_pct,
         "temperature": trained.temperature,
         "probabilities": "softmax(logits / temperature)",
         **extra,
-        "source_checkpoint": str(Path(ckpt_path).resolve()),
+        "source_checkpoint": str(Path(request.ckpt_path).resolve()),
         "tunecv_version": __version__,
         "torch_version": torch.__version__,
         "parity": asdict(parity),
     }
-
-
-def _interpolation(data) -> str:
-    # "random" is a training augmentation; evaluation resizes bilinearly (tunecv.data.transforms)
-    return "bilinear" if data.interpolation == "random" else data.interpolation
 
 
 def write_sidecar(output: Path, info: dict[str, Any]) -> Path:

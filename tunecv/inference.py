@@ -14,12 +14,13 @@ from torch.utils.data import DataLoader
 
 from tunecv.checkpoint import load_checkpoint
 from tunecv.config import Config, load_config
-from tunecv.data.datasets import IMAGE_EXTENSIONS
+from tunecv.data import create_dataset, create_transforms, draft_size
+from tunecv.data.datasets import IMAGE_EXTENSIONS, ImageDataset
 from tunecv.engine import Compute
 from tunecv.errors import UserError
 from tunecv.models import create_model
 from tunecv.progress import progress_bar
-from tunecv.runtime import resolve_device
+from tunecv.runtime import image_mode, resolve_device
 from tunecv.weights import load_exact
 
 
@@ -44,6 +45,25 @@ def load_trained(ckpt_path: str, config_path: str | None, overrides: dict[str, A
     load_exact(model, checkpoint["model"], source=f"{ckpt_path} (model {cfg.model.model})")
     compute = Compute.create(resolve_device(cfg.train.device), cfg.train.amp_level, cfg.train.channels_last)
     return Trained(cfg, classes, compute.prepare_model(model), compute, float(checkpoint.get("temperature", 1.0)))
+
+
+def split_dataset(trained: Trained, split: str, uint8: bool = False) -> ImageDataset:
+    """A split of the checkpoint's data (or the overridden data_dir) with its evaluation transform and classes.
+    `uint8`: tensors the GPU normalises (DevicePrefetcher)."""
+    cfg = trained.cfg
+    return create_dataset(cfg.data, split, create_transforms(cfg.data, is_training=False, uint8=uint8),
+                          classes=trained.classes, image_mode=image_mode(cfg.model.in_channels),
+                          draft_size=draft_size(cfg.data, False))
+
+
+def files_dataset(trained: Trained, paths: list[Path], uint8: bool = False) -> ImageDataset:
+    """Any image files with the checkpoint's evaluation transform (label 0: unknown); a file that does not decode
+    is skipped (its item is None)."""
+    cfg = trained.cfg
+    return ImageDataset([(str(p), 0) for p in paths], trained.classes,
+                        create_transforms(cfg.data, is_training=False, uint8=uint8),
+                        image_mode=image_mode(cfg.model.in_channels), skip_unreadable=True,
+                        draft_size=draft_size(cfg.data, False))
 
 
 def collect_images(inputs: list[str]) -> list[Path]:

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from tunecv.config import load_config
-from tunecv.data.transforms import create_transforms
+from tunecv.data.transforms import create_transforms, eval_resize
 from tunecv.errors import UserError
 
 
@@ -62,3 +62,12 @@ def test_mindcv_auto_augment_policies(tmp_path, policy):
 def test_invalid_auto_augment_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="auto_augment"):
         _data_cfg(tmp_path, auto_augment="sometimes")
+
+
+@pytest.mark.parametrize("interpolation, crop_pct, expected", [("bicubic", 0.875, (256, "bicubic")),
+                                                                ("random", 1.0, (224, "bilinear"))])
+def test_eval_resize_is_what_the_eval_transform_does(tmp_path, interpolation, crop_pct, expected):
+    cfg = _data_cfg(tmp_path, image_resize=224, interpolation=interpolation, crop_pct=crop_pct)
+    assert eval_resize(cfg) == expected
+    image = Image.new("RGB", (400, 300))
+    assert create_transforms(cfg, is_training=False).transforms[0](image).size[1] == expected[0]  # shorter side

@@ -32,6 +32,14 @@ def create_transforms(cfg: DataConfig, is_training: bool, *, flips: tuple[float,
     return transform
 
 
+def eval_resize(cfg: DataConfig) -> tuple[int, str]:
+    """(shorter side in px, interpolation) that the evaluation transform resizes to before its centre crop, read
+    from the transform itself: what an exported model's users must reproduce."""
+    resize = next(step for step in create_transforms(cfg, is_training=False).transforms if isinstance(step, T.Resize))
+    size = resize.size if isinstance(resize.size, int) else min(resize.size)
+    return size, resize.interpolation.value
+
+
 def _with_flips(transform: Callable, hflip: float, vflip: float) -> Callable:
     """Flips after the centre crop (the crop is symmetric, so it is the crop of the flipped image)."""
     flips = ([T.RandomHorizontalFlip(hflip)] if hflip else []) + ([T.RandomVerticalFlip(vflip)] if vflip else [])

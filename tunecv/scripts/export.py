@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from tunecv import cli
-from tunecv.config import Config, UserError
-from tunecv.data import create_dataset, create_transforms
+from tunecv.config import UserError
 from tunecv.data.datasets import ImageDataset
 from tunecv.export import (
     SUFFIXES,
+    ExportRequest,
     Parity,
     ParityError,
     check_onnx_installed,
@@ -35,8 +36,7 @@ from tunecv.export import (
     sidecar,
     write_sidecar,
 )
-from tunecv.inference import collect_images, load_trained
-from tunecv.runtime import image_mode
+from tunecv.inference import Trained, collect_images, files_dataset, load_trained, split_dataset
 
 logger = logging.getLogger("tunecv")
 
@@ -45,39 +45,37 @@ PARITY_IMAGES = 8
 CPU_FP32 = {"device": "cpu", "amp_level": "O0", "channels_last": False}
 
 
-def parity_batch(cfg: Config, classes: list[str], image_paths: list[str] | None) -> tuple[torch.Tensor, str]:
+def parity_batch(trained: Trained, image_paths: list[str] | None) -> tuple[torch.Tensor, str]:
     """Up to 8 preprocessed images and where they came from."""
-    transform = create_transforms(cfg.data, is_training=False)
-    mode = image_mode(cfg.model.in_channels)
     if image_paths:
         paths = collect_images(image_paths)
-        dataset = ImageDataset([(str(p), 0) for p in paths], classes, transform, image_mode=mode,
-                               skip_unreadable=True)
-        images, source = _first_decodable(dataset, range(len(dataset))), "images"
+        images, source = _first_decodable(files_dataset(trained, paths), range(len(paths))), "images"
         if not images:
             raise UserError(f"none of the {len(paths)} --images files decode; give readable images")
     else:
-        images, source = _val_images(cfg, classes, transform, mode), "val split"
+        images, source = _val_images(trained), "val split"
     if not images:
+        cfg = trained.cfg
         size = (PARITY_IMAGES, cfg.model.in_channels, cfg.data.image_resize, cfg.data.image_resize)
         return torch.randn(size, generator=torch.Generator().manual_seed(0)), "random"
     return torch.stack(images), source
 
 
-def _val_images(cfg: Config, classes: list[str], transform, mode: str) -> list[torch.Tensor]:
+def _val_images(trained: Trained) -> list[torch.Tensor]:
+    split = trained.cfg.data.val_split
     try:
-        dataset = create_dataset(cfg.data, cfg.data.val_split, transform, classes=classes, image_mode=mode)
+        dataset = split_dataset(trained, split)
     except (UserError, OSError) as err:  # the data stayed on the training machine
         logger.warning("parity check on random inputs: no %s images here (%s); give --images for a check on real "
-                       "images", cfg.data.val_split, err)
+                       "images", split, err)
         return []
+    dataset.skip_unreadable = True  # one bad file need not stop an export
     # spread over the split: a folder layout lists one class after another
     step = max(len(dataset) / PARITY_IMAGES, 1)
     return _first_decodable(dataset, sorted({int(i * step) for i in range(min(PARITY_IMAGES, len(dataset)))}))
 
 
-def _first_decodable(dataset: ImageDataset, indices) -> list[torch.Tensor]:
-    dataset.skip_unreadable = True  # one bad file need not stop an export
+def _first_decodable(dataset: ImageDataset, indices: Iterable[int]) -> list[torch.Tensor]:
     images = []
     for index in indices:
         item = dataset[index]
@@ -99,10 +97,10 @@ def run(args, overrides: dict) -> tuple[list[Path], Parity]:
         logger.info("export runs on the CPU in fp32; --device %s is not used", overrides["device"])
     trained = load_trained(args.ckpt_path, args.config, {**overrides, **CPU_FP32}, args.cfg_options)
     trained.model = trained.model.to("cpu", memory_format=torch.contiguous_format).float().eval().requires_grad_(False)
-    images, source = parity_batch(trained.cfg, trained.classes, args.images)
-    parity, extra = export_and_check(args.format, trained, output, images, source, args.tolerance,
-                                     args.dynamic_batch, args.opset)
-    info = sidecar(args.format, output, trained, args.ckpt_path, args.dynamic_batch, parity, extra)
+    images, source = parity_batch(trained, args.images)
+    request = ExportRequest(args.format, args.ckpt_path, output, args.dynamic_batch, args.opset, args.tolerance)
+    parity, extra = export_and_check(request, trained, images, source)
+    info = sidecar(request, trained, parity, extra)
     return [output, write_sidecar(output, info)], parity
 
 
@@ -129,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             "ckpt_path", "format", "output", "dynamic_batch", "opset", "images", "tolerance", "overwrite"))
         if not args.tolerance >= 0:
             raise UserError(f"--tolerance {args.tolerance}: give a number >= 0")
-        cli.set_verbosity(args.quiet, args.verbose)
-        cli.setup_logging()
+        cli.setup_logging(args.quiet, args.verbose)
         written, parity = run(args, overrides)
     except (UserError, RuntimeError, OSError, KeyboardInterrupt) as err:  # one line, no traceback
         code = cli.failure_exit(err)

@@ -23,6 +23,7 @@ from tunecv.data.datasets import check_num_classes, check_split, resolve_layout,
 from tunecv.data.image_cache import attach_image_cache
 from tunecv.data.loader import class_counts
 from tunecv.data.prefetch import on_device
+from tunecv.data.preview import write_batch_preview
 from tunecv.engine import Compute, Trainer, create_trainer, optimizer_steps
 from tunecv.feature_cache import create_feature_loaders, use_feature_cache
 from tunecv.fit import FitResult, fit
@@ -31,7 +32,6 @@ from tunecv.manifest import data_fingerprint, write_run_manifest
 from tunecv.models import count_params, create_model
 from tunecv.optim import auto_scaled_lr
 from tunecv.plan import Plan
-from tunecv.plots import plot_batch
 from tunecv.report import ResultsWriter, run_summary
 from tunecv.resume import RunStopped
 from tunecv.runtime import image_mode, resolve_device, seed_everything
@@ -70,7 +70,7 @@ def prepare(cfg: Config, device=None) -> Setup:
     check_num_classes(cfg.model.num_classes, classes, cfg.data.train_split)
     cfg = with_num_classes(cfg, len(classes))
     if distributed.is_main():  # only now: a run that fails on its data leaves no log behind
-        cli.setup_logging(out_dir / "train.log")
+        cli.add_log_file(out_dir / "train.log")
     compute = Compute.create(device, cfg.train.amp_level, cfg.train.channels_last, cfg.train.compile)
     shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
     train_loader = on_device(create_loader(train_set, cfg.loader, is_training=True, seed=cfg.train.seed,
@@ -155,31 +155,6 @@ def find_lr(setup: Setup) -> float:
     return result.suggestion
 
 
-def show_batch(cfg: Config, count: int = 16) -> Path:
-    """batch.png in the run folder: the first `count` images of the first training batch as the model gets them
-    (augmented, mixed when mixup/cutmix is on), de-normalised, each with its label."""
-    seed_everything(cfg.train.seed)
-    cfg = replace(cfg, data=resolve_layout(cfg.data))
-    train_set = create_dataset(cfg.data, cfg.data.train_split, create_transforms(cfg.data, True),
-                               image_mode=image_mode(cfg.model.in_channels), draft_size=draft_size(cfg.data, True))
-    loader = create_loader(train_set, cfg.loader, is_training=True, seed=cfg.train.seed, persistent=False)
-    batch = next((batch for batch in loader if batch is not None), None)
-    if batch is None:
-        raise UserError(f"{len(train_set)} training images give no batch of {cfg.loader.batch_size}; lower "
-                        "batch_size or set drop_remainder false")
-    images, labels = batch[:2]
-    mixup = create_mixup(cfg.loader, len(train_set.classes), cfg.train.label_smoothing)
-    if mixup is not None:
-        images, mixed = mixup(images, labels)
-        weights, top = mixed.topk(min(2, len(train_set.classes)), dim=1)
-        titles = [" + ".join(f"{train_set.classes[c]} {w:.2f}" for w, c in zip(ws.tolist(), cs.tolist()) if w >= 0.05)
-                  for ws, cs in zip(weights, top)]
-    else:
-        titles = [train_set.classes[label] for label in labels.tolist()]
-    return plot_batch(images[:count], titles[:count], cfg.data.mean, cfg.data.std,
-                      Path(cfg.train.ckpt_save_dir) / "batch.png")
-
-
 def run(cfg: Config, device=None, argv: list[str] | None = None) -> FitResult:
     """A whole run: a new one, or a stopped one resumed (`resume`). `device`: see `prepare`; `argv`: the command
     line, for run.json."""
@@ -253,14 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = None
     try:
         args, overrides = cli.parse_args(parser, argv, script_flags=("print_config", "lr_find", "show_batch"))
-        cli.set_verbosity(args.quiet, args.verbose)
-        cli.setup_logging()
+        cli.setup_logging(args.quiet, args.verbose)
         cfg = load_config(args.config, overrides, args.cfg_options)
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
         if args.show_batch:
-            print(f"tunecv: a training batch: {show_batch(resume.with_run_dir(cfg, None, refuse=False))}")
+            print(f"tunecv: a training batch: {write_batch_preview(resume.with_run_dir(cfg, None, refuse=False))}")
             return 0
         device = distributed.init(cfg.train.distribute, cfg.train.device)
         if not distributed.is_main():  # one process speaks for the run

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 from tunecv import cli
 from tunecv.config import UserError
-from tunecv.data import create_loader, create_transforms, draft_size
-from tunecv.data.datasets import ImageDataset
+from tunecv.data import create_loader
 from tunecv.data.prefetch import on_device
-from tunecv.inference import collect_images, load_trained, predict, top_k
+from tunecv.inference import collect_images, files_dataset, load_trained, predict, top_k
 from tunecv.report import write_table
-from tunecv.runtime import image_mode
 
 logger = logging.getLogger("tunecv")
 
@@ -27,15 +26,16 @@ def run(args, overrides: dict) -> tuple[list[dict], list[str]]:
     cfg, compute = trained.cfg, trained.compute
     paths = collect_images(args.inputs)
     uint8 = compute.device.type == "cuda"  # the GPU normalises (DevicePrefetcher)
-    dataset = ImageDataset([(str(p), 0) for p in paths], trained.classes,
-                           create_transforms(cfg.data, is_training=False, uint8=uint8),
-                           image_mode=image_mode(cfg.model.in_channels), skip_unreadable=True,
-                           draft_size=draft_size(cfg.data, False))
+    dataset = files_dataset(trained, paths, uint8)
     loader = on_device(create_loader(dataset, cfg.loader, is_training=False, pin_memory=uint8), compute, cfg.data,
                        is_training=False)
     if trained.temperature != 1.0:
         logger.info("probabilities calibrated with temperature %.3f (validate.py --calibrate)", trained.temperature)
+    start = time.perf_counter()
     probabilities = predict(trained.model, loader, compute, tta=args.tta, temperature=trained.temperature)
+    seconds = time.perf_counter() - start
+    logger.info("%d images in %.1f s (%.0f img/s, decoding included%s)", len(probabilities), seconds,
+                len(probabilities) / max(seconds, 1e-9), ", x2 for --tta" if args.tta else "")
     rows = [{"path": str(path), "top": top_k(probabilities[i], trained.classes, args.topk)}
             for i, path in enumerate(paths) if i in probabilities]
     return rows, [str(path) for i, path in enumerate(paths) if i not in probabilities]
@@ -55,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--topk must be at least 1")
         if args.output and not args.output.endswith((".csv", ".json")):
             raise UserError(f"--output {args.output}: give a .csv or .json file")
-        cli.set_verbosity(args.quiet, args.verbose)
-        cli.setup_logging()
+        cli.setup_logging(args.quiet, args.verbose)
         rows, bad = run(args, overrides)
+        if args.output:  # a full disk here is one line too
+            write_table(args.output, rows)
     except (UserError, RuntimeError, OSError, KeyboardInterrupt) as err:  # one line, no traceback
         code = cli.failure_exit(err)
         if code is None:
@@ -68,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         logger.warning("%d file%s skipped (they do not decode): %s", len(bad), "s" * (len(bad) > 1), ", ".join(bad))
     if args.output:
-        write_table(args.output, rows)
         logger.info("predictions: %s", args.output)
     return 0
 

@@ -20,10 +20,10 @@ from tunecv import cli
 from tunecv.calibration import TEMPERATURE_RANGE, calibrated_top1, fit_temperature, nll, reliability_bins
 from tunecv.checkpoint import update_checkpoint
 from tunecv.config import UserError
-from tunecv.data import create_dataset, create_loader, create_transforms, draft_size
+from tunecv.data import create_loader
 from tunecv.data.prefetch import on_device
 from tunecv.engine import EvalResult, evaluate
-from tunecv.inference import load_trained
+from tunecv.inference import load_trained, split_dataset
 from tunecv.manifest import class_changes
 from tunecv.plots import plot_confusion, plot_reliability, plot_top_losses
 from tunecv.report import (
@@ -33,7 +33,6 @@ from tunecv.report import (
     write_class_report,
     write_predictions,
 )
-from tunecv.runtime import image_mode
 
 logger = logging.getLogger("tunecv")
 
@@ -47,9 +46,7 @@ def run(ckpt_path: str, config_path: str | None, overrides: dict[str, Any], spli
     cfg, classes, compute = trained.cfg, trained.classes, trained.compute
     split = split or cfg.data.val_split
     uint8 = compute.device.type == "cuda"  # the GPU normalises (DevicePrefetcher)
-    dataset = create_dataset(cfg.data, split, create_transforms(cfg.data, is_training=False, uint8=uint8),
-                             classes=classes, image_mode=image_mode(cfg.model.in_channels),
-                             draft_size=draft_size(cfg.data, False))
+    dataset = split_dataset(trained, split, uint8)
     _warn_absent_classes(classes, dataset.targets, split)
     loader = on_device(create_loader(dataset, cfg.loader, is_training=False, pin_memory=uint8), compute, cfg.data,
                        is_training=False)
@@ -137,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="fit a temperature on this split (temperature scaling) and store it in the checkpoint")
     try:
         args, overrides = cli.parse_args(parser, argv, script_flags=("ckpt_path", "split", "output", "calibrate"))
-        cli.set_verbosity(args.quiet, args.verbose)
-        cli.setup_logging()
+        cli.setup_logging(args.quiet, args.verbose)
         result, classes, written = run(args.ckpt_path, args.config, overrides, args.split, args.output,
                                        args.cfg_options, calibrate=args.calibrate)
     except (UserError, RuntimeError, OSError, KeyboardInterrupt) as err:  # one line, no traceback
