@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,14 @@ def test_calibrated_temperature_is_stored_and_used_by_predict(trained, tmp_path)
                "--num_parallel_workers", "0")
     predicted = {r["path"]: r["top"][0]["score"] for r in json.loads(out.read_text())}
     assert predicted == pytest.approx(scores, abs=2e-4)  # validate's calibrated scores are predict's
+
+
+def test_output_piped_into_a_closed_reader_exits_without_a_traceback(trained):
+    from conftest import ROOT, SCRIPT_ENV
+
+    data, ckpt = trained
+    proc = subprocess.Popen([sys.executable, "predict.py", "--ckpt_path", str(ckpt), str(data / "val"), "--quiet",
+                             "--num_parallel_workers", "0"], cwd=ROOT, env=SCRIPT_ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # like `| head -0`: the reader is gone before the first line
+    assert proc.wait(timeout=300) == 141 and "Traceback" not in proc.stderr.read()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +191,20 @@ def add_log_file(log_file: str | Path) -> None:
         raise UserError(message) from None
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(file_handler)
+
+
+def closes_quietly_on_broken_pipe(main: Callable[..., int]) -> Callable[..., int]:
+    """`tunecv-validate ... | head` closes stdout early: exit as `cat` would (141: SIGPIPE), not with a traceback."""
+
+    @functools.wraps(main)
+    def wrapped(*args: Any, **kwargs: Any) -> int:
+        try:
+            return main(*args, **kwargs)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail too
+            return 141
+
+    return wrapped
 
 
 def failure_exit(err: BaseException, batch_size: int | None = None) -> int | None:

@@ -104,6 +104,7 @@ def run(args, overrides: dict) -> tuple[list[Path], Parity]:
     return [output, write_sidecar(output, info)], parity
 
 
+@cli.closes_quietly_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = cli.build_parser("export.py", "Export a tunecv checkpoint to ONNX, TorchScript or safetensors and "
                               "check the exported file against the model (any config key can be overridden, e.g. "

@@ -217,6 +217,7 @@ def _caches(setup: Setup) -> str:
     return "; ".join(parts) or "none"
 
 
+@cli.closes_quietly_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = cli.build_parser("finetune.py", "Fine-tune an ImageNet-pretrained classifier (MindCV config keys).")
     parser.add_argument("--print_config", action="store_true", help="print the resolved config and exit")

@@ -41,6 +41,7 @@ def run(args, overrides: dict) -> tuple[list[dict], list[str]]:
     return rows, [str(path) for i, path in enumerate(paths) if i not in probabilities]
 
 
+@cli.closes_quietly_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = cli.build_parser("predict.py", "Classify images with a tunecv checkpoint (any config key can be "
                               "overridden, e.g. --batch_size, --device).", exclude=("ckpt_path",))

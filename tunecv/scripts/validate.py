@@ -123,6 +123,7 @@ def _warn_absent_classes(classes: list[str], targets: list[int], split: str) -> 
                        absent[0], len(classes) - len(absent))
 
 
+@cli.closes_quietly_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = cli.build_parser("validate.py", "Evaluate a tunecv checkpoint; any config key can be overridden.",
                               exclude=("ckpt_path",))

@@ -1,0 +1,54 @@
+"""Detection steps: the seed's schedule (linear warm-up in iterations, step at an epoch) and a short real training
+run of a small detector on generated shapes whose loss falls and whose COCO mAP is finite."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tools.make_shapes import make_shapes
+from tunecv.detection.coco import CocoDetection, collate, read_coco
+from tunecv.detection.engine import create_step_schedule, evaluate, lr_factor, train_one_epoch
+from tunecv.detection.models import create_detector
+from tunecv.runtime import Compute
+
+
+def test_linear_warmup_then_steps():
+    assert lr_factor(0, 500, 0.001, [700], 0.1) == pytest.approx(0.001)
+    assert lr_factor(250, 500, 0.001, [700], 0.1) == pytest.approx(0.5005)
+    assert lr_factor(500, 500, 0.001, [700], 0.1) == 1.0
+    assert lr_factor(700, 500, 0.001, [700], 0.1) == pytest.approx(0.1)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.02)
+    schedule = create_step_schedule(optimizer, steps_per_epoch=10, warmup_iters=5, warmup_ratio=0.1,
+                                    milestones_epochs=[7])
+    lrs = []
+    for _ in range(80):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[0] == pytest.approx(0.002) and lrs[5] == pytest.approx(0.02)
+    assert lrs[69] == pytest.approx(0.02) and lrs[70] == pytest.approx(0.002)  # epoch 8 (steps 70-79) is lowered
+
+
+def test_a_short_run_learns(tmp_path):
+    torch.manual_seed(0)
+    make_shapes(tmp_path, ["circle", "square"], train=16, val=6, size=96, max_shapes=2, seed=0)
+    train = CocoDetection(read_coco(tmp_path / "annotations" / "instances_train.json"), tmp_path / "train",
+                          hflip=0.5)
+    val_index = read_coco(tmp_path / "annotations" / "instances_val.json")
+    val = CocoDetection(val_index, tmp_path / "val")
+    loader = DataLoader(train, batch_size=4, shuffle=True, collate_fn=collate)
+    model = create_detector("fasterrcnn_mobilenet_v3_large_fpn", 2, min_size=96, max_size=96)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9,
+                                weight_decay=1e-4)
+    schedule = create_step_schedule(optimizer, len(loader), warmup_iters=4, warmup_ratio=0.1)
+    compute = Compute(torch.device("cpu"))
+    epochs = [train_one_epoch(model, loader, optimizer, schedule, compute, epoch) for epoch in (1, 2, 3)]
+    assert epochs[-1].loss < epochs[0].loss and set(epochs[0].parts) >= {"loss_classifier", "loss_objectness"}
+    assert epochs[0].images == 16 and epochs[-1].lr == pytest.approx(0.02)
+    metrics, detections = evaluate(model, DataLoader(val, batch_size=3, collate_fn=collate), compute, val_index)
+    assert set(metrics) == {"bbox_mAP", "bbox_mAP50"} and all(math.isfinite(v) for v in metrics.values())
+    assert all(d["category_id"] in (11, 21) for d in detections)

@@ -1,0 +1,62 @@
+"""Detectors: built for K classes + background; a checkpoint for other classes loads with only the class head
+replaced (every other tensor identical to the checkpoint's), anything else that does not fit is one error; the
+backbone freezes as torchvision's trainable_backbone_layers does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunecv.detection.models import DETECTORS, create_detector, load_detector_weights
+from tunecv.errors import UserError
+
+SMALL = {"min_size": 64, "max_size": 64}
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_mobilenet_v3_large_fpn", "maskrcnn_resnet50_fpn",
+                                  "retinanet_resnet50_fpn"])
+def test_head_swap_keeps_every_other_tensor(name):
+    torch.manual_seed(0)
+    source = create_detector(name, 3, **SMALL)  # "set A": 3 classes
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    target = create_detector(name, 2, **SMALL)  # "set B": 2 other classes
+    fresh_head = {k: v.clone() for k, v in target.state_dict().items() if k.startswith(DETECTORS[name].class_head)}
+    replaced = load_detector_weights(target, name, state, source="set A")
+    loaded = target.state_dict()
+    assert replaced and set(replaced) == set(fresh_head)  # exactly the class head, for 2 + 1 outputs now
+    for key, tensor in loaded.items():
+        if key in fresh_head:
+            assert torch.equal(tensor, fresh_head[key]) and tensor.shape != state[key].shape
+        else:
+            assert torch.equal(tensor, state[key]), key
+
+
+def test_a_checkpoint_of_another_detector_is_one_error():
+    state = create_detector("fasterrcnn_mobilenet_v3_large_fpn", 2, **SMALL).state_dict()
+    with pytest.raises(UserError, match=r"is not a fasterrcnn_resnet50_fpn checkpoint: \d+ missing"):
+        load_detector_weights(create_detector("fasterrcnn_resnet50_fpn", 2, **SMALL), "fasterrcnn_resnet50_fpn",
+                              state, source="x.pth")
+
+
+def test_unknown_detector_suggests_the_closest():
+    with pytest.raises(UserError, match="did you mean fasterrcnn_resnet50_fpn"):
+        create_detector("fasterrcnn_resnet50", 2)
+
+
+def test_predictions_have_the_new_class_count():
+    model = create_detector("fasterrcnn_mobilenet_v3_large_fpn", 2, **SMALL).eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 80, 96)])[0]
+    assert set(out) == {"boxes", "labels", "scores"}
+    assert model.roi_heads.box_predictor.cls_score.out_features == 3  # 2 classes + background
+
+
+@pytest.mark.parametrize("trainable, frozen_stages", [(0, {"layer1", "layer2", "layer3", "layer4", "conv1"}),
+                                                      (3, {"layer1", "conv1"}), (5, set())])
+def test_trainable_backbone_layers_freeze_the_lower_stages(trainable, frozen_stages):
+    model = create_detector("fasterrcnn_resnet50_fpn", 2, trainable_backbone_layers=trainable, **SMALL)
+    frozen = {name.split(".")[0] for name, p in model.backbone.body.named_parameters() if not p.requires_grad}
+    assert frozen == frozen_stages
+    assert all(p.requires_grad for p in model.backbone.fpn.parameters())  # the FPN and heads always train
+    with pytest.raises(UserError, match="out of range"):
+        create_detector("fasterrcnn_resnet50_fpn", 2, trainable_backbone_layers=6)

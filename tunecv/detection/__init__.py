@@ -1,0 +1,1 @@
+"""Detection and instance segmentation (torchvision's R-CNN family) on COCO-format data."""
