@@ -94,10 +94,13 @@ def _calibrate(result: EvalResult, old: float, ckpt_path: str, split: str) -> Ev
     before = (nll(result.logits, targets, old), _reliability(result).ece)
     scores, _ = calibrated_top1(result.logits, temperature)
     result = replace(result, scores=scores, loss=nll(result.logits, targets, temperature), temperature=temperature)
+    after_ece = _reliability(result).ece
     logger.info("calibration: temperature %.3f -> %.3f fitted on %s (%d images): NLL %.4f -> %.4f, ECE %.2f %% -> "
                 "%.2f %%; stored in %s (predict.py and validate.py use it). Judge it on images it was not fitted on.",
-                old, temperature, split, result.images, before[0], result.loss, before[1], _reliability(result).ece,
-                ckpt_path)
+                old, temperature, split, result.images, before[0], result.loss, before[1], after_ece, ckpt_path)
+    if after_ece > before[1]:  # the fit lowers the NLL; a binned ECE that rises says the split is too small for it
+        logger.warning("--calibrate: ECE rose although the likelihood improved: %d images are few for a reliable "
+                       "temperature; calibrate on a larger split", result.images)
     return result
 
 
