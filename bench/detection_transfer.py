@@ -3,7 +3,7 @@ training from scratch at the same budget. Shapes set A (circle, square, triangle
 scratch; set B (star, cross: other classes) is then trained for the same short schedule twice, from the A
 checkpoint with only the class head replaced (the seed's roi_head num_classes change) and from scratch.
 
-    python -m bench.detection_transfer                    # ~10 min on a 2-core CPU
+    python -m bench.detection_transfer                    # ~15 min on a 2-core CPU
     python -m bench.detection_transfer --epochs_a 4 --epochs_b 2 --images_a 40 --images_b 20   (a quick look)
 
 Prints the bbox mAP / mAP50 on B's val set for both, and the time of each run.
@@ -40,7 +40,8 @@ def run(root: Path, classes: list[str], epochs: int, size: int, lr: float, seed:
     train = DataLoader(CocoDetection(train_index, root / "train", hflip=0.5), batch_size=4, shuffle=True,
                        collate_fn=collate)
     val = DataLoader(CocoDetection(val_index, root / "val"), batch_size=8, collate_fn=collate)
-    model = create_detector(MODEL, len(classes), min_size=size, max_size=size)
+    # BatchNorm trains: frozen statistics suit loaded ImageNet/COCO weights, not a backbone that starts random
+    model = create_detector(MODEL, len(classes), min_size=size, max_size=size, frozen_bn=False)
     if init is not None:
         load_detector_weights(model, MODEL, init, source="the set A checkpoint")
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9,
@@ -59,10 +60,10 @@ def run(root: Path, classes: list[str], epochs: int, size: int, lr: float, seed:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.detection_transfer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images_a", type=int, default=160)
+    parser.add_argument("--images_a", type=int, default=120)
     parser.add_argument("--images_b", type=int, default=60)
-    parser.add_argument("--epochs_a", type=int, default=10)
-    parser.add_argument("--epochs_b", type=int, default=4)
+    parser.add_argument("--epochs_a", type=int, default=16)
+    parser.add_argument("--epochs_b", type=int, default=6)
     parser.add_argument("--size", type=int, default=128, help="image side in px")
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
