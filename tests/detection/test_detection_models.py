@@ -60,3 +60,17 @@ def test_trainable_backbone_layers_freeze_the_lower_stages(trainable, frozen_sta
     assert all(p.requires_grad for p in model.backbone.fpn.parameters())  # the FPN and heads always train
     with pytest.raises(UserError, match="out of range"):
         create_detector("fasterrcnn_resnet50_fpn", 2, trainable_backbone_layers=6)
+
+
+def test_a_checkpoint_trained_with_batchnorm_loads_into_frozen_batchnorm():
+    trained = create_detector("fasterrcnn_mobilenet_v3_large_fpn", 3, frozen_bn=False, **SMALL)
+    with torch.no_grad():
+        for module in trained.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-1, 1)  # statistics a training run would have gathered
+    state = trained.state_dict()
+    model = create_detector("fasterrcnn_mobilenet_v3_large_fpn", 2, frozen_bn=True, **SMALL)
+    load_detector_weights(model, "fasterrcnn_mobilenet_v3_large_fpn", state, source="set A")
+    loaded = model.state_dict()
+    means = [k for k in state if k.startswith("backbone.body") and k.endswith("running_mean")]
+    assert means and all(torch.equal(loaded[k], state[k]) for k in means)  # the statistics are now fixed

@@ -95,6 +95,8 @@ def load_detector_weights(model: nn.Module, name: str, state: dict[str, torch.Te
         UserError: any other key is missing, unexpected or of another shape (not this detector's checkpoint).
     """
     own = model.state_dict()
+    # a checkpoint trained with plain BatchNorm loads into frozen BatchNorm, which keeps no batch count
+    state = {k: v for k, v in state.items() if k in own or not k.endswith(".num_batches_tracked")}
     head = detector_spec(name).class_head
     replaced = sorted(k for k, v in state.items() if k in own and k.startswith(head) and v.shape != own[k].shape)
     mismatched = sorted(k for k, v in state.items() if k in own and k not in replaced and v.shape != own[k].shape)
