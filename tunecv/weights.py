@@ -114,15 +114,20 @@ def _rename_in_order(state: dict[str, torch.Tensor], target: dict[str, torch.Ten
     return dict(zip(target, state.values()))
 
 
-def load_exact(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load a checkpoint written for exactly this model (validate.py): every key and shape must match."""
-    own = model.state_dict()
+def key_problems(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+                 reshaped: set[str] = frozenset()) -> list[str]:
+    """How `state` fails to fit a model whose state_dict is `own`: missing, unexpected and mis-shaped keys (but
+    those in `reshaped`, which may differ in shape), each as "N what (first keys)"."""
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
-    mismatched = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
-    problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-                for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
-                if keys]
+    mismatched = sorted(k for k in own if k in state and k not in reshaped and state[k].shape != own[k].shape)
+    return [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)) if keys]
+
+
+def load_exact(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load a checkpoint written for exactly this model (validate.py): every key and shape must match."""
+    problems = key_problems(model.state_dict(), state)
     if problems:
         raise UserError(f"checkpoint {source} does not fit this model: {'; '.join(problems)} keys; "
                         "do not override model, num_classes or in_channels")

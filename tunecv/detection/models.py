@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.models import detection
 
 from tunecv.errors import UserError
+from tunecv.weights import key_problems
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +100,7 @@ def load_detector_weights(model: nn.Module, name: str, state: dict[str, torch.Te
     state = {k: v for k, v in state.items() if k in own or not k.endswith(".num_batches_tracked")}
     head = detector_spec(name).class_head
     replaced = sorted(k for k, v in state.items() if k in own and k.startswith(head) and v.shape != own[k].shape)
-    mismatched = sorted(k for k, v in state.items() if k in own and k not in replaced and v.shape != own[k].shape)
-    missing = sorted(k for k in own if k not in state)
-    unexpected = sorted(k for k in state if k not in own)
-    problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-                for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
-                if keys]
+    problems = key_problems(own, state, reshaped=set(replaced))
     if problems:
         raise UserError(f"checkpoint {source} is not a {name} checkpoint: {'; '.join(problems)} keys; check model "
                         "and load_from")
