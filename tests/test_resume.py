@@ -149,6 +149,34 @@ def test_a_second_ctrl_c_stops_at_once():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
+def test_a_signal_during_logging_does_not_log_again(capfd):
+    """A signal landing while a log line is being written must not log from the handler: re-entering the stream
+    raised "reentrant call inside BufferedWriter" and a traceback once."""
+    import logging
+
+    from tunecv.resume import GracefulStop
+
+    class SignalWhileEmitting(logging.Handler):
+        depth = deepest = 0
+
+        def emit(self, record):
+            self.depth += 1
+            self.deepest = max(self.deepest, self.depth)
+            if self.depth == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            self.depth -= 1
+
+    handler, log = SignalWhileEmitting(), logging.getLogger("tunecv")
+    log.addHandler(handler)
+    try:
+        with GracefulStop() as stop:
+            log.warning("a line being written")
+    finally:
+        log.removeHandler(handler)
+    assert stop.signum == signal.SIGTERM and handler.deepest == 1
+    assert "SIGTERM: stopping after this step" in capfd.readouterr().err
+
+
 def test_resuming_on_other_data_is_refused_unless_forced(data_dir, tmp_path):
     import shutil
 

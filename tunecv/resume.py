@@ -101,8 +101,11 @@ class GracefulStop:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
-        logger.warning("%s: stopping after this step and saving the run; Ctrl-C again to stop at once "
-                       "(pid %d)", signal.Signals(signum).name, os.getpid())
+        # A raw write: the signal may land while a logging handler is flushing, and logging from here would
+        # re-enter that stream ("reentrant call inside BufferedWriter").
+        if distributed.is_main():
+            os.write(2, f"tunecv: {signal.Signals(signum).name}: stopping after this step and saving "
+                     f"the run; Ctrl-C again to stop at once (pid {os.getpid()})\n".encode())
 
 
 def batch_layout(batch_size: int | None, accumulation_steps: int) -> dict[str, int | None]:
