@@ -114,3 +114,30 @@ def test_evaluate_merges_every_process_share_with_its_logits_in_dataset_order(tm
     assert merged["targets"] == [i % 3 for i in range(11)]
     assert torch.allclose(torch.tensor(merged["logits"]), expected)  # before the temperature, row i is image i
     assert merged["scores"] == pytest.approx((expected / 2).softmax(dim=1).max(dim=1).values.tolist(), abs=1e-6)
+
+
+SYNC_BUFFERS = '''
+import json, sys
+import torch
+from torch import nn
+from tunecv import distributed
+
+distributed.init(False, "cpu")
+norm = nn.BatchNorm1d(2)
+norm.running_mean.fill_(float(distributed.rank() + 1))  # each process its own statistics, as after DDP steps
+distributed.sync_buffers(norm)
+values = distributed.gather(norm.running_mean.tolist())
+if distributed.is_main():
+    json.dump(values, open(sys.argv[1], "w"))
+distributed.shutdown()
+'''
+
+
+def test_validation_uses_the_first_process_batchnorm_statistics_everywhere(tmp_path):
+    # DDP sends the buffers at each training forward only: after the last step every process has its own, and
+    # each would validate its share of the images with another model than the one saved
+    script, out = tmp_path / "sync.py", tmp_path / "out.json"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + SYNC_BUFFERS)
+    _run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         str(out))
+    assert json.loads(out.read_text()) == [[1.0, 1.0], [1.0, 1.0]]

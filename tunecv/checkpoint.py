@@ -136,7 +136,7 @@ class CheckpointSaver:
 
     def __init__(self, directory: str | os.PathLike, model_name: str, config: dict[str, Any], classes: list[str], *,
                  keep_max: int = 0, policy: str = "latest_k", interval: int = 1, save_format: str = "pth",
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, score_key: str = "top1") -> None:
         if save_format not in FORMATS:
             raise UserError(f"unknown save_format {save_format!r}; choose from {sorted(FORMATS)}")
         self.directory = Path(directory)
@@ -147,6 +147,7 @@ class CheckpointSaver:
         self.suffix, self.write = FORMATS[save_format]
         self.meta = dict(meta or {})
         self.kept: list[tuple[float, int, Path]] = []  # (score, epoch, path)
+        self.score_key = score_key  # the metric top_k keeps the highest of
 
     @property
     def best_path(self) -> Path:
@@ -169,7 +170,7 @@ class CheckpointSaver:
         if is_best:
             self.write(payload, self.best_path)
         if self.keep_max > 0 and epoch % self.interval == 0:
-            self._save_epoch(payload, epoch, metrics.get("top1", 0.0))
+            self._save_epoch(payload, epoch, metrics.get(self.score_key) or 0.0)
         self._write_last(payload, training_state or {})
 
     def save_last(self, model: nn.Module, *, epoch: int, metrics: dict[str, Any], best_top1: float | None,

@@ -19,14 +19,16 @@ IGNORED_KEYS = {
     "enable_modelarts": "ModelArts platform", "multi_data_url": "ModelArts platform", "data_url": "ModelArts platform",
     "ckpt_url": "ModelArts platform", "train_url": "ModelArts platform", "val_amp_level": "evaluation runs in fp32",
 }
-# MindCV keys accepted only at their no-op value; anything else is an error rather than a silent no-op.
+# MindCV (and MMDetection's warmup) keys accepted only at their no-op value; anything else is an error rather
+# than a silent no-op.
 NOOP_KEYS: dict[str, tuple[Any, Any]] = {  # key: (no-op value, its type)
     "aux_factor": (0.0, float), "reduction": ("mean", str), "aug_repeats": (0, int),
-    "num_samples": (None, int | None), "resume_opt": (False, bool)}
+    "num_samples": (None, int | None), "resume_opt": (False, bool), "warmup": ("linear", str)}
 # Other tools' names for our keys (PaddleClas class_num, MMPretrain load_from, ...).
 RENAMED_KEYS = {"class_num": "num_classes", "epochs": "epoch_size", "load_from": "ckpt_path",
                 "milestones": "multi_step_decay_milestones", "ann_file": "train_list", "data_prefix": "image_root",
-                "cls_label_path": "train_list", "class_id_map_file": "class_list"}
+                "cls_label_path": "train_list", "class_id_map_file": "class_list",
+                "warmup_ratio": "warmup_factor"}
 CASE_INSENSITIVE = {"opt", "loss", "scheduler", "interpolation", "weight_decay_filter", "ckpt_save_policy", "device",
                     "freeze", "dataset", "re_value", "annotation_level", "on_bad_image", "sampler", "class_weights",
                     "cache_images", "cache_features"}
@@ -64,7 +66,7 @@ def accept(key: str, value: Any, where: str, known: dict[str, Any]) -> tuple[str
             same = False
         if not same:
             raise UserError(f"{key} = {value!r} ({where}) is not supported by tunecv; remove it or set {default!r}")
-        logger.info("config: MindCV key %s=%r ignored (it is the no-op value)", key, value)
+        logger.info("config: key %s=%r ignored (it is the no-op value)", key, value)
         return None
     if key not in known:
         raise UserError(f"unknown config key {key!r} ({where}){closest_hint(key, list(known) + list(RENAMED_KEYS))}")

@@ -31,6 +31,7 @@ from tunecv.config_schema import (
     TrainConfig,
 )
 from tunecv.config_values import closest_hint, coerce
+from tunecv.detection.settings import check_task_keys, resolve_detection
 from tunecv.errors import TENSORBOARD_MISSING, UserError
 from tunecv.fileio import atomic_write_text
 from tunecv.param_groups import check_paramwise_cfg
@@ -101,6 +102,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "decay_rate": (0, None), "cycle_decay": (0, None), "label_smoothing": (0, 0.99), "clip_value": (1e-12, None),
     "ema_decay": (0, 1), "frozen_stages": (-1, None), "freeze_layers": (0, None), "head_lr_scale": (0, None),
     "layer_decay": (1e-6, 1), "freeze_epochs": (0, None), "unfreeze_lr_scale": (1e-6, 1), "lr_find_steps": (5, None),
+    "warmup_iters": (0, None), "min_size": (32, None), "max_size": (32, None), "trainable_backbone_layers": (0, None),
 }
 
 
@@ -138,6 +140,13 @@ def _resolve_data(data: DataConfig, model: ModelConfig) -> DataConfig:
 def _resolve(cfg: Config, training: bool = True) -> Config:
     """Fill derived values and check the rules that span keys."""
     _check_ranges(cfg)
+    check_task_keys(cfg)
+    if cfg.sched.warmup_iters is not None and cfg.sched.warmup_epochs:
+        raise UserError("warmup_iters and warmup_epochs both set the warm-up length; set one of them")
+    if cfg.train.log_tensorboard and training:
+        _check_tensorboard()
+    if cfg.model.task == "detection":
+        return resolve_detection(cfg)
     data = _resolve_data(cfg.data, cfg.model)
     if data.dataset != "digits" and not data.data_dir and not data.train_list:
         raise UserError("data_dir is not set; pass --data_dir DIR (DIR/<train_split>/<class>/*.jpg)")
@@ -158,8 +167,6 @@ def _resolve(cfg: Config, training: bool = True) -> Config:
     if training:
         _check_finetune(cfg)
         _check_caches(cfg)
-        if cfg.train.log_tensorboard:
-            _check_tensorboard()
     return dataclasses.replace(cfg, data=data)
 
 

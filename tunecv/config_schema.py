@@ -62,6 +62,14 @@ class DataConfig:
     mean: tuple[float, ...] | None = _key(None, "normalisation mean (default: the model's; 0-255 scale accepted)")
     std: tuple[float, ...] | None = _key(None, "normalisation std (default: the model's; 0-255 scale accepted)")
     crop_pct: float | None = _key(None, "evaluation centre-crop fraction (default: the model's)")
+    train_ann_file: str | None = _key(None, "detection: COCO instances json of the training images, relative to "
+                                            "data_dir (default: annotations/instances_<train_split>.json)")
+    val_ann_file: str | None = _key(None, "detection: COCO instances json of the validation images (default: "
+                                          "annotations/instances_<val_split>.json)")
+    keep_empty_images: bool = _key(False, "detection: keep training images without annotations (as negatives); "
+                                          "by default they are left out, as MMDetection's filter_empty_gt does")
+    min_size: int = _key(800, "detection: the model resizes each image so its shorter side is min_size ...")
+    max_size: int = _key(1333, "detection: ... and its longer side at most max_size")
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,9 @@ class LoaderConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model: str = _key("tf_efficientnet_lite0", "timm, MindCV or torchvision model name")
+    task: str = _key("classification", "classification, or detection: a torchvision detector on COCO-format data "
+                                       "(see Detection)", ("classification", "detection"))
+    model: str = _key("tf_efficientnet_lite0", "timm, MindCV or torchvision model name (detection: a detector name)")
     num_classes: int | None = _key(None, "classes (default: inferred from the data)")
     in_channels: int = _key(3, "input channels")
     drop_rate: float | None = _key(None, "dropout before the classifier")
@@ -115,7 +125,11 @@ class FinetuneConfig:
     freeze_patterns: tuple[str, ...] = _key((), "freeze parameters by name: module prefix, glob (blocks.1*) or "
                                                 "re:regex; MindCV features.N accepted for mobilenet_v3")
     unfreeze_patterns: tuple[str, ...] = _key((), "unfreeze these again (applied after the freeze keys)")
-    freeze_bn: bool = _key(True, "keep BatchNorm of frozen parts in eval mode (running statistics untouched)")
+    freeze_bn: bool = _key(True, "keep BatchNorm of frozen parts in eval mode (running statistics untouched); "
+                                 "detection: the backbone's BatchNorm is frozen whenever weights are loaded")
+    trainable_backbone_layers: int | None = _key(None, "detection: torchvision's count of backbone stages that "
+                                                       "train, from the top (default: all; the same as frozen_stages "
+                                                       "counted from the other end)")
     lr_scales: dict[str, float] | None = _key(None, "{pattern: lr multiplier}, first match wins, e.g. "
                                                     "{classifier: 1.2, blocks.6: 1.1}")
     paramwise_cfg: dict[str, Any] | None = _key(None, "MMPretrain: {custom_keys: {name: {lr_mult, decay_mult}}, "
@@ -141,7 +155,9 @@ class SchedConfig:
     scheduler: str = _key("cosine_decay", "learning-rate schedule", SCHEDULERS)
     min_lr: float = _key(1e-6, "floor of cosine/polynomial decay")
     warmup_epochs: float = _key(0.0, "linear warm-up length in epochs")
-    warmup_factor: float = _key(0.0, "warm-up starts at lr * warmup_factor")
+    warmup_factor: float = _key(0.0, "warm-up starts at lr * warmup_factor (MMDetection: warmup_ratio)")
+    warmup_iters: int | None = _key(None, "linear warm-up length in optimizer steps (MMDetection); replaces "
+                                          "warmup_epochs")
     decay_epochs: float | None = _key(None, "cosine/polynomial: epochs to reach min_lr (default: the rest of the run);"
                                             " step/exponential: decay period")
     decay_rate: float = _key(0.1, "multiplier per decay (step/multi-step/exponential); power for polynomial")
@@ -164,6 +180,9 @@ class TrainConfig:
     log_tensorboard: bool = _key(False, "write TensorBoard scalars to ckpt_save_dir/tensorboard (needs the "
                                         "tensorboard package: pip install -r requirements-tensorboard.txt)")
     seed: int = _key(42, "random seed")
+    best_metric: str = _key("auto", "what <model>_best is chosen by: top1 (classification), bbox_mAP, bbox_mAP50, "
+                                    "segm_mAP or segm_mAP50 (detection); auto: top1 or bbox_mAP",
+                            ("auto", "top1", "bbox_mAP", "bbox_mAP50", "segm_mAP", "segm_mAP50"))
     amp_level: str = _key("O0", "O0: fp32; O1/O2/O3: mixed precision (CUDA)", ("O0", "O1", "O2", "O3"))
     clip_grad: bool = _key(False, "clip the gradient norm")
     clip_value: float = _key(15.0, "max gradient norm when clip_grad")
@@ -191,6 +210,21 @@ class TrainConfig:
     compile: bool = _key(False, "torch.compile the model (slow first epoch, faster later ones; needs a C++ compiler)")
 
 
+# every key a `task: detection` run reads; the others belong to classification
+DETECTION_KEYS = frozenset({
+    "task", "data_dir", "train_split", "val_split", "image_root", "train_ann_file", "val_ann_file",
+    "keep_empty_images", "min_size", "max_size", "hflip",
+    "batch_size", "num_parallel_workers", "shuffle",
+    "model", "num_classes", "pretrained", "ckpt_path",
+    "frozen_stages", "trainable_backbone_layers", "freeze_bn",
+    "opt", "lr", "momentum", "weight_decay", "use_nesterov", "weight_decay_filter", "eps", "auto_scale_lr",
+    "scheduler", "min_lr", "warmup_epochs", "warmup_factor", "warmup_iters", "decay_epochs", "decay_rate",
+    "multi_step_decay_milestones", "lr_epoch_stair", "num_cycles", "cycle_decay",
+    "epoch_size", "seed", "amp_level", "clip_grad", "clip_value", "val_while_train", "val_interval", "log_csv",
+    "log_tensorboard", "ckpt_save_dir", "overwrite", "resume", "resume_force", "keep_checkpoint_max",
+    "ckpt_save_policy", "ckpt_save_interval", "save_format", "distribute", "device", "best_metric",
+})
+
 # the keys `strategy` stands for; each strategy sets all of them, so a later layer's strategy replaces an earlier one
 STRATEGY_KEYS = {"freeze": "none", "frozen_stages": -1, "freeze_epochs": 0}
 
@@ -209,11 +243,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_flat(self) -> dict[str, Any]:
-        """The flat MindCV-style key → value dict (plain Python values, lists for tuples)."""
+        """The flat MindCV-style key → value dict (plain Python values, lists for tuples); a detection run's
+        holds the keys it reads only."""
         flat: dict[str, Any] = {}
         for section in SECTIONS:
             for key, value in dataclasses.asdict(getattr(self, section)).items():
-                flat[key] = _plain(value)
+                if self.model.task != "detection" or key in DETECTION_KEYS:
+                    flat[key] = _plain(value)
         return flat
 
 

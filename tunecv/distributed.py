@@ -112,6 +112,16 @@ def broadcast(value: Any) -> Any:
     return holder[0]
 
 
+def sync_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every process. DDP sends them at the start of each
+    training forward, so after the last step each process holds its own: validation, each process on its share,
+    would score the shares with different models, and `_best` holds rank 0's."""
+    if not enabled():
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
 def _comm_device(device: torch.device) -> torch.device:
     return device if dist.get_backend() == "nccl" else torch.device("cpu")
 

@@ -80,7 +80,7 @@ class Best:
         return False
 
 
-def _should_validate(epoch: int, epochs: int, cfg: TrainConfig) -> bool:
+def should_validate(epoch: int, epochs: int, cfg: TrainConfig) -> bool:
     return cfg.val_while_train and (epoch % cfg.val_interval == 0 or epoch == epochs)
 
 
@@ -138,7 +138,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
                 stopping = signum > 0
                 if stopping or (cfg.ckpt_save_steps and trainer.global_step % cfg.ckpt_save_steps == 0):
                     done = snapshot()
-                    _check_finite(saved_model, epoch, trainer.global_step)
+                    check_finite(saved_model, epoch, trainer.global_step)
                     extra = training_state(done)
                     if distributed.is_main():
                         saver.save_last(saved_model, epoch=epoch, metrics={}, best_top1=state.best.top1,
@@ -156,7 +156,10 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
                                "goes on)", epoch, trainer.skipped_steps - skipped)
             skipped = trainer.skipped_steps
             evaluation = ema_evaluation = None
-            if val_loader is not None and _should_validate(epoch, cfg.epoch_size, cfg):
+            for synced in (model, trainer.ema.module if trainer.ema is not None else None):
+                if synced is not None:  # what the checkpoints hold is what every process validates
+                    distributed.sync_buffers(synced)
+            if val_loader is not None and should_validate(epoch, cfg.epoch_size, cfg):
                 evaluation = evaluate(model, val_loader, trainer.compute, trainer.num_classes, desc=f"val {epoch}")
                 if trainer.ema is not None:  # the EMA is validated on its own and kept as its own best
                     ema_evaluation = evaluate(trainer.ema.module, val_loader, trainer.compute, trainer.num_classes,
@@ -169,7 +172,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
                 ema_metrics = _metrics_dict(_epoch_metrics(epoch, stats, ema_evaluation, metrics.time_s))
                 state.ema_best.path = str(saver.save_ema_best(trainer.ema.module, epoch=epoch, metrics=ema_metrics,
                                                               best_top1=state.ema_best.top1))
-            _check_finite(saved_model, epoch, trainer.global_step)
+            check_finite(saved_model, epoch, trainer.global_step)
             extra = training_state(None)
             if distributed.is_main():
                 saver.save(saved_model, epoch=epoch, metrics=_metrics_dict(metrics), is_best=improved,
@@ -188,7 +191,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
                      results_path=str(results.path) if results else "", elapsed_s=elapsed, ema=ema_best)
 
 
-def _check_finite(model: nn.Module, epoch: int, step: int) -> None:
+def check_finite(model: nn.Module, epoch: int, step: int) -> None:
     """No checkpoint of nan/inf weights replaces a good one: the run stops instead."""
     trained = [p.detach().isfinite().all() for p in model.parameters() if p.requires_grad]
     if trained and not torch.stack(trained).all():

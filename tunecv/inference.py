@@ -31,6 +31,11 @@ class Trained:
     model: nn.Module
     compute: Compute
     temperature: float = 1.0  # validate.py --calibrate's fit: probabilities are softmax(logits / temperature)
+    category_ids: list[int] | None = None  # a detector's: the COCO category id of each class
+
+    @property
+    def detection(self) -> bool:
+        return self.cfg.model.task == "detection"
 
 
 def load_trained(ckpt_path: str, config_path: str | None, overrides: dict[str, Any],
@@ -41,8 +46,15 @@ def load_trained(ckpt_path: str, config_path: str | None, overrides: dict[str, A
     saved = (checkpoint["config"], f"checkpoint {ckpt_path}")
     cfg = load_config(config_path, overrides, cfg_options, base_layers=(saved,), training=False)
     classes = list(checkpoint["classes"])
+    source = f"{ckpt_path} (model {cfg.model.model})"
+    if cfg.model.task == "detection":
+        from tunecv.detection.inference import load_detector
+
+        compute = Compute.create(resolve_device(cfg.train.device), cfg.train.amp_level, channels_last=False)
+        model = compute.prepare_model(load_detector(cfg, classes, checkpoint["model"], source))
+        return Trained(cfg, classes, model, compute, category_ids=checkpoint.get("category_ids"))
     model = create_model(cfg.model, num_classes=len(classes))
-    load_exact(model, checkpoint["model"], source=f"{ckpt_path} (model {cfg.model.model})")
+    load_exact(model, checkpoint["model"], source=source)
     compute = Compute.create(resolve_device(cfg.train.device), cfg.train.amp_level, cfg.train.channels_last)
     return Trained(cfg, classes, compute.prepare_model(model), compute, float(checkpoint.get("temperature", 1.0)))
 

@@ -1,5 +1,5 @@
-"""Pictures of a run (matplotlib, without pyplot's global state): training curves from results.txt, the
-confusion matrix, and the most confidently wrong images (fastai's plot_top_losses)."""
+"""Pictures of a run (matplotlib, without pyplot's global state): training curves from results.txt (and a
+detection run's history), the confusion matrix, and the most confidently wrong images (fastai's plot_top_losses)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,32 @@ def plot_curves(results_path: str | os.PathLike, path: str | os.PathLike) -> Pat
     lr.set_yscale("log")
     lr.set_title("learning rate (last step of the epoch)")
     for ax in (loss, top1, lr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_detection_curves(history: list[dict], path: str | os.PathLike) -> Path:
+    """curves.png of a detection run: each training loss, COCO mAP and lr against the epoch."""
+    epochs = [row["epoch"] for row in history]
+    fig = Figure(figsize=(12, 3.6), dpi=100)
+    loss, precision, lr = fig.subplots(1, 3)
+    for name in [key for key in history[0] if key.startswith("loss")] + ["train_loss"]:
+        _plot_known(loss, epochs, [row.get(name) for row in history], name.removeprefix("loss_"))
+    loss.set_title("training losses")
+    loss.legend(fontsize=7)
+    for name in ("bbox_mAP", "bbox_mAP50", "segm_mAP", "segm_mAP50"):
+        _plot_known(precision, epochs, [row.get(name) for row in history], name)
+    precision.set_title("COCO mAP (%)")
+    if precision.get_legend_handles_labels()[0]:
+        precision.legend(fontsize=7)
+    else:
+        precision.text(0.5, 0.5, "not validated", ha="center", va="center", transform=precision.transAxes)
+    lr.plot(epochs, [row["lr"] for row in history], "o-")
+    lr.set_yscale("log")
+    lr.set_title("learning rate (last step of the epoch)")
+    for ax in (loss, precision, lr):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

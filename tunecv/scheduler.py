@@ -75,7 +75,8 @@ def build_schedule(cfg: SchedConfig, lr: float, steps_per_epoch: int, epochs: in
     if cfg.scheduler not in SCHEDULERS:
         raise UserError(f"unknown scheduler {cfg.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
     total = steps_per_epoch * epochs
-    warmup = min(total, round(cfg.warmup_epochs * steps_per_epoch))
+    warmup_steps = cfg.warmup_iters if cfg.warmup_iters is not None else round(cfg.warmup_epochs * steps_per_epoch)
+    warmup = min(total, warmup_steps)
     if cfg.decay_epochs is not None:
         decay = round(cfg.decay_epochs * steps_per_epoch)
     else:

@@ -162,7 +162,7 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str)
         logger.info("weights: new classifier, not loaded from %s: %s", source, ", ".join(skipped + head_missing))
 
 
-def _hub_reachable(host: str, timeout_s: float = 3.0) -> bool:
+def hub_reachable(host: str, timeout_s: float = 3.0) -> bool:
     previous = socket.getdefaulttimeout()
     try:
         socket.setdefaulttimeout(timeout_s)
@@ -189,7 +189,7 @@ def _download_state(cfg: ModelConfig, source: str, name: str, num_classes: int) 
 def _load_from_hub(model: nn.Module, cfg: ModelConfig, source: str, name: str) -> str:
     # Without this probe huggingface_hub retries for ~45 s before failing offline.
     host = HUB_HOSTS[source]
-    if not _hub_reachable(host):
+    if not hub_reachable(host):
         raise UserError(f"pretrained weights for {name} need a download and {host} is unreachable; "
                         + OFFLINE_HINT)
     try:

@@ -11,26 +11,33 @@ from torch.utils.data import DataLoader
 
 from tools.make_shapes import make_shapes
 from tunecv.detection.coco import CocoDetection, collate, read_coco
-from tunecv.detection.engine import create_step_schedule, evaluate, lr_factor, train_one_epoch
+from tunecv.config import SchedConfig, UserError, load_config
+from tunecv.detection.engine import evaluate, train_one_epoch
 from tunecv.detection.models import create_detector
 from tunecv.runtime import Compute
+from tunecv.scheduler import create_scheduler
 
 
-def test_linear_warmup_then_steps():
-    assert lr_factor(0, 500, 0.001, [700], 0.1) == pytest.approx(0.001)
-    assert lr_factor(250, 500, 0.001, [700], 0.1) == pytest.approx(0.5005)
-    assert lr_factor(500, 500, 0.001, [700], 0.1) == 1.0
-    assert lr_factor(700, 500, 0.001, [700], 0.1) == pytest.approx(0.1)
+def test_the_seeds_schedule_linear_warmup_in_iterations_then_a_step_at_epoch_7():
+    """MMDetection's warmup='linear', warmup_iters, warmup_ratio and step [7] through tunecv's scheduler."""
+    cfg = load_config(None, {"task": "detection", "model": "maskrcnn_resnet50_fpn", "data_dir": ".",
+                             "warmup": "linear", "warmup_iters": 5, "warmup_ratio": 0.1,
+                             "scheduler": "multi_step_decay", "milestones": [7], "epoch_size": 8})
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.02)
-    schedule = create_step_schedule(optimizer, steps_per_epoch=10, warmup_iters=5, warmup_ratio=0.1,
-                                    milestones_epochs=[7])
+    schedule = create_scheduler(optimizer, cfg.sched, lr=0.02, steps_per_epoch=10, epochs=8)
     lrs = []
     for _ in range(80):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         schedule.step()
-    assert lrs[0] == pytest.approx(0.002) and lrs[5] == pytest.approx(0.02)
+    assert lrs[0] == pytest.approx(0.02 * (0.1 + 0.9 / 5)) and lrs[4] == pytest.approx(0.02)
+    assert lrs[0] < lrs[2] < lrs[4]
     assert lrs[69] == pytest.approx(0.02) and lrs[70] == pytest.approx(0.002)  # epoch 8 (steps 70-79) is lowered
+
+
+def test_warmup_other_than_linear_is_refused():
+    with pytest.raises(UserError, match="warmup"):
+        load_config(None, {"data_dir": ".", "warmup": "exp"})
 
 
 def test_a_short_run_learns(tmp_path):
@@ -44,7 +51,8 @@ def test_a_short_run_learns(tmp_path):
     model = create_detector("fasterrcnn_mobilenet_v3_large_fpn", 2, min_size=96, max_size=96)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9,
                                 weight_decay=1e-4)
-    schedule = create_step_schedule(optimizer, len(loader), warmup_iters=4, warmup_ratio=0.1)
+    schedule = create_scheduler(optimizer, SchedConfig(scheduler="constant", warmup_iters=4, warmup_factor=0.1),
+                                lr=0.02, steps_per_epoch=len(loader), epochs=3)
     compute = Compute(torch.device("cpu"))
     epochs = [train_one_epoch(model, loader, optimizer, schedule, compute, epoch) for epoch in (1, 2, 3)]
     assert epochs[-1].loss < epochs[0].loss and set(epochs[0].parts) >= {"loss_classifier", "loss_objectness"}

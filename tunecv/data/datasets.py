@@ -152,7 +152,7 @@ def resolve_layout(cfg: DataConfig) -> DataConfig:
     return layouts.detect_layout(cfg, IMAGE_EXTENSIONS)
 
 
-def _path(cfg: DataConfig, value: str) -> Path:
+def data_path(cfg: DataConfig, value: str) -> Path:
     """Paths in the config: absolute, else relative to data_dir when that exists there, else to the cwd."""
     path = Path(value).expanduser()
     if not path.is_absolute() and cfg.data_dir and (Path(cfg.data_dir) / path).exists():
@@ -162,7 +162,7 @@ def _path(cfg: DataConfig, value: str) -> Path:
 
 def _list_for(cfg: DataConfig, split: str) -> Path:
     key = "train_list" if split == cfg.train_split else "val_list"
-    path = _path(cfg, getattr(cfg, key))
+    path = data_path(cfg, getattr(cfg, key))
     if not path.is_file():
         raise UserError(f"{key} {path} not found; check the path")
     return path
@@ -180,8 +180,8 @@ def read_split(cfg: DataConfig, split: str) -> layouts.Labelled:
         return layouts.Labelled(train if split == cfg.train_split else val, everything.classes)
     if cfg.dataset == "aircraft":
         return layouts.read_aircraft(root, split, cfg.annotation_level)
-    image_root = _path(cfg, cfg.image_root) if cfg.image_root else root
-    class_names = layouts.read_class_list(_path(cfg, cfg.class_list)) if cfg.class_list else None
+    image_root = data_path(cfg, cfg.image_root) if cfg.image_root else root
+    class_names = layouts.read_class_list(data_path(cfg, cfg.class_list)) if cfg.class_list else None
     if cfg.dataset == "csv":
         return layouts.read_csv_file(_list_for(cfg, split), image_root, class_names, cfg.path_column,
                                      cfg.label_column)

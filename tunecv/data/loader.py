@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import signal
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,12 +52,13 @@ def collate_skipping_none(batch: list):
 
 def create_loader(dataset: Dataset, cfg: LoaderConfig, is_training: bool, *, seed: int = 0,
                   pin_memory: bool = False, persistent: bool = True, rank: int = 0, world_size: int = 1,
-                  sampler: EpochSampler | None = None) -> DataLoader:
+                  sampler: EpochSampler | None = None, collate_fn: Callable = collate_skipping_none) -> DataLoader:
     """Training loaders draw each epoch's order with an `EpochSampler` (seeded, sharded over `world_size`
     ranks, each image augmented under a seed of its own) and drop a last batch of one (BatchNorm cannot train on
     it), or of odd size under mixup; evaluation loaders keep the order, each rank its share. `sampler`: an
     EpochSampler for a loader that is not a training loader but augments (the feature cache's views).
-    `persistent`: keep the workers between epochs (not for a loader run once)."""
+    `persistent`: keep the workers between epochs (not for a loader run once). `collate_fn`: detection batches
+    are lists."""
     if is_training and sampler is None:
         balanced = cfg.sampler == "balanced"
         sampler = EpochSampler(len(dataset), seed, shuffle=cfg.shuffle, rank=rank, world_size=world_size,
@@ -82,7 +84,7 @@ def create_loader(dataset: Dataset, cfg: LoaderConfig, is_training: bool, *, see
         persistent_workers=persistent and workers > 0,
         pin_memory=pin_memory,
         worker_init_fn=_seed_worker,
-        collate_fn=collate_skipping_none,
+        collate_fn=collate_fn,
         generator=generator,
     )
 

@@ -1,18 +1,20 @@
 """Detection training and evaluation steps: the model's own loss dict summed (torchvision detectors compute their
-losses in train mode), the MMDetection schedule (linear warm-up in iterations, steps at epochs), COCO mAP."""
+losses in train mode), the scheduler stepped every iteration; COCO mAP over the detections of every process."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
+from tunecv import distributed
 from tunecv.detection.coco import CocoIndex
 from tunecv.detection.metrics import coco_detections, coco_map
 from tunecv.engine import NonFiniteLoss
@@ -22,24 +24,6 @@ from tunecv.runtime import Compute
 logger = logging.getLogger(__name__)
 
 
-def lr_factor(step: int, warmup_iters: int, warmup_ratio: float, milestones: list[int], gamma: float) -> float:
-    """The lr multiplier after `step` optimizer steps: MMDetection's linear warm-up from `warmup_ratio` over
-    `warmup_iters` steps, times `gamma` for each milestone (in steps) passed."""
-    decay = gamma ** sum(step >= m for m in milestones)
-    if step < warmup_iters:
-        return decay * (warmup_ratio + (1 - warmup_ratio) * step / warmup_iters)
-    return decay
-
-
-def create_step_schedule(optimizer: torch.optim.Optimizer, steps_per_epoch: int, *, warmup_iters: int = 500,
-                         warmup_ratio: float = 0.001, milestones_epochs: list[int] = (), gamma: float = 0.1
-                         ) -> LambdaLR:
-    """The seed's schedule: `warmup_iters` steps of linear warm-up, lr x `gamma` at each epoch in
-    `milestones_epochs` (counted from 1: [7] lowers it for epoch 8 on)."""
-    milestones = [m * steps_per_epoch for m in milestones_epochs]
-    return LambdaLR(optimizer, lambda step: lr_factor(step, warmup_iters, warmup_ratio, milestones, gamma))
-
-
 @dataclass
 class DetectionEpoch:
     loss: float  # the mean of the summed losses over the epoch's images
@@ -47,6 +31,7 @@ class DetectionEpoch:
     images: int
     seconds: float
     lr: float  # at the epoch's last step
+    finished: bool = True  # False: stopped early on a signal
 
 
 def _to_device(images: list[torch.Tensor], targets: list[dict], compute: Compute):
@@ -55,11 +40,12 @@ def _to_device(images: list[torch.Tensor], targets: list[dict], compute: Compute
             [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets])
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: LambdaLR,
-                    compute: Compute, epoch: int, clip_norm: float | None = None) -> DetectionEpoch:
-    """One pass over `loader` ((images, targets) lists, `coco.collate`); the scheduler steps every iteration."""
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
+                    compute: Compute, epoch: int, *, scaler: torch.amp.GradScaler | None = None,
+                    clip_norm: float | None = None, should_stop: Callable[[], bool] | None = None) -> DetectionEpoch:
+    """One pass over `loader` ((images, targets) lists, `coco.collate`); the scheduler steps every iteration.
+    `should_stop`: asked after each step; True ends the epoch there (`finished` False)."""
     model.train()
-    scaler = compute.scaler()
     sums: dict[str, float] = {}
     images_seen, start, lr = 0, time.perf_counter(), optimizer.param_groups[0]["lr"]
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -90,14 +76,18 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         images_seen += count
         for name, value in losses.items():
             sums[name] = sums.get(name, 0.0) + value.item() * count
-    parts = {name: total / max(images_seen, 1) for name, total in sums.items()}
-    return DetectionEpoch(sum(parts.values()), parts, images_seen, time.perf_counter() - start, lr)
+        if should_stop is not None and should_stop():
+            return DetectionEpoch(0.0, {}, images_seen, time.perf_counter() - start, lr, finished=False)
+    *totals, seen = distributed.sum_all([*sums.values(), images_seen], compute.device)  # over all processes
+    parts = {name: total / max(seen, 1) for name, total in zip(sums, totals)}
+    return DetectionEpoch(sum(parts.values()), parts, int(seen), time.perf_counter() - start, lr)
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, compute: Compute, index: CocoIndex,
              iou_types: tuple[str, ...] = ("bbox",)) -> tuple[dict[str, float], list[dict]]:
-    """COCO mAP of the model's detections on `loader`'s images, and those detections (COCO result format)."""
+    """COCO mAP of the model's detections on `loader`'s images, and those detections (COCO result format); in a
+    distributed run each process detects on its share and all get every detection."""
     model.eval()
     detections: list[dict] = []
     for images, targets in progress_bar(loader, desc="val"):
@@ -105,4 +95,8 @@ def evaluate(model: nn.Module, loader: DataLoader, compute: Compute, index: Coco
         with compute.autocast():
             outputs = model(images)
         detections += coco_detections(outputs, [int(t["image_id"]) for t in targets], index)
+    if distributed.enabled():  # in the images' order, as one process lists them: COCOeval breaks score ties by it
+        place = {image["id"]: i for i, image in enumerate(index.images)}
+        detections = sorted((d for share in distributed.gather(detections) for d in share),
+                            key=lambda d: place[d["image_id"]])
     return coco_map(index, detections, iou_types), detections

@@ -4,6 +4,7 @@ pycocotools' COCOeval over them: bbox and segm mAP (IoU 0.50:0.95) and mAP50, in
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 
@@ -40,27 +41,50 @@ def coco_detections(outputs: list[dict[str, torch.Tensor]], image_ids: list[int]
     return results
 
 
-def coco_map(index: CocoIndex, detections: list[dict], iou_types: tuple[str, ...] = ("bbox",)) -> dict[str, float]:
-    """{`<type>_mAP`, `<type>_mAP50`} for each of `iou_types` ("bbox", "segm") over the images of `index`, in
-    percent; 0 when there is no detection at all."""
+def _evaluations(index: CocoIndex, detections: list[dict], iou_types: tuple[str, ...]):
+    """pycocotools' COCOeval of each IoU type, accumulated and summarised (its printing sent to the debug log)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    metrics = {f"{kind}_{name}": 0.0 for kind in iou_types for name in ("mAP", "mAP50")}
-    if not detections:
-        return metrics
     chatter = io.StringIO()  # pycocotools prints its progress and tables: the debug log, not the console
+    evaluations = {}
     with contextlib.redirect_stdout(chatter):
         truth = COCO(str(index.path))
-        found = truth.loadRes(detections)
+        found = truth.loadRes(copy.deepcopy(detections))  # loadRes adds fields to the dicts it is given
         for kind in iou_types:
             evaluation = COCOeval(truth, found, kind)
             evaluation.params.imgIds = [image["id"] for image in index.images]
             evaluation.evaluate()
             evaluation.accumulate()
             evaluation.summarize()
-            # stats[0]: AP at IoU 0.50:0.95, stats[1]: AP at 0.50; -1 where nothing could be scored
-            metrics[f"{kind}_mAP"] = max(0.0, float(evaluation.stats[0])) * 100
-            metrics[f"{kind}_mAP50"] = max(0.0, float(evaluation.stats[1])) * 100
+            evaluations[kind] = evaluation
     logger.debug("COCOeval:\n%s", chatter.getvalue())
+    return evaluations
+
+
+def coco_map(index: CocoIndex, detections: list[dict], iou_types: tuple[str, ...] = ("bbox",)) -> dict[str, float]:
+    """{`<type>_mAP`, `<type>_mAP50`} for each of `iou_types` ("bbox", "segm") over the images of `index`, in
+    percent; 0 when there is no detection at all."""
+    metrics = {f"{kind}_{name}": 0.0 for kind in iou_types for name in ("mAP", "mAP50")}
+    if not detections:
+        return metrics
+    for kind, evaluation in _evaluations(index, detections, iou_types).items():
+        # stats[0]: AP at IoU 0.50:0.95, stats[1]: AP at 0.50; -1 where nothing could be scored
+        metrics[f"{kind}_mAP"] = max(0.0, float(evaluation.stats[0])) * 100
+        metrics[f"{kind}_mAP50"] = max(0.0, float(evaluation.stats[1])) * 100
     return metrics
+
+
+def per_class_ap(index: CocoIndex, detections: list[dict]) -> list[tuple[str, float | None]]:
+    """Each class's bbox AP (IoU 0.50:0.95, all areas, 100 detections) in percent, as MMDetection's classwise
+    table; None for a class without ground truth in `index`."""
+    if not detections:
+        return [(name, 0.0) for name in index.classes]
+    # precision: [IoU threshold, recall point, category, area range, max detections]; -1 where undefined
+    precision = _evaluations(index, detections, ("bbox",))["bbox"].eval["precision"]
+    rows = []
+    for k, name in enumerate(index.classes):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        rows.append((name, float(values.mean()) * 100 if values.size else None))
+    return rows

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from tunecv import cli
+from tunecv.checkpoint import load_checkpoint
 from tunecv.config import UserError
 from tunecv.data.datasets import ImageDataset
 from tunecv.export import (
@@ -95,6 +96,9 @@ def run(args, overrides: dict) -> tuple[list[Path], Parity]:
         check_onnx_installed(args.opset)
     if str(overrides.get("device", "cpu")) not in ("cpu", "auto"):
         logger.info("export runs on the CPU in fp32; --device %s is not used", overrides["device"])
+    if load_checkpoint(args.ckpt_path)["config"].get("task") == "detection":
+        raise UserError(f"{args.ckpt_path} is a detector's checkpoint; export.py exports classifiers (a detector's "
+                        "weights are in the checkpoint's 'model' state_dict, for torchvision's model)")
     trained = load_trained(args.ckpt_path, args.config, {**overrides, **CPU_FP32}, args.cfg_options)
     trained.model = trained.model.to("cpu", memory_format=torch.contiguous_format).float().eval().requires_grad_(False)
     images, source = parity_batch(trained, args.images)

@@ -1,7 +1,8 @@
-"""Fine-tune an ImageNet-pretrained classifier on your images.
+"""Fine-tune an ImageNet-pretrained classifier on your images (or, with task: detection, a COCO-trained detector).
 
     python finetune.py --config configs/demo.yaml
     python finetune.py --config configs/hymenoptera.yaml --data_dir DIR --num_classes 2 --pretrained
+    python finetune.py --config configs/seeds/mmdet_cityscapes_maskrcnn.yaml --data_dir data/cityscapes
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tunecv.data.image_cache import attach_image_cache
 from tunecv.data.loader import class_counts
 from tunecv.data.prefetch import on_device
 from tunecv.data.preview import write_batch_preview
+from tunecv.detection.run import run_detection
 from tunecv.engine import Compute, Trainer, create_trainer, optimizer_steps
 from tunecv.feature_cache import create_feature_loaders, use_feature_cache
 from tunecv.fit import FitResult, fit
@@ -234,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
+        if cfg.model.task == "detection" and (args.show_batch or args.lr_find):
+            raise UserError(f"--{'show_batch' if args.show_batch else 'lr_find'} works for classification; "
+                            "task: detection has no such step")
         if args.show_batch:
             print(f"tunecv: a training batch: {write_batch_preview(resume.with_run_dir(cfg, None, refuse=False))}")
             return 0
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             if distributed.is_main():
                 print(f"tunecv: suggested lr {suggestion:.3g}")
             return 0
-        result = run(cfg, device, argv)
+        result = run_detection(cfg, device, argv) if cfg.model.task == "detection" else run(cfg, device, argv)
         if distributed.is_main():
             print(result.summary())
         return 0

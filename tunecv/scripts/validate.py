@@ -1,5 +1,6 @@
 """Evaluate a checkpoint written by finetune.py: loss, top-1/top-5, calibration (ECE), per-class accuracy and
-pred.txt; report.txt, confusion_matrix.png, top_losses.png and reliability.png beside it.
+pred.txt; report.txt, confusion_matrix.png, top_losses.png and reliability.png beside it. A detector's: COCO bbox
+(and segm) mAP, per-class AP and detections.json.
 
     python validate.py --ckpt_path ckpt/tf_efficientnet_lite0_best.pth --data_dir DIR
     python validate.py --ckpt_path ckpt/tf_efficientnet_lite0_best.safetensors   (its .json sidecar beside it)
@@ -12,7 +13,6 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -22,8 +22,9 @@ from tunecv.checkpoint import update_checkpoint
 from tunecv.config import UserError
 from tunecv.data import create_loader
 from tunecv.data.prefetch import on_device
+from tunecv.detection.inference import evaluate_split
 from tunecv.engine import EvalResult, evaluate
-from tunecv.inference import load_trained, split_dataset
+from tunecv.inference import Trained, load_trained, split_dataset
 from tunecv.manifest import class_changes
 from tunecv.plots import plot_confusion, plot_reliability, plot_top_losses
 from tunecv.report import (
@@ -37,12 +38,10 @@ from tunecv.report import (
 logger = logging.getLogger("tunecv")
 
 
-def run(ckpt_path: str, config_path: str | None, overrides: dict[str, Any], split: str | None,
-        output: str | None, cfg_options: list[str] | None = None,
+def run(trained: Trained, ckpt_path: str, split: str | None, output: str | None,
         calibrate: bool = False) -> tuple[EvalResult, list[str], list[Path]]:
     """Evaluate; write pred.txt (or `output`) and, beside it, report.txt and the pictures; return their paths.
     `calibrate`: fit the temperature on this split and store it in the checkpoint (scores and loss then use it)."""
-    trained = load_trained(ckpt_path, config_path, overrides, cfg_options)
     cfg, classes, compute = trained.cfg, trained.classes, trained.compute
     split = split or cfg.data.val_split
     uint8 = compute.device.type == "cuda"  # the GPU normalises (DevicePrefetcher)
@@ -62,6 +61,21 @@ def run(ckpt_path: str, config_path: str | None, overrides: dict[str, Any], spli
     write_predictions(target, [dataset.samples[i][0] for i in result.indices], result, classes)
     return result, classes, [target, *_pictures(result, classes, dataset, target.parent),
                              plot_reliability(curves, target.parent / "reliability.png")]
+
+
+def run_detection(trained: Trained, ckpt_path: str, split: str | None, output: str | None) -> None:
+    """COCO mAP of a detector on a split (its annotation file: the config's for the train or val split, else
+    annotations/instances_<split>.json); the detections written as COCO results json."""
+    data = trained.cfg.data
+    split = split or data.val_split
+    given = {data.val_split: data.val_ann_file, data.train_split: data.train_ann_file}.get(split)
+    evaluation = evaluate_split(trained, split, given, output, ckpt_path)
+    scores = "  ".join(f"{name} {value:.2f}" for name, value in evaluation.metrics.items())
+    print(f"{evaluation.images} images: {scores}  ({evaluation.images / max(evaluation.seconds, 1e-9):.1f} img/s)")
+    width = max(len(name) for name, _ in evaluation.per_class)
+    print("\n".join([f"{'class':<{width}}  bbox AP"] + [f"{name:<{width}}  {'-' if ap is None else f'{ap:6.2f}'}"
+                                                       for name, ap in evaluation.per_class]))
+    print(f"detections: {evaluation.detections}")
 
 
 def _reliability(result: EvalResult):
@@ -133,14 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by finetune.py (<model>_best.pth, or "
                              "<model>_best.safetensors with its .json sidecar)")
     parser.add_argument("--split", help="split to evaluate (default: the checkpoint's val_split)")
-    parser.add_argument("--output", help="where to write the predictions (default: pred.txt beside the checkpoint)")
+    parser.add_argument("--output", help="where to write the predictions (default: pred.txt beside the checkpoint; "
+                             "a detector's: detections.json, COCO results format)")
     parser.add_argument("--calibrate", action="store_true",
                         help="fit a temperature on this split (temperature scaling) and store it in the checkpoint")
     try:
         args, overrides = cli.parse_args(parser, argv, script_flags=("ckpt_path", "split", "output", "calibrate"))
         cli.setup_logging(args.quiet, args.verbose)
-        result, classes, written = run(args.ckpt_path, args.config, overrides, args.split, args.output,
-                                       args.cfg_options, calibrate=args.calibrate)
+        trained = load_trained(args.ckpt_path, args.config, overrides, args.cfg_options)
+        if trained.detection:
+            if args.calibrate:
+                raise UserError("--calibrate fits a classifier's temperature; a detector's scores have none to fit")
+            run_detection(trained, args.ckpt_path, args.split, args.output)
+            return 0
+        result, classes, written = run(trained, args.ckpt_path, args.split, args.output, calibrate=args.calibrate)
     except (UserError, RuntimeError, OSError, KeyboardInterrupt) as err:  # one line, no traceback
         code = cli.failure_exit(err)
         if code is None:

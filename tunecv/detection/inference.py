@@ -1,0 +1,156 @@
+"""A trained detector at work: validate.py's COCO evaluation of a split (with the detections written as COCO
+results json) and predict.py's detections on any images, drawn into PNGs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.functional import pil_to_tensor
+
+from tunecv.config import Config
+from tunecv.detection.coco import collate
+from tunecv.detection.draw import draw_detections
+from tunecv.detection.engine import evaluate
+from tunecv.detection.metrics import per_class_ap
+from tunecv.detection.models import create_detector, detector_spec, load_detector_weights
+from tunecv.detection.run import detection_loader, detection_set
+from tunecv.errors import UserError
+from tunecv.fileio import atomic_write_text
+from tunecv.progress import progress_bar
+from tunecv.runtime import Compute
+
+logger = logging.getLogger(__name__)
+
+
+def load_detector(cfg: Config, classes: list[str], state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """The checkpoint's detector, its backbone BatchNorm frozen (the same as eval mode)."""
+    model = create_detector(cfg.model.model, len(classes), min_size=cfg.data.min_size, max_size=cfg.data.max_size)
+    replaced = load_detector_weights(model, cfg.model.model, state, source)
+    if replaced:  # only a class count other than the checkpoint's own classes does this
+        raise UserError(f"{source}: its class head does not fit its {len(classes)} classes; the file is damaged")
+    return model.eval()
+
+
+@dataclass
+class DetectionEvaluation:
+    metrics: dict[str, float]
+    per_class: list[tuple[str, float]]  # bbox AP (IoU 0.50:0.95) of each class, in percent
+    images: int
+    seconds: float
+    detections: Path
+
+
+def evaluate_split(trained, split: str, given_ann_file: str | None, output: str | None,
+                   ckpt_path: str) -> DetectionEvaluation:
+    """COCO mAP of the checkpoint on a split; its detections as COCO results json (`output`, default
+    detections.json beside the checkpoint)."""
+    cfg = trained.cfg
+    dataset = detection_set(cfg, split, given_ann_file, training=False)
+    found = list(zip(dataset.index.category_ids, dataset.classes))
+    expected = list(zip(trained.category_ids or dataset.index.category_ids, trained.classes))
+    if found != expected:
+        raise UserError(f"{dataset.index.path} has categories {found[:5]}, the checkpoint {expected[:5]} (id, name); "
+                        "evaluate on annotations with the checkpoint's categories")
+    loader = detection_loader(dataset, cfg, False, trained.compute.device.type == "cuda")
+    iou_types = ("bbox", "segm") if detector_spec(cfg.model.model).masks else ("bbox",)
+    start = time.perf_counter()
+    metrics, detections = evaluate(trained.model, loader, trained.compute, dataset.index, iou_types)
+    seconds = time.perf_counter() - start
+    target = Path(output) if output else Path(ckpt_path).parent / "detections.json"
+    atomic_write_text(target, json.dumps(detections) + "\n")
+    return DetectionEvaluation(metrics, per_class_ap(dataset.index, detections), len(dataset), seconds, target)
+
+
+class ImageFiles(Dataset):
+    """Image files as detector inputs (float RGB in [0, 1]); a file that does not decode gives None."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+        try:
+            with Image.open(self.paths[i]) as raw:
+                return pil_to_tensor(raw.convert("RGB")).float().div_(255), i
+        except OSError:
+            return None
+
+
+def _collate(batch: list) -> tuple[list[torch.Tensor], list[int]] | None:
+    kept = [item for item in batch if item is not None]
+    return collate(kept) if kept else None
+
+
+@torch.inference_mode()
+def detect(model: nn.Module, paths: list[Path], compute: Compute, batch_size: int, workers: int
+           ) -> dict[int, dict[str, torch.Tensor]]:
+    """Each decodable image's detections (boxes, labels, scores, masks), on the CPU, by index in `paths`."""
+    loader = DataLoader(ImageFiles(paths), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    found: dict[int, dict[str, torch.Tensor]] = {}
+    for batch in progress_bar(loader, desc="predict"):
+        if batch is None:
+            continue
+        images, indices = batch
+        with compute.autocast():
+            outputs = model([image.to(compute.device) for image in images])
+        found.update({i: {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in output.items()}
+                      for i, output in zip(indices, outputs)})  # fp32: AMP's half precision boxes are coarse
+    return found
+
+
+def detection_rows(found: dict[int, dict[str, torch.Tensor]], paths: list[Path], classes: list[str],
+                   threshold: float) -> list[dict[str, Any]]:
+    """One row per detection scoring at least `threshold`: path, class, score, box (x1, y1, x2, y2)."""
+    rows = []
+    for i, path in enumerate(paths):
+        output = found.get(i)
+        if output is None:
+            continue
+        for box, label, score in zip(output["boxes"].tolist(), output["labels"].tolist(), output["scores"].tolist()):
+            if score >= threshold:
+                rows.append({"path": str(path), "class": classes[label - 1], "score": round(score, 4),
+                             "box": [round(v, 1) for v in box]})
+    return rows
+
+
+def draw_all(found: dict[int, dict[str, torch.Tensor]], paths: list[Path], classes: list[str], threshold: float,
+             out_dir: Path) -> list[Path]:
+    """`<out_dir>/<image stem>.png` for every decodable image: its detections above `threshold` drawn in."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, used = [], set()
+    for i, path in enumerate(paths):
+        if i not in found:
+            continue
+        name = path.stem
+        while name in used:  # images of the same name in different folders
+            name += "_"
+        used.add(name)
+        with Image.open(path) as raw:
+            image = raw.convert("RGB")
+        written.append(draw_detections(image, found[i], classes, threshold, out_dir / f"{name}.png"))
+    return written
+
+
+def write_detection_table(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """predict.py's detections as .json (a list of rows), or .csv with path, class, score, x1, y1, x2, y2."""
+    if str(path).endswith(".json"):
+        atomic_write_text(path, json.dumps(rows, indent=1) + "\n")
+        return
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", "class", "score", "x1", "y1", "x2", "y2"])
+    writer.writerows([row["path"], row["class"], row["score"], *row["box"]] for row in rows)
+    atomic_write_text(path, out.getvalue())
