@@ -51,23 +51,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs_b", type=int, default=6)
     parser.add_argument("--size", type=int, default=128, help="image side in px")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", help="keep the data and runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        shapes_a, shapes_b = Path(tmp) / "a", Path(tmp) / "b"
+    with tempfile.TemporaryDirectory() as temporary:
+        tmp = Path(args.workdir) if args.workdir else Path(temporary)
+        shapes_a, shapes_b = tmp / "a", tmp / "b"
         make_shapes(shapes_a, ["circle", "square", "triangle"], args.images_a, 40, args.size, seed=args.seed)
         make_shapes(shapes_b, ["star", "cross"], args.images_b, 40, args.size, seed=args.seed + 1)
         print(f"set A: {args.images_a} images, {args.epochs_a} epochs from scratch", flush=True)
-        a_row, a_seconds = finetune(shapes_a, Path(tmp) / "run_a", args.epochs_a, args.size, [])
+        a_row, a_seconds = finetune(shapes_a, tmp / "run_a", args.epochs_a, args.size, [])
         rows = [("A from scratch", a_row, a_seconds)]
-        a_best = Path(tmp) / "run_a" / f"{MODEL}_best.pth"
+        a_best = tmp / "run_a" / f"{MODEL}_best.pth"
         for label, extra in (("B, load_from the A checkpoint", ["--load_from", str(a_best)]),
+                             ("B, load_from A, lr 0.005", ["--load_from", str(a_best), "--lr", "0.005"]),
                              ("B, load_from A, BatchNorm trained", ["--load_from", str(a_best), "--freeze_bn",
                                                                     "false"]),
                              ("B from scratch", [])):
             print(f"{label}: {args.images_b} images, {args.epochs_b} epochs", flush=True)
-            row, seconds = finetune(shapes_b, Path(tmp) / f"run_{len(rows)}", args.epochs_b, args.size, extra)
+            row, seconds = finetune(shapes_b, tmp / f"run_{len(rows)}", args.epochs_b, args.size, extra)
             rows.append((label, row, seconds))
-    print(f"\n{MODEL}, {args.size} px, configs/shapes_detection.yaml (SGD lr 0.02, batch 4); best epoch of each")
+    print(f"\n{MODEL}, {args.size} px, configs/shapes_detection.yaml (SGD lr 0.02 unless said, batch 4); best epoch "
+          "of each")
     print(f"{'run':<36} {'bbox_mAP':>8} {'bbox_mAP50':>10} {'time_s':>7}")
     for label, row, seconds in rows:
         print(f"{label:<36} {row['bbox_mAP']:>8.1f} {row['bbox_mAP50']:>10.1f} {seconds:>7.0f}")

@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from tools.make_shapes import make_shapes
-from tunecv.detection.coco import CocoDetection, collate, read_coco
 from tunecv.config import SchedConfig, UserError, load_config
+from tunecv.detection.coco import CocoDetection, collate, read_coco
 from tunecv.detection.engine import evaluate, train_one_epoch
 from tunecv.detection.models import create_detector
 from tunecv.runtime import Compute
