@@ -197,6 +197,13 @@ def test_config_file_paths_resolve_against_the_file_that_sets_them(tmp_path, mon
     assert values["ckpt_path"] == str(root / "exp" / "w.pth")
 
 
+def test_an_image_root_found_nowhere_stays_relative_for_data_dir_to_hold(tmp_path):
+    config = write_yaml(tmp_path / "configs" / "x.yaml", {"image_root": "leftImg8bit", "class_list": "c.txt"})
+    values = read_config_file(config)
+    assert values["image_root"] == "leftImg8bit"  # data_path looks under data_dir first
+    assert values["class_list"] == str(tmp_path / "configs" / "c.txt")  # the path the file meant, in errors
+
+
 def test_command_line_paths_stay_relative_to_the_working_directory(tmp_path, monkeypatch):
     root = tmp_path.resolve()
     (root / "sub" / "imgs").mkdir(parents=True)

@@ -17,7 +17,15 @@ TORCH_OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total 
 def test_torch_out_of_memory_error():
     message = runtime_failure(torch.OutOfMemoryError(TORCH_OOM), batch_size=64)
     assert message == ("CUDA out of memory at batch_size 64 (tried to allocate 2.00 GiB); lower batch_size "
-                       "(e.g. 32) and raise gradient_accumulation_steps to keep the global batch, or set amp_level O2")
+                       "(e.g. 32) and raise gradient_accumulation_steps to keep the global batch, or set amp_level "
+                       "O2, or lower image_resize")
+
+
+def test_out_of_memory_advice_of_a_detection_run_names_its_keys():
+    message = runtime_failure(torch.OutOfMemoryError(TORCH_OOM), batch_size=4, detection=True)
+    assert "lower batch_size (e.g. 2) and the lr with it (or auto_scale_lr)" in message
+    assert message.endswith("or lower min_size / max_size") and "image_resize" not in message
+    assert "gradient_accumulation_steps" not in message
 
 
 def test_out_of_memory_as_a_runtime_error_text():

@@ -86,9 +86,22 @@ def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> 
     return merge(drop_replaced_strategy_keys(merged, data), data)
 
 
+# image folders are usually inside data_dir (Cityscapes' leftImg8bit): found neither beside the file nor from the
+# working directory, the path stays relative, for data_dir (which may come from the command line) to hold it
+UNDER_DATA_DIR_KEYS = frozenset({"image_root"})
+
+
 def resolve_paths(values: dict[str, Any], folder: Path) -> dict[str, Any]:
     """The input-file keys of one config file's `values`, relative to `folder` (the file's own)."""
-    return {key: resolve_path(value, folder) if key in PATH_KEYS else value for key, value in values.items()}
+    resolved = {}
+    for key, value in values.items():
+        if key in UNDER_DATA_DIR_KEYS and isinstance(value, str) and value.strip() \
+                and not Path(value).expanduser().is_absolute() and not (folder / value).exists() \
+                and not Path(value).exists():
+            resolved[key] = value
+        else:
+            resolved[key] = resolve_path(value, folder) if key in PATH_KEYS else value
+    return resolved
 
 
 def resolve_path(value: Any, folder: Path) -> Any:

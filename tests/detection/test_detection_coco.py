@@ -85,15 +85,38 @@ def test_flip_moves_boxes_with_the_masks(shapes):
     assert len(images) == len(targets) == 2
 
 
+IMAGE = {"id": 1, "file_name": "a.png", "height": 8, "width": 8}
+
+
+def test_fields_coco_evaluation_needs_are_filled_in(tmp_path):
+    """id, iscrowd and area are optional here; pycocotools' COCOeval reads them."""
+    from tunecv.detection.metrics import coco_map
+
+    path = tmp_path / "minimal.json"
+    path.write_text(json.dumps({"images": [IMAGE], "annotations": [{"image_id": 1, "category_id": 1,
+                                                                    "bbox": [1, 1, 4, 4]}],
+                                "categories": [{"id": 1, "name": "a"}]}))
+    index = read_coco(path)
+    assert index.annotations[1][0] | {"id": 1, "iscrowd": 0, "area": 16.0} == index.annotations[1][0]
+    detections = [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "score": 0.9}]
+    assert coco_map(index, detections)["bbox_mAP"] == pytest.approx(100.0)
+
+
 @pytest.mark.parametrize("content, needle", [
     ("not json", "is not JSON"),
     ([1, 2], "holds a JSON list, not a COCO object"),
     ({"images": [], "annotations": []}, "no 'categories' list"),
-    ({"images": [{"id": 1, "file_name": "a.png"}], "annotations": [{"image_id": 1, "category_id": 1}],
+    ({"images": [IMAGE], "annotations": [{"image_id": 1, "category_id": 1}],
       "categories": [{"id": 1, "name": "a"}]}, "annotations[0] has no 'bbox'"),
-    ({"images": [{"id": 1, "file_name": "a.png"}],
-      "annotations": [{"image_id": 1, "category_id": 5, "bbox": [0, 0, 2, 2]}],
+    ({"images": [IMAGE], "annotations": [{"image_id": 1, "category_id": 5, "bbox": [0, 0, 2, 2]}],
       "categories": [{"id": 1, "name": "a"}]}, "category_id 5, which is not in categories"),
+    ({"images": [{"id": 1, "file_name": "a.png"}], "annotations": [], "categories": [{"id": 1, "name": "a"}]},
+     "images[0] has no 'height'"),
+    ({"images": [IMAGE], "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 2]}],
+      "categories": [{"id": 1, "name": "a"}]}, "annotations[0] has bbox [0, 0, 2]; COCO boxes are"),
+    ({"images": [IMAGE], "annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2],
+                                          "segmentation": [[1, 2, 3]]}],
+      "categories": [{"id": 1, "name": "a"}]}, "neither polygons"),
 ])
 def test_not_coco_is_one_clear_error(tmp_path, content, needle):
     path = tmp_path / "bad.json"

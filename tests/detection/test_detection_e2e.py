@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,6 +76,16 @@ def test_validate_reproduces_the_best_map_and_writes_coco_detections(trained, sh
     from pycocotools.coco import COCO  # the json is what COCO tools load
 
     COCO(str(shapes / "annotations" / "instances_val.json")).loadRes(str(output))
+
+
+def test_validate_another_split_with_its_own_annotation_file(trained, shapes, tmp_path):
+    shutil.copytree(shapes / "val", tmp_path / "holdout")
+    reference = run_script("validate.py", "--ckpt_path", str(trained / f"{MODEL}_best.pth"), "--output",
+                           str(tmp_path / "a.json"))
+    other = run_script("validate.py", "--ckpt_path", str(trained / f"{MODEL}_best.pth"), "--data_dir", str(tmp_path),
+                       "--split", "holdout", "--val_ann_file", str(shapes / "annotations" / "instances_val.json"),
+                       "--output", str(tmp_path / "b.json"))
+    assert other.stdout.splitlines()[0].split("(")[0] == reference.stdout.splitlines()[0].split("(")[0]
 
 
 def test_predict_lists_and_draws_the_detections(trained, shapes, tmp_path):
@@ -156,6 +167,10 @@ def test_bad_input_is_one_line(trained, shapes, tmp_path):
     assert "mixup is a key of classification" in _error("finetune.py", "--data_dir", str(shapes), *ARGS,
                                                         "--mixup", "0.2")
     ckpt = str(trained / f"{MODEL}_best.pth")
+    shutil.copy(trained / f"{MODEL}_last.pth", tmp_path / f"{MODEL}_last.pth")  # a run folder of its own
+    assert "the resumed run trained other parameters" in _error(
+        "finetune.py", "--data_dir", str(shapes), *ARGS, "--epoch_size", "3", "--trainable_backbone_layers", "2",
+        "--resume", str(tmp_path / f"{MODEL}_last.pth"))
     assert "--calibrate fits a classifier's temperature" in _error("validate.py", "--ckpt_path", ckpt, "--calibrate")
     assert "--tta" in _error("predict.py", "--ckpt_path", ckpt, str(shapes / "val"), "--tta")
     wrong_ids = tmp_path / "val.json"

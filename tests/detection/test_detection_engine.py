@@ -57,6 +57,8 @@ def test_a_short_run_learns(tmp_path):
     epochs = [train_one_epoch(model, loader, optimizer, schedule, compute, epoch) for epoch in (1, 2, 3)]
     assert epochs[-1].loss < epochs[0].loss and set(epochs[0].parts) >= {"loss_classifier", "loss_objectness"}
     assert epochs[0].images == 16 and epochs[-1].lr == pytest.approx(0.02)
-    metrics, detections = evaluate(model, DataLoader(val, batch_size=3, collate_fn=collate), compute, val_index)
+    scores = evaluate(model, DataLoader(val, batch_size=3, collate_fn=collate), compute, val_index)
+    metrics, detections = scores.metrics, scores.detections
+    assert [name for name, _ in scores.per_class] == ["circle", "square"]
     assert set(metrics) == {"bbox_mAP", "bbox_mAP50"} and all(math.isfinite(v) for v in metrics.values())
     assert all(d["category_id"] in (11, 21) for d in detections)

@@ -74,3 +74,15 @@ def test_a_checkpoint_trained_with_batchnorm_loads_into_frozen_batchnorm():
     loaded = model.state_dict()
     means = [k for k in state if k.startswith("backbone.body") and k.endswith("running_mean")]
     assert means and all(torch.equal(loaded[k], state[k]) for k in means)  # the statistics are now fixed
+
+
+def test_frozen_batchnorm_weights_load_into_batchnorm_that_trains():
+    """torchvision's COCO weights hold frozen BatchNorm (no batch counts): freeze_bn false still loads them."""
+    frozen = create_detector("fasterrcnn_mobilenet_v3_large_fpn", 3, frozen_bn=True, **SMALL)
+    state = frozen.state_dict()
+    assert not any(k.endswith("num_batches_tracked") for k in state)
+    model = create_detector("fasterrcnn_mobilenet_v3_large_fpn", 2, frozen_bn=False, **SMALL)
+    load_detector_weights(model, "fasterrcnn_mobilenet_v3_large_fpn", state, source="COCO")
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items() if k.startswith("backbone."))
+    assert any(k.endswith("num_batches_tracked") for k in loaded)

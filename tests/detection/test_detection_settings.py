@@ -56,6 +56,7 @@ def test_frozen_stages_is_trainable_backbone_layers_counted_from_the_stem(frozen
     ({"min_size": 900, "max_size": 600}, "larger than max_size"),
     ({"model": "maskrcnn_r50"}, "did you mean maskrcnn_resnet50_fpn"),
     ({"warmup_iters": 100, "warmup_epochs": 1}, "set one of them"),
+    ({"lr": "auto"}, "lr: auto .* works for classification"),
 ])
 def test_detection_rules(values, message):
     with pytest.raises(UserError, match=message):
@@ -81,10 +82,21 @@ def test_annotations_and_images_follow_the_coco_layout(tmp_path):
     assert ann_file(cityscapes, "val", cityscapes.data.val_ann_file).is_file()
 
 
+def test_the_seed_config_finds_cityscapes_under_any_data_dir(tmp_path):
+    """image_root leftImg8bit is under data_dir (given on the command line), not beside the config file."""
+    (tmp_path / "leftImg8bit" / "train").mkdir(parents=True)
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instancesonly_filtered_gtFine_train.json").write_text("{}")
+    cfg = load_config(ROOT / "configs" / "seeds" / "mmdet_cityscapes_maskrcnn.yaml", {"data_dir": str(tmp_path)})
+    assert image_dir(cfg, cfg.data.train_split) == tmp_path / "leftImg8bit" / "train"
+    assert ann_file(cfg, "train", cfg.data.train_ann_file).is_file()
+
+
 def test_the_seed_config_mirrors_the_mmdetection_tutorial():
     cfg = load_config(ROOT / "configs" / "seeds" / "mmdet_cityscapes_maskrcnn.yaml", {})
     assert (cfg.model.task, cfg.model.model, cfg.model.num_classes) == ("detection", "maskrcnn_resnet50_fpn", 8)
     assert (cfg.optim.opt, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == ("sgd", 0.01, 0.9, 1e-4)
+    assert cfg.optim.weight_decay_filter == "disable"
     assert (cfg.sched.warmup_iters, cfg.sched.warmup_factor) == (500, 0.001)
     assert (cfg.sched.scheduler, cfg.sched.multi_step_decay_milestones, cfg.train.epoch_size) == \
         ("multi_step_decay", (7,), 8)

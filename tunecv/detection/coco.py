@@ -20,8 +20,8 @@ from torchvision.transforms.functional import pil_to_tensor
 from tunecv.errors import UserError
 
 # the fields each part of a COCO file must have, and what tunecv reads them for
-REQUIRED_FIELDS = {"images": ("id", "file_name"), "annotations": ("image_id", "category_id", "bbox"),
-                   "categories": ("id", "name")}
+REQUIRED_FIELDS = {"images": ("id", "file_name", "height", "width"),
+                   "annotations": ("image_id", "category_id", "bbox"), "categories": ("id", "name")}
 
 
 @dataclass
@@ -33,7 +33,12 @@ class CocoIndex:
     classes: list[str]
     category_ids: list[int]
     images: list[dict[str, Any]]  # in file order; without annotations only when kept
-    annotations: dict[int, list[dict[str, Any]]]  # image id -> its annotations
+    annotations: dict[int, list[dict[str, Any]]]  # image id -> its annotations (with id, iscrowd and area)
+
+    def ground_truth(self) -> dict[str, Any]:
+        """The checked file as pycocotools' COCO takes it (`COCO.dataset`)."""
+        return {"images": self.images, "annotations": [a for anns in self.annotations.values() for a in anns],
+                "categories": [{"id": i, "name": n} for i, n in zip(self.category_ids, self.classes)]}
 
     def label(self, category_id: int) -> int:
         return self.category_ids.index(category_id) + 1
@@ -59,6 +64,10 @@ def read_coco(ann_file: str | os.PathLike, keep_empty: bool = False) -> CocoInde
     known_images = {image["id"] for image in data["images"]}
     annotations: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for i, ann in enumerate(data["annotations"]):
+        _check_annotation(ann, i, path)
+        ann.setdefault("id", i + 1)  # COCO's evaluation indexes by id, and weighs crowd and area
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
         if ann["category_id"] not in category_ids:
             raise UserError(f"{path}: annotations[{i}] has category_id {ann['category_id']}, which is not in "
                             f"categories (ids {category_ids[:10]}); fix the file")
@@ -88,6 +97,20 @@ def _check_fields(data: Any, path: Path) -> None:
                 raise UserError(f"{path} is not a COCO instances file: {part}[{i}] has no '{missing[0]}'")
     if not data["categories"]:
         raise UserError(f"{path} has no categories; a detector needs at least one class")
+
+
+def _check_annotation(ann: dict[str, Any], i: int, path: Path) -> None:
+    """The fields a training step and COCO's evaluation read, of the types they need."""
+    bbox = ann["bbox"]
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+        raise UserError(f"{path}: annotations[{i}] has bbox {str(bbox)[:60]}; COCO boxes are [x, y, width, height]")
+    segmentation = ann.get("segmentation")
+    polygons = isinstance(segmentation, list) and all(
+        isinstance(p, list) and len(p) % 2 == 0 and all(isinstance(v, (int, float)) for v in p) for p in segmentation)
+    rle = isinstance(segmentation, dict) and {"counts", "size"} <= set(segmentation)
+    if segmentation not in (None, []) and not (polygons or rle):
+        raise UserError(f"{path}: annotations[{i}] has a segmentation that is neither polygons ([[x1, y1, x2, y2, "
+                        "...], ...]) nor RLE ({counts, size}); fix the file")
 
 
 def decode_mask(segmentation: Any, height: int, width: int) -> np.ndarray:

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from tunecv.detection.metrics import MASK_THRESHOLD
 from tunecv.fileio import atomic_target
 
 # tab10: distinct on photos, one per class (cycled past ten)
@@ -19,17 +18,16 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 MASK_OPACITY = 0.45
 
 
-def draw_detections(image: Image.Image, output: dict[str, torch.Tensor], classes: list[str], threshold: float,
+def draw_detections(image: Image.Image, output: dict[str, torch.Tensor], classes: list[str],
                     path: str | os.PathLike) -> Path:
-    """Write `image` with the detections of `output` scoring at least `threshold` as a PNG at `path`."""
-    keep = output["scores"] >= threshold
-    boxes, labels, scores = output["boxes"][keep], output["labels"][keep], output["scores"][keep]
-    pixels = np.asarray(image, dtype=np.float32)
-    if "masks" in output:
-        for mask, label in zip(output["masks"][keep][:, 0] > MASK_THRESHOLD, labels.tolist()):
-            colour = np.array(COLOURS[(label - 1) % len(COLOURS)], dtype=np.float32)
-            region = mask.numpy()
-            pixels[region] = (1 - MASK_OPACITY) * pixels[region] + MASK_OPACITY * colour
+    """Write `image` with the detections of `output` (boxes, labels, scores; boolean masks (N, H, W)) as a PNG
+    at `path`."""
+    boxes, labels, scores = output["boxes"], output["labels"], output["scores"]
+    pixels = np.asarray(image, dtype=np.float32).copy()
+    for mask, label in zip(output.get("masks", []), labels.tolist()):
+        colour = np.array(COLOURS[(label - 1) % len(COLOURS)], dtype=np.float32)
+        region = mask.numpy()
+        pixels[region] = (1 - MASK_OPACITY) * pixels[region] + MASK_OPACITY * colour
     drawn = Image.fromarray(pixels.round().astype(np.uint8))
     pen = ImageDraw.Draw(drawn)
     width = max(1, round(min(drawn.size) / 200))

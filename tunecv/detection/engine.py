@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from tunecv import distributed
 from tunecv.detection.coco import CocoIndex
-from tunecv.detection.metrics import coco_detections, coco_map
+from tunecv.detection.metrics import coco_detections, coco_scores
 from tunecv.engine import NonFiniteLoss
 from tunecv.progress import progress_bar
 from tunecv.runtime import Compute
@@ -83,11 +83,18 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     return DetectionEpoch(sum(parts.values()), parts, int(seen), time.perf_counter() - start, lr)
 
 
+@dataclass
+class DetectionScores:
+    metrics: dict[str, float]  # bbox (and segm) mAP and mAP50, percent
+    per_class: list[tuple[str, float | None]]  # each class's bbox AP, percent
+    detections: list[dict]  # COCO results format
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, compute: Compute, index: CocoIndex,
-             iou_types: tuple[str, ...] = ("bbox",)) -> tuple[dict[str, float], list[dict]]:
+             iou_types: tuple[str, ...] = ("bbox",)) -> DetectionScores:
     """COCO mAP of the model's detections on `loader`'s images, and those detections (COCO result format); in a
-    distributed run each process detects on its share and all get every detection."""
+    distributed run each process detects on its share, the first scores them all and tells the others."""
     model.eval()
     detections: list[dict] = []
     for images, targets in progress_bar(loader, desc="val"):
@@ -99,4 +106,6 @@ def evaluate(model: nn.Module, loader: DataLoader, compute: Compute, index: Coco
         place = {image["id"]: i for i, image in enumerate(index.images)}
         detections = sorted((d for share in distributed.gather(detections) for d in share),
                             key=lambda d: place[d["image_id"]])
-    return coco_map(index, detections, iou_types), detections
+    scores = coco_scores(index, detections, iou_types) if distributed.is_main() else None
+    metrics, per_class = distributed.broadcast(scores)
+    return DetectionScores(metrics, per_class, detections)

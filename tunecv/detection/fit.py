@@ -15,6 +15,7 @@ from tunecv.checkpoint import CheckpointSaver
 from tunecv.config import TrainConfig
 from tunecv.detection.engine import evaluate, train_one_epoch
 from tunecv.detection.report import DetectionResults
+from tunecv.errors import UserError
 from tunecv.fit import check_finite, should_validate
 from tunecv.resume import GracefulStop, RunStopped, batch_layout, random_state, restore_random_state
 from tunecv.weights import load_exact
@@ -67,20 +68,23 @@ def fit_detection(setup: DetectionSetup, cfg: TrainConfig, saver: CheckpointSave
     def state() -> dict[str, Any]:
         return {"optimizer": setup.optimizer.state_dict(), "scheduler": setup.scheduler.state_dict(),
                 "scaler": setup.scaler.state_dict() if setup.scaler is not None else None,
-                "history": history, "best_epoch": best_epoch, "best_metric_name": metric,
+                "history": history,
                 "layout": batch_layout(setup.cfg.loader.batch_size, 1), "rng": distributed.gather(random_state()),
                 "epoch_progress": None}
 
     if checkpoint is not None:
-        first_epoch, best, best_epoch = _restore(setup, checkpoint, history, results)
+        first_epoch, best, best_epoch = _restore(setup, checkpoint, history, saver, results, metric)
     else:  # a stop in the first epoch resumes from here
         initial = state()  # on every process: it gathers their random states
         if distributed.is_main():
             saver.save_last(model, epoch=0, metrics={}, best_top1=None, training_state=initial)
     wrapped = distributed.wrap(model, device)
+    signum = 0
     with GracefulStop() as stop:
         def stopping() -> bool:
-            return distributed.max_all(stop.signum or 0, device) > 0
+            nonlocal signum
+            signum = distributed.max_all(stop.signum or 0, device)  # a signal any process caught: all stop
+            return signum > 0
 
         for epoch in range(first_epoch, cfg.epoch_size + 1):
             setup.train_loader.sampler.set_epoch(epoch)
@@ -89,13 +93,13 @@ def fit_detection(setup: DetectionSetup, cfg: TrainConfig, saver: CheckpointSave
                                     epoch, scaler=setup.scaler, clip_norm=cfg.clip_value if cfg.clip_grad else None,
                                     should_stop=stopping)
             if not stats.finished:
-                raise RunStopped(stop.signum or 15, saver.last_path,
+                raise RunStopped(signum, saver.last_path,
                                  f"in epoch {epoch} (a detection run resumes at the start of that epoch)")
             check_finite(model, epoch, setup.scheduler.last_epoch)
             metrics = None
             distributed.sync_buffers(model)  # what `_best` holds is what every process validates
             if setup.val_loader is not None and should_validate(epoch, cfg.epoch_size, cfg):
-                metrics, _ = evaluate(model, setup.val_loader, setup.compute, setup.val_set.index, iou_types)
+                metrics = evaluate(model, setup.val_loader, setup.compute, setup.val_set.index, iou_types).metrics
             row = _row(epoch, stats, metrics, time.perf_counter() - epoch_start)
             history.append(row)
             value = row.get(metric)
@@ -110,7 +114,7 @@ def fit_detection(setup: DetectionSetup, cfg: TrainConfig, saver: CheckpointSave
                 results.add(row)
             logger.info(_line(row))
             if stopping() and epoch < cfg.epoch_size:
-                raise RunStopped(stop.signum or 15, saver.last_path, f"after epoch {epoch}")
+                raise RunStopped(signum, saver.last_path, f"after epoch {epoch}")
     if results is not None:
         results.finish(metric, best, best_epoch)
     return DetectionResult(metric, best, best_epoch, cfg.epoch_size, setup.out_dir, saver.best_path,
@@ -118,20 +122,29 @@ def fit_detection(setup: DetectionSetup, cfg: TrainConfig, saver: CheckpointSave
 
 
 def _restore(setup: DetectionSetup, checkpoint: dict[str, Any], history: list[dict[str, Any]],
-             results: DetectionResults | None) -> tuple[int, float | None, int]:
-    """Put a stopped run back: weights, optimizer, scheduler, scaler, random state, the rows reported. Returns
-    (the first epoch to train, the best value, its epoch)."""
+             saver: CheckpointSaver, results: DetectionResults | None, metric: str) -> tuple[int, float | None, int]:
+    """Put a stopped run back: weights, optimizer, scheduler, scaler, random state, the rows reported, the
+    per-epoch files kept. Returns (the first epoch to train, the best value of `metric` so far, its epoch)."""
     load_exact(setup.model, checkpoint["model"], source="the resumed checkpoint")
-    setup.optimizer.load_state_dict(checkpoint["optimizer"])
+    try:
+        setup.optimizer.load_state_dict(checkpoint["optimizer"])
+    except ValueError:  # torch: "loaded state dict contains a parameter group that doesn't match ..."
+        raise UserError("the resumed run trained other parameters (frozen_stages, trainable_backbone_layers, "
+                        "freeze_bn or weight_decay_filter changed); resume with the run's own values, or start a "
+                        "new run with --load_from <its _last.pth>") from None
     setup.scheduler.load_state_dict(checkpoint["scheduler"])
     if setup.scaler is not None and checkpoint.get("scaler"):
         setup.scaler.load_state_dict(checkpoint["scaler"])
     states = checkpoint["rng"]
-    restore_random_state(states[min(distributed.rank(), len(states) - 1)])
+    restore_random_state(states[distributed.rank() % len(states)])
+    saver.kept = [(score, epoch, Path(path)) for score, epoch, path in checkpoint.get("kept", [])]
     for row in checkpoint["history"]:
         history.append(row)
         if results is not None:
             results.add(row, replayed=True)
+    # the best so far, by this run's metric (best_metric may have changed since)
+    scored = [row for row in history if row.get(metric) is not None]
+    best_row = max(scored, key=lambda row: row[metric], default=None)
     epoch = checkpoint["epoch"]
     logger.info("resumed at the start of epoch %d", epoch + 1)
-    return epoch + 1, checkpoint.get("best_metric"), checkpoint["best_epoch"]
+    return epoch + 1, best_row[metric] if best_row else None, best_row["epoch"] if best_row else 0

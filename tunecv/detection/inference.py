@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from tunecv.config import Config
 from tunecv.detection.coco import collate
 from tunecv.detection.draw import draw_detections
 from tunecv.detection.engine import evaluate
-from tunecv.detection.metrics import per_class_ap
+from tunecv.detection.metrics import MASK_THRESHOLD
 from tunecv.detection.models import create_detector, detector_spec, load_detector_weights
 from tunecv.detection.run import detection_loader, detection_set
 from tunecv.errors import UserError
@@ -65,11 +66,11 @@ def evaluate_split(trained, split: str, given_ann_file: str | None, output: str 
     loader = detection_loader(dataset, cfg, False, trained.compute.device.type == "cuda")
     iou_types = ("bbox", "segm") if detector_spec(cfg.model.model).masks else ("bbox",)
     start = time.perf_counter()
-    metrics, detections = evaluate(trained.model, loader, trained.compute, dataset.index, iou_types)
+    scores = evaluate(trained.model, loader, trained.compute, dataset.index, iou_types)
     seconds = time.perf_counter() - start
     target = Path(output) if output else Path(ckpt_path).parent / "detections.json"
-    atomic_write_text(target, json.dumps(detections) + "\n")
-    return DetectionEvaluation(metrics, per_class_ap(dataset.index, detections), len(dataset), seconds, target)
+    atomic_write_text(target, json.dumps(scores.detections) + "\n")
+    return DetectionEvaluation(scores.metrics, scores.per_class, len(dataset), seconds, target)
 
 
 class ImageFiles(Dataset):
@@ -95,53 +96,49 @@ def _collate(batch: list) -> tuple[list[torch.Tensor], list[int]] | None:
 
 
 @torch.inference_mode()
-def detect(model: nn.Module, paths: list[Path], compute: Compute, batch_size: int, workers: int
-           ) -> dict[int, dict[str, torch.Tensor]]:
-    """Each decodable image's detections (boxes, labels, scores, masks), on the CPU, by index in `paths`."""
+def detect(model: nn.Module, paths: list[Path], compute: Compute, batch_size: int, workers: int,
+           threshold: float) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """(index in `paths`, its detections scoring at least `threshold`) for each image that decodes, on the CPU,
+    one batch at a time (full-size masks of a folder would not fit in memory); masks as booleans (N, H, W)."""
     loader = DataLoader(ImageFiles(paths), batch_size=batch_size, num_workers=workers, collate_fn=_collate)
-    found: dict[int, dict[str, torch.Tensor]] = {}
     for batch in progress_bar(loader, desc="predict"):
         if batch is None:
             continue
         images, indices = batch
         with compute.autocast():
             outputs = model([image.to(compute.device) for image in images])
-        found.update({i: {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in output.items()}
-                      for i, output in zip(indices, outputs)})  # fp32: AMP's half precision boxes are coarse
-    return found
+        for i, output in zip(indices, outputs):
+            kept = {k: v[output["scores"] >= threshold] for k, v in output.items()}
+            if "masks" in kept:
+                kept["masks"] = kept["masks"][:, 0] > MASK_THRESHOLD
+            # fp32: AMP's half-precision boxes are coarse
+            yield i, {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in kept.items()}
 
 
-def detection_rows(found: dict[int, dict[str, torch.Tensor]], paths: list[Path], classes: list[str],
-                   threshold: float) -> list[dict[str, Any]]:
-    """One row per detection scoring at least `threshold`: path, class, score, box (x1, y1, x2, y2)."""
-    rows = []
-    for i, path in enumerate(paths):
-        output = found.get(i)
-        if output is None:
-            continue
-        for box, label, score in zip(output["boxes"].tolist(), output["labels"].tolist(), output["scores"].tolist()):
-            if score >= threshold:
-                rows.append({"path": str(path), "class": classes[label - 1], "score": round(score, 4),
-                             "box": [round(v, 1) for v in box]})
-    return rows
+def detection_rows(path: Path, output: dict[str, torch.Tensor], classes: list[str]) -> list[dict[str, Any]]:
+    """One row per detection of an image: path, class, score, box (x1, y1, x2, y2)."""
+    return [{"path": str(path), "class": classes[label - 1], "score": round(score, 4),
+             "box": [round(v, 1) for v in box]}
+            for box, label, score in zip(output["boxes"].tolist(), output["labels"].tolist(),
+                                         output["scores"].tolist())]
 
 
-def draw_all(found: dict[int, dict[str, torch.Tensor]], paths: list[Path], classes: list[str], threshold: float,
-             out_dir: Path) -> list[Path]:
-    """`<out_dir>/<image stem>.png` for every decodable image: its detections above `threshold` drawn in."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written, used = [], set()
-    for i, path in enumerate(paths):
-        if i not in found:
-            continue
-        name = path.stem
+def predict_and_draw(model: nn.Module, paths: list[Path], compute: Compute, batch_size: int, workers: int,
+                     threshold: float, classes: list[str], draw_dir: Path) -> tuple[list[dict[str, Any]], set[int]]:
+    """predict.py on a detector: the rows of every detection scoring at least `threshold`, each decodable image
+    drawn with them as `<draw_dir>/<image stem>.png`; and the indices of the images that decoded."""
+    draw_dir.mkdir(parents=True, exist_ok=True)
+    rows, decoded, used = [], set(), set()
+    for i, output in detect(model, paths, compute, batch_size, workers, threshold):
+        decoded.add(i)
+        rows += detection_rows(paths[i], output, classes)
+        name = paths[i].stem
         while name in used:  # images of the same name in different folders
             name += "_"
         used.add(name)
-        with Image.open(path) as raw:
-            image = raw.convert("RGB")
-        written.append(draw_detections(image, found[i], classes, threshold, out_dir / f"{name}.png"))
-    return written
+        with Image.open(paths[i]) as raw:
+            draw_detections(raw.convert("RGB"), output, classes, draw_dir / f"{name}.png")
+    return rows, decoded
 
 
 def write_detection_table(path: str | Path, rows: list[dict[str, Any]]) -> None:

@@ -49,7 +49,9 @@ def _evaluations(index: CocoIndex, detections: list[dict], iou_types: tuple[str,
     chatter = io.StringIO()  # pycocotools prints its progress and tables: the debug log, not the console
     evaluations = {}
     with contextlib.redirect_stdout(chatter):
-        truth = COCO(str(index.path))
+        truth = COCO()  # from the checked annotations, with the fields COCOeval needs filled in
+        truth.dataset = index.ground_truth()
+        truth.createIndex()
         found = truth.loadRes(copy.deepcopy(detections))  # loadRes adds fields to the dicts it is given
         for kind in iou_types:
             evaluation = COCOeval(truth, found, kind)
@@ -62,29 +64,29 @@ def _evaluations(index: CocoIndex, detections: list[dict], iou_types: tuple[str,
     return evaluations
 
 
-def coco_map(index: CocoIndex, detections: list[dict], iou_types: tuple[str, ...] = ("bbox",)) -> dict[str, float]:
-    """{`<type>_mAP`, `<type>_mAP50`} for each of `iou_types` ("bbox", "segm") over the images of `index`, in
-    percent; 0 when there is no detection at all."""
+def coco_scores(index: CocoIndex, detections: list[dict], iou_types: tuple[str, ...] = ("bbox",)
+                ) -> tuple[dict[str, float], list[tuple[str, float | None]]]:
+    """({`<type>_mAP`, `<type>_mAP50`} for each of `iou_types` ("bbox", "segm"), each class's bbox AP) over the
+    images of `index`, in percent; 0 when there is no detection at all. The per-class AP is MMDetection's
+    classwise table: IoU 0.50:0.95, all areas, 100 detections; None for a class without ground truth."""
     metrics = {f"{kind}_{name}": 0.0 for kind in iou_types for name in ("mAP", "mAP50")}
     if not detections:
-        return metrics
-    for kind, evaluation in _evaluations(index, detections, iou_types).items():
+        return metrics, [(name, 0.0) for name in index.classes]
+    evaluations = _evaluations(index, detections, iou_types)
+    for kind, evaluation in evaluations.items():
         # stats[0]: AP at IoU 0.50:0.95, stats[1]: AP at 0.50; -1 where nothing could be scored
         metrics[f"{kind}_mAP"] = max(0.0, float(evaluation.stats[0])) * 100
         metrics[f"{kind}_mAP50"] = max(0.0, float(evaluation.stats[1])) * 100
-    return metrics
-
-
-def per_class_ap(index: CocoIndex, detections: list[dict]) -> list[tuple[str, float | None]]:
-    """Each class's bbox AP (IoU 0.50:0.95, all areas, 100 detections) in percent, as MMDetection's classwise
-    table; None for a class without ground truth in `index`."""
-    if not detections:
-        return [(name, 0.0) for name in index.classes]
     # precision: [IoU threshold, recall point, category, area range, max detections]; -1 where undefined
-    precision = _evaluations(index, detections, ("bbox",))["bbox"].eval["precision"]
-    rows = []
+    precision = evaluations["bbox"].eval["precision"]
+    per_class = []
     for k, name in enumerate(index.classes):
         values = precision[:, :, k, 0, -1]
         values = values[values > -1]
-        rows.append((name, float(values.mean()) * 100 if values.size else None))
-    return rows
+        per_class.append((name, float(values.mean()) * 100 if values.size else None))
+    return metrics, per_class
+
+
+def coco_map(index: CocoIndex, detections: list[dict], iou_types: tuple[str, ...] = ("bbox",)) -> dict[str, float]:
+    """The mAPs of `coco_scores`."""
+    return coco_scores(index, detections, iou_types)[0]

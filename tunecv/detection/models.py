@@ -96,8 +96,10 @@ def load_detector_weights(model: nn.Module, name: str, state: dict[str, torch.Te
         UserError: any other key is missing, unexpected or of another shape (not this detector's checkpoint).
     """
     own = model.state_dict()
-    # a checkpoint trained with plain BatchNorm loads into frozen BatchNorm, which keeps no batch count
+    # BatchNorm's batch count: dropped for frozen BatchNorm, which keeps none; kept at the model's own where a
+    # checkpoint of frozen BatchNorm (torchvision's COCO weights) loads into BatchNorm that trains
     state = {k: v for k, v in state.items() if k in own or not k.endswith(".num_batches_tracked")}
+    state.update({k: v for k, v in own.items() if k.endswith(".num_batches_tracked") and k not in state})
     head = detector_spec(name).class_head
     replaced = sorted(k for k, v in state.items() if k in own and k.startswith(head) and v.shape != own[k].shape)
     problems = key_problems(own, state, reshaped=set(replaced))

@@ -89,15 +89,18 @@ def detection_loader(dataset: CocoDetection, cfg: Config, training: bool, pin_me
                          rank=distributed.rank(), world_size=distributed.world_size(), collate_fn=collate)
 
 
-def build_detector(cfg: Config, num_classes: int) -> tuple[nn.Module, str]:
+def build_detector(cfg: Config, num_classes: int, load: bool = True) -> tuple[nn.Module, str]:
     """The detector for `num_classes` with its configured weights, and where they came from. The backbone's
     BatchNorm is frozen when weights are loaded (`freeze_bn`), as torchvision does for pretrained backbones;
-    a detector that starts random trains it."""
+    a detector that starts random trains it. `load` False: built alike, the weights left out (a resumed run
+    replaces them)."""
     name, spec = cfg.model.model, detector_spec(cfg.model.model)
     loads = bool(cfg.model.ckpt_path or cfg.model.pretrained)
     model = create_detector(name, num_classes, min_size=cfg.data.min_size, max_size=cfg.data.max_size,
                             trainable_backbone_layers=trainable_layers(cfg.finetune, spec.backbone_layers),
                             frozen_bn=loads and cfg.finetune.freeze_bn)
+    if not load:
+        return model, "the resumed run's"
     if cfg.model.ckpt_path:
         load_detector_weights(model, name, read_state_dict(cfg.model.ckpt_path), source=cfg.model.ckpt_path)
         return model, f"checkpoint {cfg.model.ckpt_path}"
@@ -108,14 +111,15 @@ def build_detector(cfg: Config, num_classes: int) -> tuple[nn.Module, str]:
 
 
 def coco_weights(name: str) -> dict[str, torch.Tensor]:
-    """torchvision's COCO-trained weights of `name` (a download, cached by torch.hub)."""
+    """torchvision's COCO-trained weights of `name` (torch.hub's cached copy, else a download)."""
     import torchvision
 
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     host = HUB_HOSTS["torchvision"]
-    if not hub_reachable(host):
+    if not cached.is_file() and not hub_reachable(host):
         raise UserError(f"pretrained COCO weights for {name} need a download and {host} is unreachable; offline, "
                         "set ckpt_path (load_from) to a local torchvision or tunecv checkpoint of the model")
-    url = torchvision.models.get_model_weights(name).DEFAULT.url
     try:
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True, check_hash=True)
     except Exception as err:  # network and hub errors come in many types
@@ -134,7 +138,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay_filter: str) -> li
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def prepare_detection(cfg: Config, device: torch.device | None = None) -> DetectionSetup:
+def prepare_detection(cfg: Config, device: torch.device | None = None, load_weights: bool = True) -> DetectionSetup:
     seed_everything(cfg.train.seed)
     device = device or resolve_device(cfg.train.device)
     out_dir = Path(cfg.train.ckpt_save_dir)
@@ -154,7 +158,7 @@ def prepare_detection(cfg: Config, device: torch.device | None = None) -> Detect
     if len(train_loader) == 0:
         raise UserError(f"{len(train_set)} training images give no batch of {cfg.loader.batch_size}; lower "
                         "batch_size")
-    model, weights = build_detector(cfg, len(train_set.classes))
+    model, weights = build_detector(cfg, len(train_set.classes), load_weights)
     model = compute.prepare_model(model)
     lr = auto_scaled_lr(cfg.optim.lr, cfg.optim.auto_scale_lr, cfg.loader.batch_size, 1, distributed.world_size())
     optimizer = create_optimizer(param_groups(model, cfg.optim.weight_decay, cfg.optim.weight_decay_filter),
@@ -183,7 +187,7 @@ def run_detection(cfg: Config, device: torch.device | None = None, argv: list[st
         if cfg.train.resume else None
     checkpoint = resume.training_checkpoint(resume_path) if resume_path else None
     cfg = resume.with_run_dir(cfg, resume_path)
-    setup = prepare_detection(cfg, device)
+    setup = prepare_detection(cfg, device, load_weights=checkpoint is None)
     fingerprint = annotations_fingerprint([setup.train_set, setup.val_set])
     if checkpoint is not None:
         resume.check_same_run(setup.cfg, checkpoint, setup.classes, fingerprint)

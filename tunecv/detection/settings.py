@@ -60,6 +60,9 @@ def resolve_detection(cfg: Config) -> Config:
     if cfg.train.best_metric.startswith("segm") and not spec.masks:
         raise UserError(f"best_metric {cfg.train.best_metric} needs masks; {cfg.model.model} predicts boxes only "
                         "(use bbox_mAP, or a maskrcnn model)")
+    if cfg.optim.lr == "auto":
+        raise UserError("lr: auto (the LR range test) works for classification; give detection a number, e.g. "
+                        "SGD 0.02 for a batch of 16 (MMDetection's), scaled by auto_scale_lr")
     if cfg.train.best_metric == "top1":
         raise UserError("best_metric top1 is a classification metric; use bbox_mAP, bbox_mAP50, segm_mAP or "
                         "segm_mAP50")

@@ -265,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + stopped.signum
     except (RuntimeError, OSError) as err:  # CUDA out of memory, a full disk: a traceback would not help
         logger.debug("run-time failure", exc_info=True)
-        code = cli.failure_exit(err, batch_size=cfg.loader.batch_size if cfg is not None else None)
+        code = cli.failure_exit(err, batch_size=cfg.loader.batch_size if cfg is not None else None,
+                                detection=cfg is not None and cfg.model.task == "detection")
         if code is None:
             raise
         return code

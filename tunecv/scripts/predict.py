@@ -18,7 +18,7 @@ from tunecv.config import UserError
 from tunecv.data import create_loader
 from tunecv.data.loader import num_workers
 from tunecv.data.prefetch import on_device
-from tunecv.detection.inference import detect, detection_rows, draw_all, write_detection_table
+from tunecv.detection.inference import predict_and_draw, write_detection_table
 from tunecv.inference import Trained, collect_images, files_dataset, load_trained, predict, top_k
 from tunecv.report import write_table
 
@@ -47,19 +47,16 @@ def run(args, trained: Trained, paths: list[Path]) -> tuple[list[dict], list[str
 def run_detection(args, trained: Trained, paths: list[Path]) -> tuple[list[dict], list[str]]:
     """(one row per detection above --score_threshold, the paths that did not decode); each decodable image
     drawn with its detections into --draw_dir."""
-    start = time.perf_counter()
-    found = detect(trained.model, paths, trained.compute, trained.cfg.loader.batch_size,
-                   num_workers(trained.cfg.loader.num_parallel_workers))
-    seconds = time.perf_counter() - start
-    logger.info("%d images in %.1f s (%.1f img/s, decoding included)", len(found), seconds,
-                len(found) / max(seconds, 1e-9))
     draw_dir = Path(args.draw_dir) if args.draw_dir else Path(args.ckpt_path).parent / "predictions"
-    drawn = draw_all(found, paths, trained.classes, args.score_threshold, draw_dir)
-    if drawn:
-        logger.info("%d pictures with their detections (score >= %g): %s", len(drawn), args.score_threshold,
-                    draw_dir)
-    return (detection_rows(found, paths, trained.classes, args.score_threshold),
-            [str(path) for i, path in enumerate(paths) if i not in found])
+    start = time.perf_counter()
+    rows, decoded = predict_and_draw(trained.model, paths, trained.compute, trained.cfg.loader.batch_size,
+                                     num_workers(trained.cfg.loader.num_parallel_workers), args.score_threshold,
+                                     trained.classes, draw_dir)
+    seconds = time.perf_counter() - start
+    logger.info("%d images in %.1f s (%.1f img/s, decoding and drawing included); drawn with their detections "
+                "(score >= %g) in %s", len(decoded), seconds, len(decoded) / max(seconds, 1e-9),
+                args.score_threshold, draw_dir)
+    return rows, [str(path) for i, path in enumerate(paths) if i not in decoded]
 
 
 @cli.closes_quietly_on_broken_pipe

@@ -63,12 +63,14 @@ def run(trained: Trained, ckpt_path: str, split: str | None, output: str | None,
                              plot_reliability(curves, target.parent / "reliability.png")]
 
 
-def run_detection(trained: Trained, ckpt_path: str, split: str | None, output: str | None) -> None:
-    """COCO mAP of a detector on a split (its annotation file: the config's for the train or val split, else
-    annotations/instances_<split>.json); the detections written as COCO results json."""
+def run_detection(trained: Trained, ckpt_path: str, split: str | None, output: str | None,
+                  ann_file: str | None = None) -> None:
+    """COCO mAP of a detector on a split; the detections written as COCO results json. The split's annotation
+    file: `ann_file` (--val_ann_file), else the config's for the train or val split, else
+    annotations/instances_<split>.json."""
     data = trained.cfg.data
     split = split or data.val_split
-    given = {data.val_split: data.val_ann_file, data.train_split: data.train_ann_file}.get(split)
+    given = ann_file or {data.val_split: data.val_ann_file, data.train_split: data.train_ann_file}.get(split)
     evaluation = evaluate_split(trained, split, given, output, ckpt_path)
     scores = "  ".join(f"{name} {value:.2f}" for name, value in evaluation.metrics.items())
     print(f"{evaluation.images} images: {scores}  ({evaluation.images / max(evaluation.seconds, 1e-9):.1f} img/s)")
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         if trained.detection:
             if args.calibrate:
                 raise UserError("--calibrate fits a classifier's temperature; a detector's scores have none to fit")
-            run_detection(trained, args.ckpt_path, args.split, args.output)
+            run_detection(trained, args.ckpt_path, args.split, args.output, overrides.get("val_ann_file"))
             return 0
         result, classes, written = run(trained, args.ckpt_path, args.split, args.output, calibrate=args.calibrate)
     except (UserError, RuntimeError, OSError, KeyboardInterrupt) as err:  # one line, no traceback
