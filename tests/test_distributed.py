@@ -101,14 +101,19 @@ distributed.shutdown()
 '''
 
 
+def _run_on_two_processes(code: str, tmp_path: Path):
+    """`code` under torchrun on 2 gloo processes; what the first wrote as json to sys.argv[1]."""
+    script, out = tmp_path / "script.py", tmp_path / "out.json"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + code)
+    _run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         str(out))
+    return json.loads(out.read_text())
+
+
 def test_evaluate_merges_every_process_share_with_its_logits_in_dataset_order(tmp_path):
     import torch
 
-    script, out = tmp_path / "shards.py", tmp_path / "out.json"
-    script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + EVALUATE_SHARDS)
-    _run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(out))
-    merged = json.loads(out.read_text())
+    merged = _run_on_two_processes(EVALUATE_SHARDS, tmp_path)
     expected = torch.arange(11.0)[:, None] * torch.tensor([1.0, -1.0, 0.5]) + torch.tensor([0.0, 9.0, 1.0])
     assert merged["indices"] == list(range(11)) and merged["images"] == 11
     assert merged["targets"] == [i % 3 for i in range(11)]
@@ -136,8 +141,4 @@ distributed.shutdown()
 def test_validation_uses_the_first_process_batchnorm_statistics_everywhere(tmp_path):
     # DDP sends the buffers at each training forward only: after the last step every process has its own, and
     # each would validate its share of the images with another model than the one saved
-    script, out = tmp_path / "sync.py", tmp_path / "out.json"
-    script.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + SYNC_BUFFERS)
-    _run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(out))
-    assert json.loads(out.read_text()) == [[1.0, 1.0], [1.0, 1.0]]
+    assert _run_on_two_processes(SYNC_BUFFERS, tmp_path) == [[1.0, 1.0], [1.0, 1.0]]

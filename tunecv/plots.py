@@ -40,17 +40,7 @@ def plot_curves(results_path: str | os.PathLike, path: str | os.PathLike) -> Pat
     if "ema_top1" in columns:
         _plot_known(top1, epochs, columns["ema_top1"], "EMA top-1")
     top1.set_title("top-1 (%)")
-    if top1.get_legend_handles_labels()[0]:
-        top1.legend()
-    else:
-        top1.text(0.5, 0.5, "not validated", ha="center", va="center", transform=top1.transAxes)
-    lr.plot(epochs, columns["lr"], "o-")
-    lr.set_yscale("log")
-    lr.set_title("learning rate (last step of the epoch)")
-    for ax in (loss, top1, lr):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
+    _finish_epoch_axes(loss, top1, lr, epochs, columns["lr"])
     return _save(fig, path)
 
 
@@ -66,18 +56,24 @@ def plot_detection_curves(history: list[dict], path: str | os.PathLike) -> Path:
     for name in ("bbox_mAP", "bbox_mAP50", "segm_mAP", "segm_mAP50"):
         _plot_known(precision, epochs, [row.get(name) for row in history], name)
     precision.set_title("COCO mAP (%)")
-    if precision.get_legend_handles_labels()[0]:
-        precision.legend(fontsize=7)
+    _finish_epoch_axes(loss, precision, lr, epochs, [row["lr"] for row in history], fontsize=7)
+    return _save(fig, path)
+
+
+def _finish_epoch_axes(loss, scores, lr, epochs: list, lrs: list, fontsize: float | None = None) -> None:
+    """The parts the curves of both tasks share: the scores' legend (or "not validated"), the lr on a log scale,
+    integer epochs and a grid on the three panels."""
+    if scores.get_legend_handles_labels()[0]:
+        scores.legend(fontsize=fontsize)
     else:
-        precision.text(0.5, 0.5, "not validated", ha="center", va="center", transform=precision.transAxes)
-    lr.plot(epochs, [row["lr"] for row in history], "o-")
+        scores.text(0.5, 0.5, "not validated", ha="center", va="center", transform=scores.transAxes)
+    lr.plot(epochs, lrs, "o-")
     lr.set_yscale("log")
     lr.set_title("learning rate (last step of the epoch)")
-    for ax in (loss, precision, lr):
+    for ax in (loss, scores, lr):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    return _save(fig, path)
 
 
 def _plot_known(ax, epochs: list, values: list, label: str) -> None:
