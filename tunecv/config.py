@@ -102,7 +102,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "decay_rate": (0, None), "cycle_decay": (0, None), "label_smoothing": (0, 0.99), "clip_value": (1e-12, None),
     "ema_decay": (0, 1), "frozen_stages": (-1, None), "freeze_layers": (0, None), "head_lr_scale": (0, None),
     "layer_decay": (1e-6, 1), "freeze_epochs": (0, None), "unfreeze_lr_scale": (1e-6, 1), "lr_find_steps": (5, None),
-    "warmup_iters": (0, None), "min_size": (32, None), "max_size": (32, None), "trainable_backbone_layers": (0, None),
+    "warmup_iters": (0, None), "max_size": (32, None), "trainable_backbone_layers": (0, None),
 }
 
 

@@ -68,7 +68,9 @@ class DataConfig:
                                           "annotations/instances_<val_split>.json)")
     keep_empty_images: bool = _key(False, "detection: keep training images without annotations (as negatives); "
                                           "by default they are left out, as MMDetection's filter_empty_gt does")
-    min_size: int = _key(800, "detection: the model resizes each image so its shorter side is min_size ...")
+    min_size: tuple[int, ...] = _key((800,), "detection: the model resizes each image so its shorter side is min_size "
+                                             "(several: one drawn per training image, multi-scale training; the "
+                                             "last for evaluation) ...")
     max_size: int = _key(1333, "detection: ... and its longer side at most max_size")
 
 

@@ -86,3 +86,16 @@ def test_frozen_batchnorm_weights_load_into_batchnorm_that_trains():
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items() if k.startswith("backbone."))
     assert any(k.endswith("num_batches_tracked") for k in loaded)
+
+
+def test_several_min_sizes_train_at_each_and_evaluate_at_the_last():
+    """Multi-scale training (MMDetection's img_scale list): torchvision's transform draws one per image."""
+    torch.manual_seed(0)
+    model = create_detector("fasterrcnn_mobilenet_v3_large_fpn", 2, min_size=(48, 64, 80), max_size=200)
+    image = [torch.rand(3, 100, 100)]
+    target = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]), "labels": torch.tensor([1])}]
+    model.train()
+    sizes = {model.transform(image, [dict(t) for t in target])[0].image_sizes[0] for _ in range(30)}
+    assert sizes == {(48, 48), (64, 64), (80, 80)}
+    model.eval()
+    assert model.transform(image)[0].image_sizes == [(80, 80)]

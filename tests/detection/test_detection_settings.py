@@ -54,6 +54,8 @@ def test_frozen_stages_is_trainable_backbone_layers_counted_from_the_stem(frozen
     ({"best_metric": "segm_mAP"}, "needs masks"),
     ({"best_metric": "top1"}, "classification metric"),
     ({"min_size": 900, "max_size": 600}, "larger than max_size"),
+    ({"min_size": [600, 1400], "max_size": 1333}, "min_size 1400 is larger than max_size"),
+    ({"min_size": 16}, "at least 32 px"),
     ({"model": "maskrcnn_r50"}, "did you mean maskrcnn_resnet50_fpn"),
     ({"warmup_iters": 100, "warmup_epochs": 1}, "set one of them"),
     ({"lr": "auto"}, "lr: auto .* works for classification"),
@@ -100,3 +102,5 @@ def test_the_seed_config_mirrors_the_mmdetection_tutorial():
     assert (cfg.sched.warmup_iters, cfg.sched.warmup_factor) == (500, 0.001)
     assert (cfg.sched.scheduler, cfg.sched.multi_step_decay_milestones, cfg.train.epoch_size) == \
         ("multi_step_decay", (7,), 8)
+    # MMDetection's Cityscapes scales: shorter side 800-1024 in training, 1024 in testing, longer side <= 2048
+    assert (cfg.data.min_size[0], cfg.data.min_size[-1], cfg.data.max_size) == (800, 1024, 2048)

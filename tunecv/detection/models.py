@@ -50,13 +50,13 @@ def detector_spec(name: str) -> Detector:
     return DETECTORS[name]
 
 
-def create_detector(name: str, num_classes: int, *, min_size: int = 800, max_size: int = 1333,
+def create_detector(name: str, num_classes: int, *, min_size: int | tuple[int, ...] = 800, max_size: int = 1333,
                     trainable_backbone_layers: int | None = None, frozen_bn: bool = True) -> nn.Module:
     """`name` for `num_classes` object classes (the background is added), randomly initialised: weights come from
-    `load_detector_weights`. `min_size`/`max_size`: the model's own resize of each image. `frozen_bn`: the
-    backbone's BatchNorm as fixed affine layers (torchvision does so for pretrained backbones: detection batches
-    are too small for batch statistics). `trainable_backbone_layers`: how many of the backbone's stages train,
-    from the top (None: all)."""
+    `load_detector_weights`. `min_size`/`max_size`: the model's own resize of each image (several min_size: one
+    drawn per training image, the last in evaluation). `frozen_bn`: the backbone's BatchNorm as fixed affine
+    layers (torchvision does so for pretrained backbones: detection batches are too small for batch statistics).
+    `trainable_backbone_layers`: how many of the backbone's stages train, from the top (None: all)."""
     spec = detector_spec(name)
     model = spec.builder(weights=None, weights_backbone=None, num_classes=num_classes + 1, min_size=min_size,
                          max_size=max_size)

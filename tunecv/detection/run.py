@@ -208,6 +208,12 @@ def run_detection(cfg: Config, device: torch.device | None = None, argv: list[st
     return fit_detection(setup, cfg.train, saver, results, metric, checkpoint)
 
 
+def _sizes(min_size: tuple[int, ...]) -> str:
+    if len(min_size) == 1:
+        return str(min_size[0])
+    return f"one of {', '.join(map(str, min_size))} per training image ({min_size[-1]} in evaluation)"
+
+
 def _summary(setup: DetectionSetup, metric: str) -> str:
     cfg = setup.cfg
     trainable, total = count_params(setup.model)
@@ -215,7 +221,7 @@ def _summary(setup: DetectionSetup, metric: str) -> str:
     return (f"detection: {cfg.model.model} for {len(setup.classes)} classes ({', '.join(setup.classes[:8])}"
             f"{', ...' if len(setup.classes) > 8 else ''}); weights: {setup.weights}\n"
             f"data: {len(setup.train_set)} training images ({setup.train_set.index.path.name}), {val}; images "
-            f"resized by the model to shorter side {cfg.data.min_size}, longer at most {cfg.data.max_size}\n"
+            f"resized by the model to shorter side {_sizes(cfg.data.min_size)}, longer at most {cfg.data.max_size}\n"
             f"train: {trainable / 1e6:.2f}M of {total / 1e6:.2f}M parameters, {type(setup.optimizer).__name__} lr "
             f"{cfg.optim.lr:g}, {cfg.sched.scheduler}, {cfg.train.epoch_size} epochs x {len(setup.train_loader)} "
             f"steps, batch {cfg.loader.batch_size}; {setup.compute.describe()}; best by {metric}")

@@ -50,8 +50,10 @@ def resolve_detection(cfg: Config) -> Config:
     if not data.data_dir:
         raise UserError("data_dir is not set; pass --data_dir DIR (DIR/annotations/instances_<split>.json and "
                         "DIR/<split>/ images, or set train_ann_file / image_root)")
-    if data.min_size > data.max_size:
-        raise UserError(f"min_size {data.min_size} is larger than max_size {data.max_size}; the shorter side "
+    if not data.min_size or min(data.min_size) < 32:
+        raise UserError(f"min_size takes one or more sizes of at least 32 px, got {list(data.min_size)}")
+    if max(data.min_size) > data.max_size:
+        raise UserError(f"min_size {max(data.min_size)} is larger than max_size {data.max_size}; the shorter side "
                         "cannot exceed the longer one's bound")
     if ft.trainable_backbone_layers is not None and ft.frozen_stages != -1:
         raise UserError("frozen_stages and trainable_backbone_layers both say how much of the backbone trains; "
