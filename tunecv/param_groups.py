@@ -87,9 +87,16 @@ def _decay_factor(name: str, param: nn.Parameter, rule: Rule | None, ft: Finetun
         if name.endswith(".bias"):
             return mult * float(paramwise.get("bias_decay_mult", 1.0))
         return mult
-    if weight_decay_filter != "disable" and (name.endswith(".bias") or param.ndim <= 1 or name in no_decay_names):
+    if decay_exempt(name, param, weight_decay_filter, no_decay_names):
         return 0.0
     return mult
+
+
+def decay_exempt(name: str, param: nn.Parameter, weight_decay_filter: str,
+                 no_decay_names: set[str] | frozenset[str] = frozenset()) -> bool:
+    """timm's filter: biases, 1-D tensors (norm weights) and `no_decay_names` get no weight decay, unless the
+    filter is disable."""
+    return weight_decay_filter != "disable" and (name.endswith(".bias") or param.ndim <= 1 or name in no_decay_names)
 
 
 def build_param_groups(model: nn.Module, lmap: LayerMap, ft: FinetuneConfig, *, lr: float, weight_decay: float,

@@ -180,10 +180,20 @@ def _download_state(cfg: ModelConfig, source: str, name: str, num_classes: int) 
 
         # timm adapts in_chans itself; its pretrained loader uses safetensors or weights_only
         return timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=cfg.in_channels).state_dict()
+    return torchvision_state(name)
+
+
+def torchvision_weights_url(name: str) -> str:
     import torchvision
 
-    url = torchvision.models.get_model_weights(name).DEFAULT.url
-    return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True, check_hash=True)
+    return torchvision.models.get_model_weights(name).DEFAULT.url
+
+
+def torchvision_state(name: str) -> dict[str, torch.Tensor]:
+    """torchvision's default weights of `name`: torch.hub's cached copy, else a download (hash-checked, loaded
+    with weights_only)."""
+    return torch.hub.load_state_dict_from_url(torchvision_weights_url(name), map_location="cpu", weights_only=True,
+                                              check_hash=True)
 
 
 def _load_from_hub(model: nn.Module, cfg: ModelConfig, source: str, name: str) -> str:

@@ -30,9 +30,10 @@ from tunecv.errors import UserError
 from tunecv.manifest import write_run_manifest
 from tunecv.models import count_params
 from tunecv.optim import auto_scaled_lr, create_optimizer
+from tunecv.param_groups import decay_exempt
 from tunecv.runtime import Compute, resolve_device, seed_everything
 from tunecv.scheduler import create_scheduler
-from tunecv.weights import HUB_HOSTS, hub_reachable, read_state_dict
+from tunecv.weights import HUB_HOSTS, hub_reachable, read_state_dict, torchvision_state, torchvision_weights_url
 
 logger = logging.getLogger("tunecv")
 
@@ -112,16 +113,13 @@ def build_detector(cfg: Config, num_classes: int, load: bool = True) -> tuple[nn
 
 def coco_weights(name: str) -> dict[str, torch.Tensor]:
     """torchvision's COCO-trained weights of `name` (torch.hub's cached copy, else a download)."""
-    import torchvision
-
-    url = torchvision.models.get_model_weights(name).DEFAULT.url
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(torchvision_weights_url(name)).name
     host = HUB_HOSTS["torchvision"]
     if not cached.is_file() and not hub_reachable(host):
         raise UserError(f"pretrained COCO weights for {name} need a download and {host} is unreachable; offline, "
                         "set ckpt_path (load_from) to a local torchvision or tunecv checkpoint of the model")
     try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True, check_hash=True)
+        return torchvision_state(name)
     except Exception as err:  # network and hub errors come in many types
         raise UserError(f"downloading COCO weights for {name} failed ({str(err).splitlines()[0][:160]}); set "
                         "ckpt_path to a local checkpoint") from None
@@ -133,8 +131,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay_filter: str) -> li
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            exempt = decay_filter != "disable" and (param.ndim <= 1 or name.endswith(".bias"))
-            (no_decay if exempt else decay).append(param)
+            (no_decay if decay_exempt(name, param, decay_filter) else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
