@@ -1,5 +1,5 @@
-"""Run logs: metrics.csv (every metric per epoch), TensorBoard scalars (an optional dependency with a clear message
-when missing), --quiet / --verbose, colours on a terminal only."""
+"""Run logs: metrics.csv (every metric per epoch), curves.png spaced out for fast epochs, TensorBoard scalars (an
+optional dependency with a clear message when missing), --quiet / --verbose, colours on a terminal only."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import csv
 import io
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,9 @@ from conftest import TINY_MODEL, write_image_folder
 from tunecv import cli
 from tunecv.config import load_config
 from tunecv.errors import UserError
-from tunecv.fit import EpochMetrics
+from tunecv.fit import EpochMetrics, _curves_drawn_on_stop
 from tunecv.report import ResultsWriter, tensorboard_writer
+from tunecv.resume import RunStopped
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -144,3 +146,30 @@ def test_console_levels(capsys, tmp_path, flags, debug, info, warning, bars):
         (debug, info, warning)
     assert _console_quiet() is not bars
     assert "an info line" in (tmp_path / "train.log").read_text()  # the file keeps it whatever the console shows
+
+
+def test_curves_of_fast_epochs_are_drawn_spaced_out_and_at_the_end(tmp_path):
+    """A drawing takes ~0.3 s: epochs of milliseconds (cached features) must not each wait for one, yet the
+    finished run's curves.png shows every epoch."""
+    curves = tmp_path / "curves.png"
+    writer = ResultsWriter(tmp_path)
+    writer.add(_epoch(1, 50.0))
+    first = curves.read_bytes()  # the first epoch is drawn at once
+    writer.add(_epoch(2, 60.0))
+    writer.add(_epoch(3, 70.0))
+    assert curves.read_bytes() == first and writer.undrawn  # milliseconds later: not drawn again yet
+    writer.finish(70.0, 3)
+    assert curves.read_bytes() != first and not writer.undrawn
+    writer.next_drawing = 0.0  # as when the epochs take longer than the spacing
+    writer.add(_epoch(4, 75.0))
+    assert not writer.undrawn
+
+
+def test_a_stopped_run_draws_the_rows_it_wrote(tmp_path):
+    writer = ResultsWriter(tmp_path)
+    writer.add(_epoch(1, 50.0))
+    first = (tmp_path / "curves.png").read_bytes()
+    writer.add(_epoch(2, 60.0))
+    with pytest.raises(RunStopped), _curves_drawn_on_stop(writer):
+        raise RunStopped(signal.SIGTERM, tmp_path / "last.pth", "after epoch 2")
+    assert (tmp_path / "curves.png").read_bytes() != first and not writer.undrawn

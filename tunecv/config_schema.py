@@ -77,7 +77,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class LoaderConfig:
     batch_size: int = _key(32, "images per step")
-    num_parallel_workers: int = _key(8, "DataLoader workers (capped at the CPU count)")
+    num_parallel_workers: int = _key(8, "DataLoader workers per process (capped at its share of the cores)")
     shuffle: bool = _key(True, "shuffle the training set each epoch")
     drop_remainder: bool = _key(False, "drop the last incomplete training batch (a batch of 1 is always dropped)")
     mixup: float = _key(0.0, "mixup alpha (0: off)")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,6 +101,17 @@ class RunState:
                 "ema_best": asdict(self.ema_best)}
 
 
+@contextmanager
+def _curves_drawn_on_stop(results: ResultsWriter | None) -> Iterator[None]:
+    """A stopped run's curves.png shows every row written (ResultsWriter spaces its drawings out)."""
+    try:
+        yield
+    except RunStopped:
+        if results is not None:
+            results.draw_curves()
+        raise
+
+
 def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None, plan: Plan, cfg: TrainConfig,
         saver: CheckpointSaver, results: ResultsWriter | None, trainer: Trainer,
         saved_model: nn.Module | None = None, resume: dict[str, Any] | None = None) -> FitResult:
@@ -122,7 +135,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
                 "layout": batch_layout(_batch_size(train_loader), trainer.accumulation_steps),
                 "rng": distributed.gather(random_state())}
 
-    with GracefulStop() as stop:
+    with GracefulStop() as stop, _curves_drawn_on_stop(results):
         for epoch in range(state.epoch, cfg.epoch_size + 1):
             optimizer, scheduler = plan.enter(epoch)
             if plan.current is not phase:  # DDP hooks the parameters that train: wrap again when they change

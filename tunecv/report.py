@@ -6,13 +6,13 @@ import csv
 import io
 import json
 import os
+import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.metrics import classification_report, confusion_matrix
 
 from tunecv.errors import TENSORBOARD_MISSING, UserError
 from tunecv.fileio import atomic_write_text
@@ -40,6 +40,9 @@ def results_row(m: EpochMetrics, ema: bool = False) -> str:
     return " ".join(cells + ([_cell(m.ema_top1, 2)] if ema else []))
 
 
+CURVES_SHARE_OF_TIME = 0.1
+
+
 class ResultsWriter:
     """results.txt: a header, one row per epoch (rewritten atomically each epoch), then the best line;
     metrics.json holds the same, for machines; metrics.csv every metric of every epoch (`csv`); curves.png draws
@@ -59,6 +62,7 @@ class ResultsWriter:
         self.header = RESULTS_HEADER + (" ema_top1" if ema else "")
         self.rows: list[str] = []
         self.history: list[dict] = []
+        self.undrawn, self.next_drawing = False, 0.0
         atomic_write_text(self.path, self.header + "\n")
 
     def add(self, metrics: EpochMetrics, replayed: bool = False) -> None:
@@ -70,7 +74,9 @@ class ResultsWriter:
             atomic_write_text(self.csv_path, metrics_csv(self.history))
         if replayed:
             return
-        plot_curves(self.path, self.path.parent / "curves.png")
+        self.undrawn = True
+        if time.perf_counter() >= self.next_drawing:
+            self.draw_curves()
         if self.tensorboard_dir is not None:
             if self.tensorboard is None:  # steps from here on of an overwritten or resumed run's events are dropped
                 self.tensorboard = tensorboard_writer(self.tensorboard_dir, purge_step=metrics.epoch)
@@ -79,7 +85,18 @@ class ResultsWriter:
                     self.tensorboard.add_scalar(_TENSORBOARD_TAGS.get(name, name), value, metrics.epoch)
             self.tensorboard.flush()
 
+    def draw_curves(self) -> None:
+        """curves.png from the rows so far. A drawing takes ~0.3 s; the next one waits until the run has spent
+        CURVES_SHARE_OF_TIME of its time on drawing at most, so epochs of seconds are drawn each, and epochs of
+        milliseconds (cached features) are not slowed tenfold. `finish` (and a stopped run) draws the last rows."""
+        if not self.undrawn:
+            return
+        start = time.perf_counter()
+        plot_curves(self.path, self.path.parent / "curves.png")
+        self.undrawn, self.next_drawing = False, start + (time.perf_counter() - start) / CURVES_SHARE_OF_TIME
+
     def finish(self, best_top1: float | None, best_epoch: int, ema: Best | None = None) -> None:
+        self.draw_curves()
         lines = [f"best top1 {_cell(best_top1, 2)} at epoch {best_epoch}"]
         summary = {"best_top1": best_top1, "best_epoch": best_epoch}
         if ema is not None:
@@ -150,6 +167,8 @@ def write_predictions(path: str | os.PathLike, sample_ids: list[str], result: Ev
 def write_class_report(path: str | os.PathLike, result: EvalResult, classes: list[str]) -> np.ndarray:
     """report.txt: scikit-learn's per-class precision / recall / F1 with macro and weighted averages; returns the
     confusion matrix (rows: true class)."""
+    from sklearn.metrics import classification_report, confusion_matrix  # 1 s to import: validate.py's only
+
     labels = list(range(len(classes)))
     text = classification_report(result.targets, result.predictions, labels=labels, target_names=classes, digits=4,
                                   zero_division=0)

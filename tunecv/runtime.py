@@ -24,6 +24,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, SLURM's cpus-per-task, a container's
+    cpuset), which os.cpu_count() ignores."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on macOS / Windows
+        return os.cpu_count() or 1
+
+
+def local_processes() -> int:
+    """Training processes on this machine: torchrun's LOCAL_WORLD_SIZE, else 1."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -9,7 +9,8 @@ from torch.utils.data import TensorDataset
 
 from tunecv.config import LoaderConfig
 from tunecv.data import create_dataset, create_transforms
-from tunecv.data.loader import create_loader, create_mixup
+from tunecv.data.loader import create_loader, create_mixup, num_workers
+from tunecv.runtime import available_cores, local_processes
 
 
 def _data(n: int) -> TensorDataset:
@@ -59,8 +60,24 @@ def test_shuffle_seeded():
 
 def test_workers_capped_and_give_the_same_batches():
     loader = create_loader(_data(8), _cfg(num_parallel_workers=64), is_training=False)
-    assert 1 <= loader.num_workers <= 64 and loader.num_workers <= (torch.multiprocessing.cpu_count() or 1)
+    assert 1 <= loader.num_workers <= 64 and loader.num_workers == available_cores()
     assert torch.cat([t for _, t, *_ in loader]).tolist() == list(range(8))
+
+
+def test_workers_share_the_cores_among_the_local_processes():
+    assert num_workers(8, cores=16, processes=1) == 8
+    assert num_workers(8, cores=16, processes=4) == 4
+    assert num_workers(8, cores=32, processes=8) == 4
+    assert num_workers(8, cores=2, processes=4) == 0  # more processes than cores: load in the main process
+    assert num_workers(0, cores=16, processes=1) == 0
+
+
+def test_torchrun_local_world_size_divides_the_workers(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert local_processes() == 2
+    assert num_workers(64) == available_cores() // 2
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert num_workers(64) == available_cores()
 
 
 def test_create_mixup():

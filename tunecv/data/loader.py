@@ -4,7 +4,6 @@ the model; the order is `tunecv.data.sampler`'s."""
 from __future__ import annotations
 
 import logging
-import os
 import random
 import signal
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from tunecv.data.sampler import EpochSampler, SeededSamples, ShardSampler
+from tunecv.runtime import available_cores, local_processes
 
 if TYPE_CHECKING:
     from tunecv.config import LoaderConfig
@@ -23,9 +23,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def num_workers(requested: int) -> int:
-    """Workers beyond the core count only add contention."""
-    return max(0, min(requested, os.cpu_count() or 1))
+def num_workers(requested: int, cores: int | None = None, processes: int | None = None) -> int:
+    """Workers beyond this process's share of the cores only add contention: `cores` (default: the affinity)
+    shared among the `processes` torchrun started on this machine (8 GPUs on 32 cores: 4 workers each)."""
+    cores = available_cores() if cores is None else cores
+    processes = local_processes() if processes is None else processes
+    return max(0, min(requested, cores // processes))
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -70,6 +73,10 @@ def create_loader(dataset: Dataset, cfg: LoaderConfig, is_training: bool, *, see
     generator = torch.Generator()
     generator.manual_seed(seed)
     workers = num_workers(cfg.num_parallel_workers)
+    if workers < cfg.num_parallel_workers and is_training:
+        logger.info("loader: %d workers instead of num_parallel_workers %d: %d cores for %d process%s on this "
+                    "machine", workers, cfg.num_parallel_workers, available_cores(), local_processes(),
+                    "es" if local_processes() > 1 else "")
     logger.info("loader: %s, batch %d, %d workers%s%s", "train" if is_training else "eval", cfg.batch_size, workers,
                 ", last batch dropped" if drop_last and remainder else "",
                 ", balanced sampler" if is_training and cfg.sampler == "balanced" else "")

@@ -25,7 +25,6 @@ from tunecv.data.image_cache import attach_image_cache
 from tunecv.data.loader import class_counts
 from tunecv.data.prefetch import on_device
 from tunecv.data.preview import write_batch_preview
-from tunecv.detection.run import run_detection
 from tunecv.engine import Compute, Trainer, create_trainer, optimizer_steps
 from tunecv.feature_cache import create_feature_loaders, use_feature_cache
 from tunecv.fit import FitResult, fit
@@ -250,7 +249,12 @@ def main(argv: list[str] | None = None) -> int:
             if distributed.is_main():
                 print(f"tunecv: suggested lr {suggestion:.3g}")
             return 0
-        result = run_detection(cfg, device, argv) if cfg.model.task == "detection" else run(cfg, device, argv)
+        if cfg.model.task == "detection":
+            from tunecv.detection.run import run_detection  # torchvision's detectors and pycocotools: detection's
+
+            result = run_detection(cfg, device, argv)
+        else:
+            result = run(cfg, device, argv)
         if distributed.is_main():
             print(result.summary())
         return 0
