@@ -43,10 +43,11 @@ Machine: {machine()}.
 
 `python -m bench.throughput {' '.join(throughput_args)}`: tf_efficientnet_lite0, 224 px, batch 16, every layer
 training (full fine-tuning), the same threads for both. *Synthetic*: random tensors, no loading, under each
-hardware setting (AMP only on CUDA); the real pipelines use the last one, tunecv's default. *Real JPEG*: decoded
-from the files every time. *Image cache*: decoded and resized once (`cache_images: ram`). *loader img/s*: what
-the input pipeline alone delivers, no model (the most a fast GPU could train at). The naive loop uses the
-tutorial's 4 loader workers; tunecv is measured with 0, 1 and 2.
+hardware setting (AMP only on CUDA); the real pipelines use the last one (channels_last; AMP too on CUDA, where
+"x naive" then compares it with the tutorial's fp32). *Real JPEG*: decoded from the files every time. *Image
+cache*: decoded and resized once (`cache_images: ram`). *loader img/s*: what the input pipeline alone delivers,
+no model (the most a fast GPU could train at). The naive loop uses the tutorial's 4 loader workers; tunecv is
+measured with 0, 1 and 2.
 
 {speed}
 

@@ -8,17 +8,21 @@ cache, for tunecv and for the naive baseline (bench/naive.py: the PyTorch tutori
         --batches 60 --naive_workers 8 --compile
 
 Every model trains all its layers (full fine-tuning), from the same random init, with the same threads. Each
-figure is measured after `--warmup` batches (loader start-up, allocator, cuDNN, compile) and, on CUDA, up to the
-GPU's last step. *loader img/s*: what the input pipeline alone delivers (the ceiling for a fast GPU).
-`--repeat K` lists every photo K times (symbolic links), so a fast GPU's figures are not made of epoch ends.
+figure is measured after `--warmup` batches (loader start-up, allocator, cuDNN, compile), plus the batches the
+loader's workers may have queued meanwhile, and, on CUDA, up to the GPU's last step. *loader img/s*: what the
+input pipeline alone delivers (tunecv's on CUDA includes its copy to the GPU and normalisation there; the
+tutorial's does not). `--repeat K` lists every photo K times (symbolic links), so that a fast GPU's figures are
+not made of epoch ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import itertools
 import json
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -28,6 +32,8 @@ import torch
 from torch import nn
 
 from bench import HYMENOPTERA, naive
+
+QUEUED_PER_WORKER = 2  # DataLoader's prefetch_factor: batches each worker may hold ready when a figure starts
 
 
 def rate(batches: Iterable, step: Callable[[tuple], int], warmup: int, measured: int) -> float:
@@ -69,6 +75,7 @@ def repeated_folder(data_dir: str, times: int) -> str:
     if times <= 1:
         return data_dir
     root = Path(tempfile.mkdtemp(prefix="tunecv-throughput-data-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     for image in Path(data_dir).resolve().glob("*/*/*"):
         split, label = image.parent.parent.name, image.parent.name
         (root / split / label).mkdir(parents=True, exist_ok=True)
@@ -87,7 +94,8 @@ def tunecv_setup(args, cache: str, workers: int, channels_last: bool = True, amp
                              "image_resize": args.image_size, "batch_size": args.batch_size,
                              "num_parallel_workers": workers, "cache_images": cache, "cache_features": "false",
                              "device": args.device, "ckpt_save_dir": out, "epoch_size": 1,
-                             "channels_last": channels_last, "amp_level": amp_level, "compile": compile})
+                             "channels_last": channels_last, "amp_level": amp_level, "compile": compile,
+                             "drop_remainder": True})  # one batch shape: no recompile or new cuDNN plan mid-figure
     setup = finetune.prepare(cfg)
     setup.plan.enter(1)
     return setup
@@ -109,13 +117,15 @@ def tunecv_rates(args, setting: dict, cache: str = "none", workers: int = 0, syn
         optimizer_step(optimizer, params, trainer)
         return images
 
-    figures = {}
+    workers = setup.train_loader.num_workers
+    warmup = args.warmup + QUEUED_PER_WORKER * workers
+    figures = {"workers": workers}
     if not synthetic:
-        figures["loader_img_s"] = rate(endless(setup.train_loader), count, args.warmup, args.batches)
+        figures["loader_img_s"] = rate(endless(setup.train_loader), count, warmup, args.batches)
     set_train_mode(model, keep_frozen_eval=trainer.freeze_bn)
     batches = itertools.repeat(synthetic_batch(args.batch_size, args.image_size, classes, device)) if synthetic \
         else endless(setup.train_loader)
-    figures["train_img_s"] = rate(batches, train_step, args.warmup, args.batches)
+    figures["train_img_s"] = rate(batches, train_step, warmup, args.batches)
     if synthetic:
         inputs = setup.compute.inputs(synthetic_batch(args.batch_size, args.image_size, classes, device)[0])
 
@@ -155,17 +165,19 @@ def naive_rates(args, synthetic: bool) -> dict:
         return itertools.repeat(synthetic_batch(args.batch_size, args.image_size, classes, naive.DEVICE)) \
             if synthetic else endless(loader)
 
-    figures = {} if synthetic else {"loader_img_s": rate(endless(train_loader), count, args.warmup, args.batches)}
+    warmup = args.warmup + (0 if synthetic else QUEUED_PER_WORKER * args.naive_workers)
+    figures = {} if synthetic else {"loader_img_s": rate(endless(train_loader), count, warmup, args.batches)}
     model.train()
-    figures["train_img_s"] = rate(batches(train_loader), train_step, args.warmup, args.batches)
+    figures["train_img_s"] = rate(batches(train_loader), train_step, warmup, args.batches)
     model.eval()
-    figures["eval_img_s"] = rate(batches(val_loader), eval_step, args.warmup, args.batches)
+    figures["eval_img_s"] = rate(batches(val_loader), eval_step, warmup, args.batches)
     return figures
 
 
 def settings(args, cuda: bool) -> list[tuple[str, dict]]:
-    """The hardware settings measured on synthetic tensors; the last one is tunecv's (used for the real
-    pipelines): channels_last, with AMP on CUDA (never on a CPU: no bf16 hardware there) and compile if asked."""
+    """The hardware settings measured on synthetic tensors. The real pipelines use the last one without compile
+    (compile's warm-up would be paid again for each): channels_last, with AMP on CUDA (tunecv's amp_level only
+    acts there)."""
     rows = [("fp32, channels_last false", {"channels_last": False, "amp_level": "O0"}),
             ("fp32, channels_last", {"channels_last": True, "amp_level": "O0"})]
     if cuda:
@@ -186,14 +198,14 @@ def measure(args) -> list[dict]:
 
     measured = settings(args, cuda)
     for name, setting in measured:
-        record({"tool": "tunecv", "setting": name, "pipeline": "synthetic tensors", "workers": 0,
+        record({"tool": "tunecv", "setting": name, "pipeline": "synthetic tensors",
                 **tunecv_rates(args, setting)})
-    chosen_name, chosen = measured[-1]
+    chosen_name, chosen = next((name, setting) for name, setting in reversed(measured) if not setting.get("compile"))
     record({"tool": "naive (PyTorch tutorial)", "setting": "fp32", "pipeline": "synthetic tensors", "workers": 0,
             **naive_rates(args, synthetic=True)})
     for pipeline, cache in (("real JPEG", "none"), ("image cache (RAM)", "ram")):
-        for workers in args.workers:
-            record({"tool": "tunecv", "setting": chosen_name, "pipeline": pipeline, "workers": workers,
+        for workers in args.workers:  # the figures carry the workers the loader started (capped at the cores)
+            record({"tool": "tunecv", "setting": chosen_name, "pipeline": pipeline,
                     **tunecv_rates(args, chosen, cache, workers, synthetic=False)})
     record({"tool": "naive (PyTorch tutorial)", "setting": "fp32", "pipeline": "real JPEG",
             "workers": args.naive_workers, **naive_rates(args, synthetic=False)})

@@ -12,7 +12,7 @@ from torch import nn
 from conftest import TINY_MODEL, apply_freeze
 from tunecv.checkpoint import CheckpointSaver, load_checkpoint
 from tunecv.config import Config, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig
-from tunecv.engine import Compute, create_trainer, evaluate, train_one_epoch
+from tunecv.engine import Compute, NonFiniteLoss, create_trainer, evaluate, train_one_epoch
 from tunecv.fit import fit
 from tunecv.layer_map import layer_map
 from tunecv.models import create_model
@@ -179,6 +179,34 @@ def test_fit_validates_at_interval_and_writes_reports(tmp_path):
     assert rows[-1] == f"best top1 {result.best_top1:.2f} at epoch {result.best_epoch}"
     assert load_checkpoint(result.best_path)["epoch"] == result.best_epoch
     assert load_checkpoint(result.last_path)["epoch"] == 3
+
+
+class _NanInEpoch:
+    """The same batches every epoch, but for `bad_epoch`, whose images are nan (a diverging run)."""
+
+    def __init__(self, batches: list, bad_epoch: int) -> None:
+        self.batches, self.bad_epoch, self.epochs = batches, bad_epoch, 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        self.epochs += 1
+        for images, labels in self.batches:
+            yield (images * float("nan") if self.epochs == self.bad_epoch else images), labels
+
+
+def test_a_failed_run_draws_the_rows_it_wrote(tmp_path):
+    """curves.png is spaced out for fast epochs: the rows since the last drawing are drawn when the run fails."""
+    model = _tiny()
+    loader = _NanInEpoch(_image_batches(count=2), bad_epoch=3)
+    cfg = TrainConfig(epoch_size=3, ckpt_save_dir=str(tmp_path))
+    plan, _, _, trainer = _train(model, loader, cfg, epochs=3)
+    results = ResultsWriter(tmp_path)
+    with pytest.raises(NonFiniteLoss):
+        fit(model, loader, None, plan, cfg, CheckpointSaver(tmp_path, TINY_MODEL, {}, ["a", "b", "c"]), results,
+            trainer)
+    assert len(results.rows) == 2 and not results.undrawn  # epoch 2 came milliseconds after epoch 1's drawing
 
 
 def test_fit_with_ema_keeps_the_averaged_weights_as_their_own_best(tmp_path):

@@ -75,3 +75,12 @@ def test_top_level_scripts_are_wrappers_with_the_programs_usage():
         wrapper, program = ROOT / f"{name}.py", ROOT / "tunecv" / "scripts" / f"{name}.py"
         assert ast.get_docstring(ast.parse(wrapper.read_text())) == ast.get_docstring(ast.parse(program.read_text()))
         assert f"from tunecv.scripts.{name} import main" in wrapper.read_text()
+
+
+def test_finetune_starts_without_what_it_does_not_use():
+    """scikit-learn (validate.py's report) and the detection package (task: detection) take ~1.4 s to import: a
+    classification run's start-up, part of its time to accuracy, must not pay for them."""
+    probe = "import sys, tunecv.scripts.finetune; print(sorted({'sklearn', 'tunecv.detection.run'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -7,7 +7,6 @@ import csv
 import io
 import logging
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +17,8 @@ from conftest import TINY_MODEL, write_image_folder
 from tunecv import cli
 from tunecv.config import load_config
 from tunecv.errors import UserError
-from tunecv.fit import EpochMetrics, _curves_drawn_on_stop
+from tunecv.fit import EpochMetrics
 from tunecv.report import ResultsWriter, tensorboard_writer
-from tunecv.resume import RunStopped
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -164,12 +162,3 @@ def test_curves_of_fast_epochs_are_drawn_spaced_out_and_at_the_end(tmp_path):
     writer.add(_epoch(4, 75.0))
     assert not writer.undrawn
 
-
-def test_a_stopped_run_draws_the_rows_it_wrote(tmp_path):
-    writer = ResultsWriter(tmp_path)
-    writer.add(_epoch(1, 50.0))
-    first = (tmp_path / "curves.png").read_bytes()
-    writer.add(_epoch(2, 60.0))
-    with pytest.raises(RunStopped), _curves_drawn_on_stop(writer):
-        raise RunStopped(signal.SIGTERM, tmp_path / "last.pth", "after epoch 2")
-    assert (tmp_path / "curves.png").read_bytes() != first and not writer.undrawn

@@ -28,6 +28,12 @@ def launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def local_world_size() -> int:
+    """Processes torchrun started on this machine (LOCAL_WORLD_SIZE), 1 without torchrun."""
+    value = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    return max(1, int(value)) if value.isdigit() else 1
+
+
 def init(required: bool, device_name: str) -> torch.device | None:
     """Join the process group when torchrun launched this process: nccl on CUDA, gloo on the CPU. Returns this
     process's GPU (cuda:LOCAL_RANK), or None when it is not distributed or runs on the CPU."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,13 +102,15 @@ class RunState:
 
 
 @contextmanager
-def _curves_drawn_on_stop(results: ResultsWriter | None) -> Iterator[None]:
-    """A stopped run's curves.png shows every row written (ResultsWriter spaces its drawings out)."""
+def _curves_drawn_on_exit(results: ResultsWriter | None) -> Iterator[None]:
+    """A stopped or failed run's curves.png shows every row written (ResultsWriter spaces its drawings out), a
+    diverging one above all."""
     try:
         yield
-    except RunStopped:
+    except BaseException:
         if results is not None:
-            results.draw_curves()
+            with suppress(Exception):  # the run's own error is the one to report
+                results.draw_curves()
         raise
 
 
@@ -135,7 +137,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
                 "layout": batch_layout(_batch_size(train_loader), trainer.accumulation_steps),
                 "rng": distributed.gather(random_state())}
 
-    with GracefulStop() as stop, _curves_drawn_on_stop(results):
+    with GracefulStop() as stop, _curves_drawn_on_exit(results):
         for epoch in range(state.epoch, cfg.epoch_size + 1):
             optimizer, scheduler = plan.enter(epoch)
             if plan.current is not phase:  # DDP hooks the parameters that train: wrap again when they change

@@ -72,9 +72,9 @@ class ResultsWriter:
         atomic_write_text(self.path, "\n".join([self.header, *self.rows]) + "\n")
         if self.csv_path is not None:
             atomic_write_text(self.csv_path, metrics_csv(self.history))
-        if replayed:
-            return
         self.undrawn = True
+        if replayed:  # drawn by the run that wrote it, unless it was killed before its next drawing
+            return
         if time.perf_counter() >= self.next_drawing:
             self.draw_curves()
         if self.tensorboard_dir is not None:
@@ -86,9 +86,10 @@ class ResultsWriter:
             self.tensorboard.flush()
 
     def draw_curves(self) -> None:
-        """curves.png from the rows so far. A drawing takes ~0.3 s; the next one waits until the run has spent
-        CURVES_SHARE_OF_TIME of its time on drawing at most, so epochs of seconds are drawn each, and epochs of
-        milliseconds (cached features) are not slowed tenfold. `finish` (and a stopped run) draws the last rows."""
+        """curves.png from the rows so far. A drawing takes 0.3-0.5 s; the next one waits until the run has spent
+        at most CURVES_SHARE_OF_TIME of its time drawing (~4 s later), so epochs of cached features, which take
+        milliseconds, are not slowed tenfold, and epochs longer than that are each drawn. `finish`, a stop and a
+        failure draw the last rows."""
         if not self.undrawn:
             return
         start = time.perf_counter()

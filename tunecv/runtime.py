@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tunecv import distributed
 from tunecv.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -33,9 +34,13 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def local_processes() -> int:
-    """Training processes on this machine: torchrun's LOCAL_WORLD_SIZE, else 1."""
-    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+def cores_per_process(cores: int | None = None, processes: int | None = None) -> int:
+    """This process's share of `cores` (default: its affinity) among the `processes` torchrun started on this
+    machine (8 GPUs on 32 cores: 4 each); one at least, since a launcher that pins each rank to its own cores has
+    divided them already."""
+    cores = available_cores() if cores is None else cores
+    processes = distributed.local_world_size() if processes is None else processes
+    return max(1, cores // processes)
 
 
 def resolve_device(name: str) -> torch.device:

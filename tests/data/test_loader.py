@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 from torch.utils.data import TensorDataset
@@ -10,7 +11,7 @@ from torch.utils.data import TensorDataset
 from tunecv.config import LoaderConfig
 from tunecv.data import create_dataset, create_transforms
 from tunecv.data.loader import create_loader, create_mixup, num_workers
-from tunecv.runtime import available_cores, local_processes
+from tunecv.runtime import available_cores, cores_per_process
 
 
 def _data(n: int) -> TensorDataset:
@@ -60,24 +61,23 @@ def test_shuffle_seeded():
 
 def test_workers_capped_and_give_the_same_batches():
     loader = create_loader(_data(8), _cfg(num_parallel_workers=64), is_training=False)
-    assert 1 <= loader.num_workers <= 64 and loader.num_workers == available_cores()
+    assert loader.num_workers == min(64, available_cores())
     assert torch.cat([t for _, t, *_ in loader]).tolist() == list(range(8))
 
 
-def test_workers_share_the_cores_among_the_local_processes():
-    assert num_workers(8, cores=16, processes=1) == 8
-    assert num_workers(8, cores=16, processes=4) == 4
-    assert num_workers(8, cores=32, processes=8) == 4
-    assert num_workers(8, cores=2, processes=4) == 0  # more processes than cores: load in the main process
-    assert num_workers(0, cores=16, processes=1) == 0
+def test_cores_are_shared_among_the_local_processes():
+    assert cores_per_process(cores=16, processes=1) == 16
+    assert cores_per_process(cores=32, processes=8) == 4
+    assert cores_per_process(cores=2, processes=4) == 1  # a launcher that pins each rank has divided them already
 
 
-def test_torchrun_local_world_size_divides_the_workers(monkeypatch):
+def test_workers_follow_the_affinity_and_torchrun_local_world_size(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    assert available_cores() == 6 and num_workers(8) == 6 and num_workers(0) == 0
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert local_processes() == 2
-    assert num_workers(64) == available_cores() // 2
-    monkeypatch.delenv("LOCAL_WORLD_SIZE")
-    assert num_workers(64) == available_cores()
+    assert num_workers(8) == 3 and num_workers(2) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "not a number")
+    assert num_workers(8) == 6
 
 
 def test_create_mixup():

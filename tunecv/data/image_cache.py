@@ -27,7 +27,7 @@ from tunecv.data import cache_file as cache_file_format
 from tunecv.data.cache_file import cache_file_for
 from tunecv.errors import CacheChanged, UserError
 from tunecv.progress import progress_bar
-from tunecv.runtime import available_cores
+from tunecv.runtime import cores_per_process
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def _decode(load: Callable[[int], Image.Image], resize: Resize, index: int) -> n
 def _decoded(load, resize, indices, workers):
     """(index, pixels or error) in order, a few images in flight at a time (memory stays bounded); PIL releases
     the GIL while it decodes, so threads scale."""
-    threads = workers or available_cores()
+    threads = workers or cores_per_process()
     with ThreadPoolExecutor(max_workers=threads) as pool, \
             progress_bar(total=len(indices), desc="image cache") as bar:
         pending: collections.deque = collections.deque()

@@ -14,8 +14,9 @@ import torch
 from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from tunecv import distributed
 from tunecv.data.sampler import EpochSampler, SeededSamples, ShardSampler
-from tunecv.runtime import available_cores, local_processes
+from tunecv.runtime import available_cores, cores_per_process
 
 if TYPE_CHECKING:
     from tunecv.config import LoaderConfig
@@ -23,12 +24,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def num_workers(requested: int, cores: int | None = None, processes: int | None = None) -> int:
-    """Workers beyond this process's share of the cores only add contention: `cores` (default: the affinity)
-    shared among the `processes` torchrun started on this machine (8 GPUs on 32 cores: 4 workers each)."""
-    cores = available_cores() if cores is None else cores
-    processes = local_processes() if processes is None else processes
-    return max(0, min(requested, cores // processes))
+def num_workers(requested: int) -> int:
+    """Workers beyond this process's share of the cores only add contention."""
+    return min(requested, cores_per_process()) if requested > 0 else 0
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -73,11 +71,10 @@ def create_loader(dataset: Dataset, cfg: LoaderConfig, is_training: bool, *, see
     generator = torch.Generator()
     generator.manual_seed(seed)
     workers = num_workers(cfg.num_parallel_workers)
-    if workers < cfg.num_parallel_workers and is_training:
-        logger.info("loader: %d workers instead of num_parallel_workers %d: %d cores for %d process%s on this "
-                    "machine", workers, cfg.num_parallel_workers, available_cores(), local_processes(),
-                    "es" if local_processes() > 1 else "")
-    logger.info("loader: %s, batch %d, %d workers%s%s", "train" if is_training else "eval", cfg.batch_size, workers,
+    capped = f" (num_parallel_workers {cfg.num_parallel_workers}: {available_cores()} cores, " \
+        f"{distributed.local_world_size()} process(es) here)" if workers < cfg.num_parallel_workers else ""
+    logger.info("loader: %s, batch %d, %d workers%s%s%s", "train" if is_training else "eval", cfg.batch_size,
+                workers, capped,
                 ", last batch dropped" if drop_last and remainder else "",
                 ", balanced sampler" if is_training and cfg.sampler == "balanced" else "")
     if sampler is None and world_size > 1:

@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"tunecv: suggested lr {suggestion:.3g}")
             return 0
         if cfg.model.task == "detection":
-            from tunecv.detection.run import run_detection  # torchvision's detectors and pycocotools: detection's
+            from tunecv.detection.run import run_detection  # here: a classification run's start-up skips it
 
             result = run_detection(cfg, device, argv)
         else:
