@@ -16,7 +16,7 @@ import torch
 import torchvision
 
 from bench import HYMENOPTERA, ROOT, throughput, time_to_accuracy
-from tunecv.fileio import atomic_write_text
+from tunecv.utils.fileio import atomic_write_text
 
 
 def machine() -> str:

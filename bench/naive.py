@@ -38,8 +38,8 @@ def tutorial_loader(data_dir: str, split: str, size: int, batch_size: int, worke
 def tutorial_model(name: str, num_classes: int, pretrained: bool) -> nn.Module:
     model = timm.create_model(name, num_classes=num_classes)
     if pretrained:  # the offline ImageNet weights tunecv bundles; the tutorial downloads its own
-        from tunecv.config_schema import ModelConfig
-        from tunecv.weights import load_initial_weights
+        from tunecv.config.schema import ModelConfig
+        from tunecv.models.weights import load_initial_weights
 
         load_initial_weights(model, ModelConfig(model=name, pretrained=True))
     return model

@@ -103,8 +103,8 @@ def tunecv_setup(args, cache: str, workers: int, channels_last: bool = True, amp
 
 def tunecv_rates(args, setting: dict, cache: str = "none", workers: int = 0, synthetic: bool = True) -> dict:
     """{train_img_s, eval_img_s} of tunecv, and loader_img_s for a real pipeline."""
-    from tunecv.engine import backward, batch_loss, evaluate, optimizer_step
-    from tunecv.models import set_train_mode
+    from tunecv.models.factory import set_train_mode
+    from tunecv.train.engine import backward, batch_loss, evaluate, optimizer_step
 
     setup = tunecv_setup(args, cache, workers, **setting)
     model, trainer, optimizer = setup.forward_model, setup.trainer, setup.plan.optimizer

@@ -144,8 +144,8 @@ def _restore_logging():
 
 def apply_freeze(model, ft) -> set[str]:
     """Freeze what the freeze keys of `ft` (a FinetuneConfig) fix for a whole run: a one-phase plan."""
-    from tunecv.layer_map import layer_map
-    from tunecv.strategy import Phase, apply_phase, frozen_names
+    from tunecv.finetune.strategies import Phase, apply_phase, frozen_names
+    from tunecv.models.layer_map import layer_map
 
     frozen = frozen_names(model, layer_map(model), ft)
     apply_phase(model, Phase(1, 1, frozenset(frozen)))

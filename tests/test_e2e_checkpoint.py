@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import CLASSES, TINY_MODEL, VAL_PER_CLASS, write_image_folder
-from tunecv.checkpoint import CheckpointSaver, load_checkpoint
-from tunecv.models import create_model
+from tunecv.models.factory import create_model
 from tunecv.scripts import validate
+from tunecv.train.checkpoint import CheckpointSaver, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # see conftest: one thread on 2 cores

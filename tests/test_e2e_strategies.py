@@ -15,9 +15,9 @@ import torch
 import yaml
 
 from conftest import CLASSES, TINY_MODEL, TRAIN_PER_CLASS, write_image_folder, write_yaml
-from tunecv.checkpoint import load_checkpoint
 from tunecv.config import ModelConfig
-from tunecv.models import create_model
+from tunecv.models.factory import create_model
+from tunecv.train.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # one intra-op thread: on a shared 2-core machine more threads only contend (see conftest)

@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 from tunecv.config import LoaderConfig
 from tunecv.data import create_dataset, create_transforms
 from tunecv.data.loader import create_loader, create_mixup, num_workers
-from tunecv.runtime import available_cores, cores_per_process
+from tunecv.utils.runtime import available_cores, cores_per_process
 
 
 def _data(n: int) -> TensorDataset:

@@ -14,8 +14,8 @@ from tunecv.config import SchedConfig, UserError, load_config
 from tunecv.detection.coco import CocoDetection, collate, read_coco
 from tunecv.detection.engine import evaluate, train_one_epoch
 from tunecv.detection.models import create_detector
-from tunecv.runtime import Compute
-from tunecv.scheduler import create_scheduler
+from tunecv.optim.schedulers import create_scheduler
+from tunecv.utils.runtime import Compute
 
 
 def test_the_seeds_schedule_linear_warmup_in_iterations_then_a_step_at_epoch_7():

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tunecv.config import UserError, load_config, to_yaml
-from tunecv.config_schema import DETECTION_KEYS
+from tunecv.config.schema import DETECTION_KEYS
 from tunecv.detection.settings import ann_file, best_metric, image_dir, trainable_layers
 
 ROOT = Path(__file__).resolve().parents[2]

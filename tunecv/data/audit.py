@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tunecv.data.datasets import ImageDataset
-from tunecv.fileio import atomic_write_text
+from tunecv.utils.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunecv.fileio import atomic_target, atomic_write_text
+from tunecv.utils.fileio import atomic_target, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

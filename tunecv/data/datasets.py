@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from tunecv.data import layouts, torchvision_sets
 from tunecv.data.scan import scan_images
 from tunecv.errors import CacheChanged, UserError
-from tunecv.fileio import atomic_write_text
+from tunecv.utils.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from tunecv.config import DataConfig

@@ -26,8 +26,8 @@ from torchvision.transforms import functional as F
 from tunecv.data import cache_file as cache_file_format
 from tunecv.data.cache_file import cache_file_for
 from tunecv.errors import CacheChanged, UserError
-from tunecv.progress import progress_bar
-from tunecv.runtime import cores_per_process
+from tunecv.utils.progress import progress_bar
+from tunecv.utils.runtime import cores_per_process
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import torch
 from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from tunecv import distributed
 from tunecv.data.sampler import EpochSampler, SeededSamples, ShardSampler
-from tunecv.runtime import available_cores, cores_per_process
+from tunecv.utils import distributed
+from tunecv.utils.runtime import available_cores, cores_per_process
 
 if TYPE_CHECKING:
     from tunecv.config import LoaderConfig

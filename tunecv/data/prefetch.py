@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 if TYPE_CHECKING:
     from tunecv.config import DataConfig
-    from tunecv.runtime import Compute
+    from tunecv.utils.runtime import Compute
 
 
 class DevicePrefetcher:

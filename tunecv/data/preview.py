@@ -11,8 +11,8 @@ from tunecv.data.datasets import create_dataset, resolve_layout
 from tunecv.data.loader import create_loader, create_mixup
 from tunecv.data.transforms import create_transforms, draft_size
 from tunecv.errors import UserError
-from tunecv.plots import plot_batch
-from tunecv.runtime import image_mode, seed_everything
+from tunecv.report.plots import plot_batch
+from tunecv.utils.runtime import image_mode, seed_everything
 
 
 def write_batch_preview(cfg: Config, count: int = 16) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from tunecv.fileio import atomic_write_text
+from tunecv.utils.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from tunecv.fileio import atomic_target
+from tunecv.utils.fileio import atomic_target
 
 # tab10: distinct on photos, one per class (cycled past ten)
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),

@@ -14,12 +14,12 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
-from tunecv import distributed
 from tunecv.detection.coco import CocoIndex
 from tunecv.detection.metrics import coco_detections, coco_scores
-from tunecv.engine import NonFiniteLoss
-from tunecv.progress import progress_bar
-from tunecv.runtime import Compute
+from tunecv.train.engine import NonFiniteLoss
+from tunecv.utils import distributed
+from tunecv.utils.progress import progress_bar
+from tunecv.utils.runtime import Compute
 
 logger = logging.getLogger(__name__)
 

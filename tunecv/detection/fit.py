@@ -10,15 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunecv import distributed
-from tunecv.checkpoint import CheckpointSaver
 from tunecv.config import TrainConfig
 from tunecv.detection.engine import evaluate, train_one_epoch
 from tunecv.detection.report import DetectionResults
 from tunecv.errors import UserError
-from tunecv.fit import check_finite, should_validate
-from tunecv.resume import GracefulStop, RunStopped, batch_layout, random_state, restore_random_state
-from tunecv.weights import load_exact
+from tunecv.models.weights import load_exact
+from tunecv.train.checkpoint import CheckpointSaver
+from tunecv.train.loop import check_finite, should_validate
+from tunecv.train.resume import GracefulStop, RunStopped, batch_layout, random_state, restore_random_state
+from tunecv.utils import distributed
 
 if TYPE_CHECKING:
     from tunecv.detection.run import DetectionSetup

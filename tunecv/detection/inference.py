@@ -27,9 +27,9 @@ from tunecv.detection.metrics import MASK_THRESHOLD
 from tunecv.detection.models import create_detector, detector_spec, load_detector_weights
 from tunecv.detection.run import detection_loader, detection_set
 from tunecv.errors import UserError
-from tunecv.fileio import atomic_write_text
-from tunecv.progress import progress_bar
-from tunecv.runtime import Compute
+from tunecv.utils.fileio import atomic_write_text
+from tunecv.utils.progress import progress_bar
+from tunecv.utils.runtime import Compute
 
 logger = logging.getLogger(__name__)
 

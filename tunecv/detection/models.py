@@ -15,7 +15,7 @@ from torch import nn
 from torchvision.models import detection
 
 from tunecv.errors import UserError
-from tunecv.weights import key_problems
+from tunecv.models.weights import key_problems
 
 logger = logging.getLogger(__name__)
 

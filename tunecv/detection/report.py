@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tunecv.fileio import atomic_write_text
-from tunecv.plots import plot_detection_curves
-from tunecv.report import metrics_csv, tensorboard_writer
+from tunecv.report.plots import plot_detection_curves
+from tunecv.report.results import metrics_csv, tensorboard_writer
+from tunecv.utils.fileio import atomic_write_text
 
 RESULTS_COLUMNS = ("epoch", "lr", "train_loss", "bbox_mAP", "bbox_mAP50", "segm_mAP", "time_s")
 

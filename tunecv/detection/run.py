@@ -15,8 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tunecv import cli, distributed, resume
-from tunecv.checkpoint import CheckpointSaver
+from tunecv import cli
 from tunecv.config import Config, save_config, with_num_classes
 from tunecv.data.datasets import check_num_classes
 from tunecv.data.loader import create_loader
@@ -25,15 +24,18 @@ from tunecv.detection.fit import DetectionResult, fit_detection
 from tunecv.detection.models import create_detector, detector_spec, load_detector_weights
 from tunecv.detection.report import DetectionResults
 from tunecv.detection.settings import ann_file, best_metric, image_dir, trainable_layers
-from tunecv.engine import optimizer_steps
 from tunecv.errors import UserError
-from tunecv.manifest import write_run_manifest
-from tunecv.models import count_params
-from tunecv.optim import auto_scaled_lr, create_optimizer
-from tunecv.param_groups import decay_exempt
-from tunecv.runtime import Compute, resolve_device, seed_everything
-from tunecv.scheduler import create_scheduler
-from tunecv.weights import HUB_HOSTS, hub_reachable, read_state_dict, torchvision_state, torchvision_weights_url
+from tunecv.finetune.param_groups import decay_exempt
+from tunecv.models.factory import count_params
+from tunecv.models.weights import HUB_HOSTS, hub_reachable, read_state_dict, torchvision_state, torchvision_weights_url
+from tunecv.optim.optimizers import auto_scaled_lr, create_optimizer
+from tunecv.optim.schedulers import create_scheduler
+from tunecv.report.manifest import write_run_manifest
+from tunecv.train import resume
+from tunecv.train.checkpoint import CheckpointSaver
+from tunecv.train.engine import optimizer_steps
+from tunecv.utils import distributed
+from tunecv.utils.runtime import Compute, resolve_device, seed_everything
 
 logger = logging.getLogger("tunecv")
 

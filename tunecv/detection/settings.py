@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from tunecv.config_schema import DETECTION_KEYS, SECTIONS, Config
+from tunecv.config.schema import DETECTION_KEYS, SECTIONS, Config
 from tunecv.data.datasets import data_path
 from tunecv.errors import UserError
 

@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 
 from tunecv import cli
-from tunecv.checkpoint import load_checkpoint
 from tunecv.config import UserError
 from tunecv.data.datasets import ImageDataset
-from tunecv.export import (
+from tunecv.inference.export import (
     SUFFIXES,
     ExportRequest,
     Parity,
@@ -37,7 +36,8 @@ from tunecv.export import (
     sidecar,
     write_sidecar,
 )
-from tunecv.inference import Trained, collect_images, files_dataset, load_trained, split_dataset
+from tunecv.inference.predict import Trained, collect_images, files_dataset, load_trained, split_dataset
+from tunecv.train.checkpoint import load_checkpoint
 
 logger = logging.getLogger("tunecv")
 

@@ -15,8 +15,7 @@ from pathlib import Path
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tunecv import cli, distributed, resume
-from tunecv.checkpoint import CheckpointSaver
+from tunecv import cli
 from tunecv.config import Config, UserError, load_config, save_config, to_yaml, with_num_classes
 from tunecv.data import create_dataset, create_loader, create_mixup, create_transforms, draft_size
 from tunecv.data.audit import audit, write_report
@@ -25,19 +24,22 @@ from tunecv.data.image_cache import attach_image_cache
 from tunecv.data.loader import class_counts
 from tunecv.data.prefetch import on_device
 from tunecv.data.preview import write_batch_preview
-from tunecv.engine import Compute, Trainer, create_trainer, optimizer_steps
-from tunecv.feature_cache import create_feature_loaders, use_feature_cache
-from tunecv.fit import FitResult, fit
-from tunecv.lr_find import START_LR, lr_find, plot
-from tunecv.manifest import data_fingerprint, write_run_manifest
-from tunecv.models import count_params, create_model
-from tunecv.optim import auto_scaled_lr
-from tunecv.plan import Plan
-from tunecv.report import ResultsWriter, run_summary
-from tunecv.resume import RunStopped
-from tunecv.runtime import image_mode, resolve_device, seed_everything
-from tunecv.strategy import apply_phase
-from tunecv.weights import load_initial_weights
+from tunecv.finetune.phases import Plan
+from tunecv.finetune.strategies import apply_phase
+from tunecv.models.factory import count_params, create_model
+from tunecv.models.weights import load_initial_weights
+from tunecv.optim.optimizers import auto_scaled_lr
+from tunecv.report.manifest import data_fingerprint, write_run_manifest
+from tunecv.report.results import ResultsWriter, run_summary
+from tunecv.train import resume
+from tunecv.train.checkpoint import CheckpointSaver
+from tunecv.train.engine import Compute, Trainer, create_trainer, optimizer_steps
+from tunecv.train.feature_cache import create_feature_loaders, use_feature_cache
+from tunecv.train.loop import FitResult, fit
+from tunecv.train.lr_find import START_LR, lr_find, plot
+from tunecv.train.resume import RunStopped
+from tunecv.utils import distributed
+from tunecv.utils.runtime import image_mode, resolve_device, seed_everything
 
 logger = logging.getLogger("tunecv")
 

@@ -19,8 +19,8 @@ from tunecv.data import create_loader
 from tunecv.data.loader import num_workers
 from tunecv.data.prefetch import on_device
 from tunecv.detection.inference import predict_and_draw, write_detection_table
-from tunecv.inference import Trained, collect_images, files_dataset, load_trained, predict, top_k
-from tunecv.report import write_table
+from tunecv.inference.predict import Trained, collect_images, files_dataset, load_trained, predict, top_k
+from tunecv.report.results import write_table
 
 logger = logging.getLogger("tunecv")
 

@@ -17,23 +17,23 @@ from pathlib import Path
 import torch
 
 from tunecv import cli
-from tunecv.calibration import TEMPERATURE_RANGE, calibrated_top1, fit_temperature, nll, reliability_bins
-from tunecv.checkpoint import update_checkpoint
 from tunecv.config import UserError
 from tunecv.data import create_loader
 from tunecv.data.prefetch import on_device
 from tunecv.detection.inference import evaluate_split
-from tunecv.engine import EvalResult, evaluate
-from tunecv.inference import Trained, load_trained, split_dataset
-from tunecv.manifest import class_changes
-from tunecv.plots import plot_confusion, plot_reliability, plot_top_losses
-from tunecv.report import (
+from tunecv.inference.predict import Trained, load_trained, split_dataset
+from tunecv.report.calibration import TEMPERATURE_RANGE, calibrated_top1, fit_temperature, nll, reliability_bins
+from tunecv.report.manifest import class_changes
+from tunecv.report.plots import plot_confusion, plot_reliability, plot_top_losses
+from tunecv.report.results import (
     format_per_class,
     most_confidently_wrong,
     per_class_accuracy,
     write_class_report,
     write_predictions,
 )
+from tunecv.train.checkpoint import update_checkpoint
+from tunecv.train.engine import EvalResult, evaluate
 
 logger = logging.getLogger("tunecv")
 

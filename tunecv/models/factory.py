@@ -1,0 +1,244 @@
+"""Models: name resolution (timm, MindCV aliases, torchvision), `create_model` with a new head, freezing.
+
+Must not build optimizers. Weight loading lives in `tunecv.models.weights`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from tunecv.errors import UserError
+
+if TYPE_CHECKING:
+    from tunecv.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+# MindCV model names → timm names (MindCV's own spelling, so users can bring its configs unchanged).
+MINDCV_ALIASES = {
+    "mobilenet_v3_small_100": "mobilenetv3_small_100", "mobilenet_v3_small_075": "mobilenetv3_small_075",
+    "mobilenet_v3_large_100": "mobilenetv3_large_100", "mobilenet_v3_large_075": "mobilenetv3_large_075",
+    "mobilenet_v2_100": "mobilenetv2_100", "mobilenet_v2_140": "mobilenetv2_140",
+    "mobilenet_v2_075": "mobilenetv2_075", "mobilenet_v2_050": "mobilenetv2_050",
+    "mobilenet_v2_035_224": "mobilenetv2_035", "mobilenet_v2_100_224": "mobilenetv2_100",
+    "mobilenet_v1_100": "mobilenetv1_100", "mobilenet_v1_100_224": "mobilenetv1_100",
+    "resnest50": "resnest50d", "resnest101": "resnest101e",
+    "swin_tiny": "swin_tiny_patch4_window7_224", "swin_small": "swin_small_patch4_window7_224",
+    "swin_base": "swin_base_patch4_window7_224",
+    "vit_b_16_224": "vit_base_patch16_224", "vit_b_32_224": "vit_base_patch32_224",
+    "vit_l_16_224": "vit_large_patch16_224", "vit_l_32_224": "vit_large_patch32_224",
+    "xception": "legacy_xception", "ghostnet_100": "ghostnet_100", "ghostnet_050": "ghostnet_050",
+    "pit_ti": "pit_ti_224", "pit_xs": "pit_xs_224", "pit_s": "pit_s_224", "pit_b": "pit_b_224",
+    "crossvit_9": "crossvit_9_240", "crossvit_15": "crossvit_15_240", "crossvit_18": "crossvit_18_240",
+    "convit_tiny": "convit_tiny", "coat_tiny": "coat_tiny", "poolformer_s12": "poolformer_s12",
+    "regnet_x_800mf": "regnetx_008", "regnet_x_200mf": "regnetx_002", "regnet_y_200mf": "regnety_002",
+    "efficientnet_b0": "efficientnet_b0", "mixnet_s": "mixnet_s", "nasnet_a_4x1056": "nasnetalarge",
+    "bit_resnet50": "resnetv2_50x1_bit", "visformer_tiny": "visformer_tiny", "edgenext_small": "edgenext_small",
+}
+IMAGENET_DEFAULTS = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                     "interpolation": "bilinear", "crop_pct": 0.875}
+
+
+@functools.lru_cache(maxsize=1)
+def _timm_names() -> frozenset[str]:
+    return frozenset(timm.list_models())
+
+
+@functools.lru_cache(maxsize=1)
+def _torchvision_names() -> frozenset[str]:
+    return frozenset(torchvision.models.list_models(module=torchvision.models))
+
+
+def resolve_model_name(name: str) -> tuple[str, str]:
+    """(source, name) for a user's model name: source is 'timm' or 'torchvision'."""
+    name = MINDCV_ALIASES.get(name, name)
+    if name in _timm_names() or name.split(".")[0] in _timm_names():
+        return "timm", name
+    if name in _torchvision_names():
+        return "torchvision", name
+    options = sorted(_timm_names() | _torchvision_names() | set(MINDCV_ALIASES))
+    matches = difflib.get_close_matches(name, options, n=4, cutoff=0.6)
+    hint = f"; closest: {', '.join(matches)}" if matches else "; see timm.list_models()"
+    raise UserError(f"unknown model {name!r}{hint}")
+
+
+def fixed_input_size(name: str) -> int | None:
+    """The only input size a model accepts (ViT/Swin-style fixed patch grids), or None when any size works."""
+    source, resolved = resolve_model_name(name)
+    if source == "torchvision":
+        return 224 if resolved.startswith(("vit_", "maxvit")) else None
+    pretrained_cfg = timm.models.get_pretrained_cfg(resolved)
+    if pretrained_cfg is None or not pretrained_cfg.fixed_input_size:
+        return None
+    return int(pretrained_cfg.input_size[-1])
+
+
+def data_defaults(name: str) -> dict[str, Any]:
+    """mean, std, interpolation, crop_pct of the model's pretrained weights, without building it."""
+    source, resolved = resolve_model_name(name)
+    if source == "torchvision":
+        return dict(IMAGENET_DEFAULTS)
+    pretrained_cfg = timm.models.get_pretrained_cfg(resolved)
+    if pretrained_cfg is None:
+        return dict(IMAGENET_DEFAULTS)
+    return {"mean": tuple(pretrained_cfg.mean), "std": tuple(pretrained_cfg.std),
+            "interpolation": pretrained_cfg.interpolation or "bilinear",
+            "crop_pct": pretrained_cfg.crop_pct or 0.875}
+
+
+def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """Build the architecture with a fresh `num_classes` head; weights are loaded by `tunecv.models.weights`."""
+    source, name = resolve_model_name(cfg.model)
+    if source == "timm":
+        kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": cfg.in_channels}
+        if cfg.drop_rate is not None:
+            kwargs["drop_rate"] = cfg.drop_rate
+        if cfg.drop_path_rate is not None:
+            kwargs["drop_path_rate"] = cfg.drop_path_rate
+        try:
+            model = timm.create_model(name, pretrained=False, **kwargs)
+        except TypeError as err:
+            raise UserError(f"model {name} does not accept these options ({err}); remove drop_rate/drop_path_rate") \
+                from None
+    else:
+        model = create_torchvision_model(name, num_classes)
+        if cfg.in_channels != 3:
+            raise UserError(f"in_channels={cfg.in_channels} is only supported for timm models, not {name}")
+    zero_init_classifier(model)
+    logger.info("model: %s (%s) with a new %d-class head", cfg.model, source, num_classes)
+    return model
+
+
+def zero_init_classifier(model: nn.Module) -> None:
+    """Start the new head at zero: the loss starts at ln(num_classes). timm's own init, sized for 1000 classes,
+    gives 10-class logits a std of ~13 on pretrained features (initial loss ~18) and the first steps wreck the
+    backbone."""
+    for name in classifier_names(model):
+        head = model.get_submodule(name)
+        if not isinstance(head, nn.Linear):
+            continue  # squeezenet's conv head feeds a ReLU: at zero no gradient would ever flow
+        with torch.no_grad():
+            for param in head.parameters():
+                param.zero_()
+
+
+def create_torchvision_model(name: str, num_classes: int) -> nn.Module:
+    """A torchvision classifier with its last 1000-way layer replaced by a `num_classes` one."""
+    kwargs: dict[str, Any] = {}
+    if name in ("googlenet", "inception_v3"):
+        # transform_input: the ImageNet weights expect it, and it is not in the state_dict, so always on
+        kwargs = {"aux_logits": False, "init_weights": True, "transform_input": True}
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    head_name = classifier_name(model)
+    old = model.get_submodule(head_name)
+    if isinstance(old, nn.Linear):
+        new: nn.Module = nn.Linear(old.in_features, num_classes)
+    else:  # squeezenet ends in a 1x1 convolution
+        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=1)
+    parent_name, _, child = head_name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    return model
+
+
+def classifier_name(model: nn.Module) -> str:
+    """Name of the final classification layer (timm's pretrained_cfg, else the last Linear/1x1 Conv)."""
+    timm_name = getattr(model, "pretrained_cfg", {}).get("classifier") if hasattr(model, "pretrained_cfg") else None
+    if isinstance(timm_name, str) and _has_module(model, timm_name):
+        return timm_name
+    candidates = [name for name, m in model.named_modules()
+                  if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1))]
+    if not candidates:
+        raise UserError(f"cannot find the classifier layer of {type(model).__name__}")
+    return candidates[-1]
+
+
+def classifier_names(model: nn.Module) -> list[str]:
+    """Every new classification layer: distilled timm models (deit_*_distilled) have two, head and head_dist."""
+    names = getattr(model, "pretrained_cfg", {}).get("classifier") if hasattr(model, "pretrained_cfg") else None
+    if isinstance(names, (tuple, list)):
+        present = [n for n in names if isinstance(n, str) and _has_module(model, n)]
+        if present:
+            return present
+    return [classifier_name(model)]
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def classifier_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the classifiers (the tensors replaced when the class count changes)."""
+    return {f"{head}.{key}" for head in classifier_names(model) for key in model.get_submodule(head).state_dict()}
+
+
+def frozen_modules(model: nn.Module) -> list[nn.Module]:
+    """The largest sub-modules whose parameters are all frozen: they stay in eval mode while training,
+    so BatchNorm statistics and dropout of a frozen backbone are untouched."""
+    found: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            found.append(module)
+            return
+        for child in module.children():
+            visit(child)
+
+    for child in model.children():
+        visit(child)
+    # Modules with buffers but no parameters (BatchNorm with affine=False) follow the parameterised module
+    # defined before them: frozen after a frozen convolution, trainable after a trainable one.
+    inside = {id(m) for top in found for m in top.modules()}
+    previous_trainable = True
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if own:
+            previous_trainable = any(p.requires_grad for p in own)
+        elif not previous_trainable and list(module.buffers(recurse=False)) and id(module) not in inside:
+            found.append(module)
+    return found
+
+
+def set_train_mode(model: nn.Module, keep_frozen_eval: bool = True) -> None:
+    """model.train(), with the frozen parts kept in eval mode (freeze_bn: BatchNorm statistics untouched)."""
+    model.train()
+    if keep_frozen_eval:
+        for module in frozen_modules(model):
+            module.eval()
+
+
+@contextlib.contextmanager
+def kept_modes(model: nn.Module) -> Iterator[None]:
+    """Whatever the block sets (eval, set_train_mode), every module leaves it in the mode it entered with."""
+    modes = [module.training for module in model.modules()]
+    try:
+        yield
+    finally:
+        for module, mode in zip(model.modules(), modes):
+            module.training = mode
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def num_outputs(model: nn.Module) -> int:
+    head = model.get_submodule(classifier_name(model))
+    return head.out_features if isinstance(head, nn.Linear) else head.out_channels

@@ -1,0 +1,252 @@
+"""Reports: results.txt and metrics.json for a run, per-class accuracy and pred.txt for validate.py."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tunecv.errors import TENSORBOARD_MISSING, UserError
+from tunecv.report.plots import plot_curves
+from tunecv.utils.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset as Sized
+
+    from tunecv.config import Config
+    from tunecv.finetune.phases import Plan
+    from tunecv.train.engine import EvalResult
+    from tunecv.train.loop import Best, EpochMetrics
+
+RESULTS_HEADER = "epoch lr train_loss val_loss top1 top5 time_s"
+PRED_HEADER = ("path", "pred_label", "true_label", "score")
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def results_row(m: EpochMetrics, ema: bool = False) -> str:
+    cells = [str(m.epoch), f"{m.lr:.6g}", _cell(m.train_loss, 4), _cell(m.val_loss, 4),
+             _cell(m.top1, 2), _cell(m.top5, 2), _cell(m.time_s, 1)]
+    return " ".join(cells + ([_cell(m.ema_top1, 2)] if ema else []))
+
+
+CURVES_SHARE_OF_TIME = 0.1
+
+
+class ResultsWriter:
+    """results.txt: a header, one row per epoch (rewritten atomically each epoch), then the best line;
+    metrics.json holds the same, for machines; metrics.csv every metric of every epoch (`csv`); curves.png draws
+    them; `tensorboard`: scalars under tensorboard/ too."""
+
+    def __init__(self, directory: str | os.PathLike, ema: bool = False, csv: bool = True,
+                 tensorboard: bool = False) -> None:
+        """`ema`: one more column, the EMA weights' top-1."""
+        self.path = Path(directory) / "results.txt"
+        self.json_path = Path(directory) / "metrics.json"
+        self.csv_path = Path(directory) / "metrics.csv" if csv else None
+        if not csv:  # an overwritten run's file would pass for this one's
+            (Path(directory) / "metrics.csv").unlink(missing_ok=True)
+        self.tensorboard_dir = Path(directory) / "tensorboard" if tensorboard else None
+        self.tensorboard = None
+        self.ema = ema
+        self.header = RESULTS_HEADER + (" ema_top1" if ema else "")
+        self.rows: list[str] = []
+        self.history: list[dict] = []
+        self.undrawn, self.next_drawing = False, 0.0
+        atomic_write_text(self.path, self.header + "\n")
+
+    def add(self, metrics: EpochMetrics, replayed: bool = False) -> None:
+        """`replayed`: a row a resumed run puts back (already drawn and sent to TensorBoard)."""
+        self.rows.append(results_row(metrics, self.ema))
+        self.history.append(asdict(metrics))
+        atomic_write_text(self.path, "\n".join([self.header, *self.rows]) + "\n")
+        if self.csv_path is not None:
+            atomic_write_text(self.csv_path, metrics_csv(self.history))
+        self.undrawn = True
+        if replayed:  # drawn by the run that wrote it, unless it was killed before its next drawing
+            return
+        if time.perf_counter() >= self.next_drawing:
+            self.draw_curves()
+        if self.tensorboard_dir is not None:
+            if self.tensorboard is None:  # steps from here on of an overwritten or resumed run's events are dropped
+                self.tensorboard = tensorboard_writer(self.tensorboard_dir, purge_step=metrics.epoch)
+            for name, value in asdict(metrics).items():
+                if name != "epoch" and value is not None:
+                    self.tensorboard.add_scalar(_TENSORBOARD_TAGS.get(name, name), value, metrics.epoch)
+            self.tensorboard.flush()
+
+    def draw_curves(self) -> None:
+        """curves.png from the rows so far. A drawing takes 0.3-0.5 s; the next one waits until the run has spent
+        at most CURVES_SHARE_OF_TIME of its time drawing (~4 s later), so epochs of cached features, which take
+        milliseconds, are not slowed tenfold, and epochs longer than that are each drawn. `finish`, a stop and a
+        failure draw the last rows."""
+        if not self.undrawn:
+            return
+        start = time.perf_counter()
+        plot_curves(self.path, self.path.parent / "curves.png")
+        self.undrawn, self.next_drawing = False, start + (time.perf_counter() - start) / CURVES_SHARE_OF_TIME
+
+    def finish(self, best_top1: float | None, best_epoch: int, ema: Best | None = None) -> None:
+        self.draw_curves()
+        lines = [f"best top1 {_cell(best_top1, 2)} at epoch {best_epoch}"]
+        summary = {"best_top1": best_top1, "best_epoch": best_epoch}
+        if ema is not None:
+            lines.append(f"best ema_top1 {_cell(ema.top1, 2)} at epoch {ema.epoch}")
+            summary.update(ema_best_top1=ema.top1, ema_best_epoch=ema.epoch)
+        atomic_write_text(self.path, "\n".join([self.header, *self.rows, *lines]) + "\n")
+        summary["epochs"] = self.history
+        atomic_write_text(self.json_path, json.dumps(summary, indent=2) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+# TensorBoard groups scalars by the part before "/"
+_TENSORBOARD_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "top1": "accuracy/top1",
+                     "top5": "accuracy/top5", "ema_top1": "accuracy/ema_top1", "lr": "lr",
+                     "train_images_per_s": "speed/train_images_per_s", "eval_images_per_s": "speed/eval_images_per_s",
+                     "time_s": "speed/epoch_seconds"}
+
+
+def tensorboard_writer(directory: Path, purge_step: int | None = None) -> Any:
+    """torch's SummaryWriter (events at `purge_step` and later already in `directory` are dropped), or a
+    UserError saying how to install the optional dependency."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(TENSORBOARD_MISSING) from None
+    return SummaryWriter(log_dir=str(directory), purge_step=purge_step)
+
+
+def metrics_csv(history: list[dict]) -> str:
+    """One row per epoch, a column per EpochMetrics field; empty cells where not measured."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(history[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in history)
+    return out.getvalue()
+
+
+def per_class_accuracy(result: EvalResult, classes: list[str]) -> list[tuple[str, int, float]]:
+    """(class, images, top-1 %) for each class present in the evaluated data."""
+    rows = []
+    for label, name in enumerate(classes):
+        hits = [p == t for p, t in zip(result.predictions, result.targets) if t == label]
+        if hits:
+            rows.append((name, len(hits), 100.0 * sum(hits) / len(hits)))
+    return rows
+
+
+def format_per_class(rows: list[tuple[str, int, float]]) -> str:
+    width = max([len("class")] + [len(name) for name, _, _ in rows])
+    lines = [f"{'class':<{width}}  images  top1"]
+    lines += [f"{name:<{width}}  {count:>6}  {acc:6.2f}" for name, count, acc in rows]
+    return "\n".join(lines)
+
+
+def write_predictions(path: str | os.PathLike, sample_ids: list[str], result: EvalResult,
+                      classes: list[str]) -> Path:
+    """pred.txt: a header, then `path pred_label true_label score` per image (labels are class names).
+    Tab-separated, so paths and class names with spaces stay one field."""
+    lines = ["\t".join(PRED_HEADER)]
+    for sample_id, pred, target, score in zip(sample_ids, result.predictions, result.targets, result.scores):
+        lines.append(f"{sample_id}\t{classes[pred]}\t{classes[target]}\t{score:.4f}")
+    path = Path(path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def write_class_report(path: str | os.PathLike, result: EvalResult, classes: list[str]) -> np.ndarray:
+    """report.txt: scikit-learn's per-class precision / recall / F1 with macro and weighted averages; returns the
+    confusion matrix (rows: true class)."""
+    from sklearn.metrics import classification_report, confusion_matrix  # 1 s to import: validate.py's only
+
+    labels = list(range(len(classes)))
+    text = classification_report(result.targets, result.predictions, labels=labels, target_names=classes, digits=4,
+                                  zero_division=0)
+    atomic_write_text(path, f"{result.images} images, top-1 {result.top1:.2f} %\n\n{text}")
+    return confusion_matrix(result.targets, result.predictions, labels=labels)
+
+
+def most_confidently_wrong(result: EvalResult, count: int = 16) -> list[tuple[int, int, int, float]]:
+    """(dataset index, true label, predicted label, its probability) of the wrong predictions, surest first."""
+    wrong = [(score, index, target, pred) for pred, score, target, index in
+             zip(result.predictions, result.scores, result.targets, result.indices) if pred != target]
+    return [(index, target, pred, score) for score, index, target, pred in sorted(wrong, reverse=True)[:count]]
+
+
+def write_table(path: str | os.PathLike, rows: list[dict]) -> None:
+    """predict.py's rows (path, top: [(class, probability), ...]) as .json, or .csv with class_i, score_i columns."""
+    if str(path).endswith(".json"):
+        records = [{"path": row["path"], "top": [{"class": c, "score": p} for c, p in row["top"]]} for row in rows]
+        atomic_write_text(path, json.dumps(records, indent=1) + "\n")
+        return
+    k = max((len(row["top"]) for row in rows), default=1)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", *(f"{name}_{i}" for i in range(1, k + 1) for name in ("class", "score"))])
+    writer.writerows([row["path"], *(value for pair in row["top"] for value in pair)] for row in rows)
+    atomic_write_text(path, out.getvalue())
+
+
+def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: str, params: tuple[int, int],
+                optimizer_name: str, plan: Plan, steps_per_epoch: int, workers: int, compute: str,
+                caches: str = "none") -> str:
+    """The one block logged before training: what is about to run, in the user's terms."""
+    classes = train_set.classes
+    trainable, total = params
+    data, sched, train = cfg.data, cfg.sched, cfg.train
+    return "\n".join([
+        "tunecv run",
+        f"  data       {data.dataset}{' ' + data.data_dir if data.data_dir else ''}: train {len(train_set)} images,"
+        f" val {len(val_set) if val_set is not None else 'none'}",
+        f"  classes    {len(classes)} (images per class: train / val)",
+        class_histogram(classes, train_set.targets, val_set.targets if val_set is not None else None),
+        f"  model      {cfg.model.model}, weights: {weights}, strategy {cfg.finetune.strategy}",
+        f"  params     {trainable:,} trainable / {total:,} total; {plan.describe()}",
+        plan.table,
+        f"  input      {data.image_resize} px, {data.interpolation}, crop_pct {data.crop_pct},"
+        f" mean {list(data.mean)} std {list(data.std)}",
+        f"  optimizer  {optimizer_name} ({cfg.optim.opt}) lr {cfg.optim.lr:g}"
+        f" weight_decay {cfg.optim.weight_decay:g}",
+        f"  schedule   {sched.scheduler}, warm-up {sched.warmup_epochs:g} epochs, {train.epoch_size} epochs"
+        f" x {steps_per_epoch} steps, batch {cfg.loader.batch_size}"
+        + (f" x {train.gradient_accumulation_steps} accumulated" if train.gradient_accumulation_steps > 1 else ""),
+        f"  loss       {train.loss}, label_smoothing {train.label_smoothing:g}"
+        + (", inverse-frequency class weights" if train.class_weights == "auto" else "")
+        + (", balanced sampler" if cfg.loader.sampler == "balanced" else "")
+        + (f", mixup {cfg.loader.mixup:g} cutmix {cfg.loader.cutmix:g}" if cfg.loader.mixup or cfg.loader.cutmix
+           else "") + (f", EMA {train.ema_decay:g}" if train.ema else ""),
+        f"  device     {compute}; {workers} loader workers",
+        f"  caches     {caches}",
+        f"  output     {train.ckpt_save_dir}",
+    ])
+
+
+def class_histogram(classes: list[str], train_targets: list[int], val_targets: list[int] | None,
+                    max_rows: int = 12, width: int = 24) -> str:
+    """Indented rows `name  train  val  ####`; past `max_rows` classes, the smallest and largest few."""
+    train_counts, val_counts = Counter(train_targets), Counter(val_targets or [])
+    order = sorted(range(len(classes)), key=lambda c: (-train_counts[c], classes[c]))
+    if len(order) > max_rows:
+        order = order[:max_rows // 2] + [-1] + order[-(max_rows // 2):]
+    peak = max(train_counts.values(), default=1)
+    name_width = max(len(classes[c]) for c in order if c >= 0)
+    rows = []
+    for c in order:
+        if c < 0:
+            rows.append(f"             {'...':<{name_width}}")
+            continue
+        bar = "#" * max(1, round(width * train_counts[c] / peak))
+        val = str(val_counts[c]) if val_targets is not None else "-"
+        rows.append(f"             {classes[c]:<{name_width}}  {train_counts[c]:>6} / {val:>5}  {bar}")
+    return "\n".join(rows)

@@ -1,0 +1,181 @@
+"""Stopping and resuming a run: the `_last` checkpoint to resume from and the check that it is this run, the
+random state a resumed run needs to repeat the uninterrupted one exactly, `GracefulStop` for SIGTERM / Ctrl-C,
+and the run folder (never another run's, unless asked)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shlex
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from tunecv.errors import UserError
+from tunecv.report.manifest import run_differences
+from tunecv.train.checkpoint import file_stem, load_checkpoint
+from tunecv.utils import distributed
+
+if TYPE_CHECKING:
+    from tunecv.config import Config
+
+logger = logging.getLogger(__name__)
+
+
+def find_last(resume: str, ckpt_save_dir: str | None, model_name: str, runs_root: str = "./ckpt") -> Path:
+    """The checkpoint `resume` names: a path, or `auto`: the newest `<model>_last.pth` in ckpt_save_dir, or in
+    the run folders under ./ckpt when ckpt_save_dir is left to its timestamped default."""
+    if resume != "auto":
+        path = Path(resume)
+        if not path.is_file():
+            raise UserError(f"resume: {path} not found; give a <model>_last.pth or resume: auto")
+        return path
+    name = f"{file_stem(model_name)}_last.pth"
+    candidates = [Path(ckpt_save_dir) / name] if ckpt_save_dir else list(Path(runs_root).glob(f"*/{name}"))
+    found = [path for path in candidates if path.is_file()]
+    if not found:
+        where = ckpt_save_dir or f"{runs_root}/*/"
+        raise UserError(f"resume: auto found no {name} in {where}; start without --resume, or pass its path")
+    return max(found, key=lambda path: path.stat().st_mtime)
+
+
+def random_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU, CUDA) generator states, as tensors and lists that weights_only loads."""
+    version, words, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(words), gauss], "torch": torch.get_rng_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_random_state(state: dict[str, Any]) -> None:
+    version, words, gauss = state["python"]
+    random.setstate((version, tuple(words), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunStopped(Exception):
+    """Training stopped on a signal after writing `_last`."""
+
+    def __init__(self, signum: int, last_path: Path, where: str) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} {where}; {last_path} holds the run")
+        self.signum, self.last_path = signum, last_path
+
+
+class GracefulStop:
+    """While active, SIGTERM (preemption, torchrun) and SIGINT (Ctrl-C) ask training to stop after the current
+    optimizer step, once `_last` is written; a second Ctrl-C stops at once (KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        # A raw write: the signal may land while a logging handler is flushing, and logging from here would
+        # re-enter that stream ("reentrant call inside BufferedWriter").
+        if distributed.is_main():
+            os.write(2, f"tunecv: {signal.Signals(signum).name}: stopping after this step and saving "
+                     f"the run; Ctrl-C again to stop at once (pid {os.getpid()})\n".encode())
+
+
+def batch_layout(batch_size: int | None, accumulation_steps: int) -> dict[str, int | None]:
+    """What a position inside an epoch is counted in: resuming on another layout would land elsewhere."""
+    return {"world_size": distributed.world_size(), "batch_size": batch_size,
+            "gradient_accumulation_steps": accumulation_steps}
+
+
+def check_same_run(cfg: Config, checkpoint: dict, classes: list[str], fingerprint: str) -> None:
+    differences = run_differences(checkpoint, cfg.model.model, classes, fingerprint)
+    layout = batch_layout(cfg.loader.batch_size, cfg.train.gradient_accumulation_steps)
+    if checkpoint.get("layout", layout) != layout:
+        differences.append("batches differ: " + ", ".join(f"{key} {layout[key]} (checkpoint: {value})" for key, value
+                                                          in checkpoint["layout"].items() if layout[key] != value))
+    if differences and not cfg.train.resume_force:
+        raise UserError(f"this is not the run being resumed: {'; '.join(differences)}; fix the config or data, or "
+                        "pass --resume_force to resume anyway")
+    for difference in differences:
+        logger.warning("resume_force: resuming although the %s", difference)
+
+
+def training_checkpoint(path: Path) -> dict:
+    checkpoint = load_checkpoint(path)
+    if "optimizer" not in checkpoint or "rng" not in checkpoint:
+        raise UserError(f"{path} holds no training state to resume (a _best or per-epoch checkpoint?); resume from "
+                        "<model>_last.pth, or start a new run with --ckpt_path to load its weights")
+    logger.info("resuming from %s (epoch %d)", path, checkpoint["epoch"])
+    return checkpoint
+
+
+RUN_FILES = ("results.txt", "run.json", "*_last.pth", "*_best.pth", "*_best.safetensors", "*_best.json")
+
+
+def with_run_dir(cfg: Config, resume_path: Path | None, refuse: bool = True) -> Config:
+    """ckpt_save_dir: as set; else the resumed run's folder; else a new ./ckpt/<model>_<time> (the first
+    process's name, on all). A folder holding another run is refused (`refuse`) unless resuming or
+    `overwrite`."""
+    out_dir = cfg.train.ckpt_save_dir or (str(resume_path.parent) if resume_path else None)
+    if out_dir is None:
+        out_dir = distributed.broadcast(new_run_dir(cfg.model.model) if distributed.is_main() else None)
+    found = sorted({path.name for pattern in RUN_FILES for path in Path(out_dir).glob(pattern)})
+    if found and resume_path is None and refuse:
+        if not cfg.train.overwrite:
+            raise UserError(f"{out_dir} holds an earlier run ({', '.join(found[:3])}); pass --resume auto to continue "
+                            "it, --overwrite to replace it, or another --ckpt_save_dir")
+        logger.warning("%s holds an earlier run; its results and checkpoints will be replaced (overwrite)", out_dir)
+    return replace(cfg, train=replace(cfg.train, ckpt_save_dir=out_dir))
+
+
+def new_run_dir(model_name: str, root: str = "ckpt") -> str:
+    stem = Path(root) / f"{file_stem(model_name)}_{time.strftime('%Y%m%d-%H%M%S')}"
+    path, count = stem, 1
+    while path.exists():
+        count += 1
+        path = stem.with_name(f"{stem.name}-{count}")
+    return str(path)
+
+
+def resume_command(argv: list[str] | None, last_path: Path, world_size: int = 1) -> str:
+    """This command line with `--resume <last_path>` in place of any earlier --resume (under torchrun for a
+    distributed run)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    kept = [arg for i, arg in enumerate(args) if not (arg.startswith("--resume") and not arg.startswith(
+        "--resume_force")) and not (i > 0 and args[i - 1] == "--resume")]
+    program = Path(sys.argv[0]).name
+    # a console script (tunecv-finetune) is run by name; torchrun needs it as a module
+    if program.startswith("tunecv-"):
+        command = ["torchrun", "--nproc_per_node", str(world_size), "-m", "tunecv.scripts.finetune"] \
+            if world_size > 1 else [program]
+    else:
+        command = ["torchrun", "--nproc_per_node", str(world_size), "finetune.py"] if world_size > 1 \
+            else ["python", "finetune.py"]
+    return shlex.join([*command, *kept, "--resume", str(last_path)])
