@@ -144,7 +144,8 @@ def _restore_logging():
 
 def apply_freeze(model, ft) -> set[str]:
     """Freeze what the freeze keys of `ft` (a FinetuneConfig) fix for a whole run: a one-phase plan."""
-    from tunecv.finetune.strategies import Phase, apply_phase, frozen_names
+    from tunecv.finetune.freezing import frozen_names
+    from tunecv.finetune.phases import Phase, apply_phase
     from tunecv.models.layer_map import layer_map
 
     frozen = frozen_names(model, layer_map(model), ft)

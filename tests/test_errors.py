@@ -22,7 +22,7 @@ def test_torch_out_of_memory_error():
 
 
 def test_out_of_memory_advice_of_a_detection_run_names_its_keys():
-    message = runtime_failure(torch.OutOfMemoryError(TORCH_OOM), batch_size=4, detection=True)
+    message = runtime_failure(torch.OutOfMemoryError(TORCH_OOM), batch_size=4, task="detection")
     assert "lower batch_size (e.g. 2) and the lr with it (or auto_scale_lr)" in message
     assert message.endswith("or lower min_size / max_size") and "image_resize" not in message
     assert "gradient_accumulation_steps" not in message

@@ -207,7 +207,7 @@ def closes_quietly_on_broken_pipe(main: Callable[..., int]) -> Callable[..., int
     return wrapped
 
 
-def failure_exit(err: BaseException, batch_size: int | None = None, detection: bool = False) -> int | None:
+def failure_exit(err: BaseException, batch_size: int | None = None, task: str = "classification") -> int | None:
     """One line on stderr and the exit code for a failure the user can act on: bad input (2), CUDA out of memory
     or a full disk (2), Ctrl-C (130); None for anything else, which the caller re-raises."""
     from tunecv.errors import UserError, runtime_failure
@@ -215,7 +215,7 @@ def failure_exit(err: BaseException, batch_size: int | None = None, detection: b
     if isinstance(err, KeyboardInterrupt):
         print("tunecv: interrupted", file=sys.stderr)
         return 130
-    message = str(err) if isinstance(err, UserError) else runtime_failure(err, batch_size, detection)
+    message = str(err) if isinstance(err, UserError) else runtime_failure(err, batch_size, task)
     if message is None:
         return None
     print(_colour(f"tunecv: error: {message}", logging.ERROR, sys.stderr), file=sys.stderr)

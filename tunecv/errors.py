@@ -45,21 +45,23 @@ def write_failure(code: int | None, path: object = None) -> str | None:
     return None
 
 
-def runtime_failure(exc: BaseException, batch_size: int | None = None, detection: bool = False) -> str | None:
+# out-of-memory advice in each task's keys: (what sets the input size, how to keep the global batch's effect)
+OOM_ADVICE = {"classification": ("image_resize", "raise gradient_accumulation_steps to keep the global batch"),
+              "detection": ("min_size / max_size", "the lr with it (or auto_scale_lr)")}
+
+
+def runtime_failure(exc: BaseException, batch_size: int | None = None, task: str = "classification") -> str | None:
     """One line for a failure during a run that the user fixes by changing the config or the machine (no
-    traceback helps them), or None for anything else (a bug: let it raise). `detection`: advice in the keys of a
-    detection run."""
+    traceback helps them), or None for anything else (a bug: let it raise). `task`: advice in its keys."""
     if _is_out_of_memory(exc):
         device = "MPS" if "MPS" in str(exc) else "CUDA"
         tried = _TRIED.search(str(exc))
         where = f" at batch_size {batch_size}" if batch_size else ""
         detail = f" (tried to allocate {tried.group(1)})" if tried else ""
-        size = "min_size / max_size" if detection else "image_resize"
+        size, keep = OOM_ADVICE[task]
         if batch_size == 1:  # nothing left to split
             return f"{device} out of memory{where}{detail}; set amp_level O2, or lower {size} or the model size"
         smaller = f" (e.g. {batch_size // 2})" if batch_size else ""
-        keep = "the lr with it (or auto_scale_lr)" if detection else \
-            "raise gradient_accumulation_steps to keep the global batch"
         return (f"{device} out of memory{where}{detail}; lower batch_size{smaller} and {keep}, or set amp_level O2, "
                 f"or lower {size}")
     if isinstance(exc, OSError) and exc.errno in NO_SPACE:

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import write_yaml
 from tunecv import cli
-from tunecv.config import expand_strategy, load_config, mapping_keys
+from tunecv.config import load_config, mapping_keys
 from tunecv.config.files import (
     BUNDLED_CONFIGS,
     PATH_KEYS,
@@ -23,6 +23,7 @@ from tunecv.config.files import (
     resolve_paths,
 )
 from tunecv.errors import UserError
+from tunecv.finetune.strategies import expand_strategy
 from tunecv.optim.optimizers import auto_scaled_lr
 
 ROOT = Path(__file__).resolve().parents[2]

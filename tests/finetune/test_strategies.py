@@ -11,7 +11,8 @@ from torch import nn
 from conftest import TINY_MODEL, apply_freeze
 from tunecv.config import FinetuneConfig
 from tunecv.errors import UserError
-from tunecv.finetune.strategies import apply_phase, compile_pattern, frozen_names, match_names, plan_phases
+from tunecv.finetune.freezing import compile_pattern, frozen_names, match_names
+from tunecv.finetune.phases import apply_phase, plan_phases
 from tunecv.models.layer_map import layer_map, mindcv_feature_prefixes
 
 

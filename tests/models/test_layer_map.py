@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tunecv.config import FinetuneConfig, ModelConfig
-from tunecv.finetune.strategies import frozen_names, plan_phases
+from tunecv.finetune.freezing import frozen_names
+from tunecv.finetune.phases import plan_phases
 from tunecv.models.factory import create_model
 from tunecv.models.layer_map import layer_map
 

@@ -11,8 +11,7 @@ from torch import nn
 
 from conftest import TINY_MODEL, apply_freeze
 from tunecv.config import Config, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig
-from tunecv.finetune.phases import Plan
-from tunecv.finetune.strategies import Phase
+from tunecv.finetune.phases import Phase, Plan
 from tunecv.models.factory import create_model
 from tunecv.models.layer_map import layer_map
 from tunecv.report.results import RESULTS_HEADER, ResultsWriter

@@ -1,19 +1,13 @@
-"""Config: MindCV-style flat keys → one validated, frozen `Config`. Imports neither torch nor timm."""
+"""Config: MindCV-style flat keys → one validated, frozen `Config`. Imports neither torch nor timm: the values
+derived from the model, the data and the run (`tunecv.resolve`) are filled in downstream."""
 
-from tunecv.config.load import (
-    KEYS,
-    expand_strategy,
-    key_type,
-    load_config,
-    mapping_keys,
-    save_config,
-    to_yaml,
-    with_num_classes,
-)
+from tunecv.config.load import key_type, load_config, mapping_keys, save_config, to_yaml
 from tunecv.config.schema import (
+    KEYS,
     SECTIONS,
     Config,
     DataConfig,
+    DetectionConfig,
     FinetuneConfig,
     LoaderConfig,
     ModelConfig,
@@ -24,5 +18,5 @@ from tunecv.config.schema import (
 from tunecv.errors import UserError
 
 __all__ = ["Config", "DataConfig", "LoaderConfig", "ModelConfig", "FinetuneConfig", "OptimConfig", "SchedConfig",
-           "TrainConfig", "SECTIONS", "KEYS", "UserError", "expand_strategy", "key_type", "load_config", "mapping_keys",
-           "save_config", "to_yaml", "with_num_classes"]
+           "TrainConfig", "DetectionConfig", "SECTIONS", "KEYS", "UserError", "key_type", "load_config",
+           "mapping_keys", "save_config", "to_yaml"]

@@ -93,16 +93,3 @@ def timm_policy(policy: str) -> str:
         if name == mindcv:
             return timm_name + sep + rest
     return policy
-
-
-def check_auto_augment(policy: str) -> None:
-    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
-
-    # the same dispatch as timm's create_transform
-    builder = rand_augment_transform if policy.startswith("rand") else \
-        augment_and_mix_transform if policy.startswith("augmix") else auto_augment_transform
-    try:
-        builder(policy, {"translate_const": 100})
-    except (AssertionError, KeyError, ValueError, IndexError):
-        raise UserError(f"auto_augment {policy!r} is not a policy timm knows; use e.g. rand-m7-mstd0.5, "
-                        "original, augmix-m5 or 3a") from None

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from tunecv.config.compat import RENAMED_KEYS
-from tunecv.config.schema import STRATEGY_KEYS
 from tunecv.errors import UserError
+from tunecv.finetune.strategies import drop_replaced_strategy_keys
 
 logger = logging.getLogger(__name__)
 
@@ -115,14 +115,6 @@ def resolve_path(value: Any, folder: Path) -> Any:
         return str(path)
     beside = folder / path
     return str(path) if path.exists() and not beside.exists() else str(beside)
-
-
-def drop_replaced_strategy_keys(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
-    """A later `strategy` replaces the keys it stands for (freeze, frozen_stages, freeze_epochs) from earlier
-    files, as a strategy flag does; keys written beside it still win."""
-    if "strategy" not in later:
-        return earlier
-    return {k: v for k, v in earlier.items() if k not in STRATEGY_KEYS or k in later}
 
 
 def _find_base(base: str, including: Path) -> Path:

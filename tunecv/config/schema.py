@@ -9,9 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunecv.data.torchvision_sets import DATASETS as TORCHVISION_DATASETS
-from tunecv.optim.optimizers import OPTIMIZERS
-from tunecv.optim.schedulers import SCHEDULERS
+from tunecv.config.registries import LAYOUTS, OPTIMIZERS, SCHEDULERS, TASKS, TORCHVISION_DATASETS
 
 
 def _key(default: Any, help: str, choices: tuple[str, ...] = (), literals: tuple[str, ...] = ()) -> Any:
@@ -21,8 +19,8 @@ def _key(default: Any, help: str, choices: tuple[str, ...] = (), literals: tuple
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = _key("auto", "data layout, auto-detected in data_dir, or a torchvision dataset (see Data layouts)",
-                        ("auto", "folder", "single_folder", "list", "csv", "aircraft", "digits", *TORCHVISION_DATASETS))
+    dataset: str = _key("auto", "data layout, auto-detected in data_dir, or a torchvision dataset (docs/data.md)",
+                        (*LAYOUTS, *TORCHVISION_DATASETS))
     data_dir: str | None = _key(None, "dataset root: split folders, class folders, list/CSV files or FGVC-Aircraft")
     train_split: str = _key("train", "train split folder name")
     val_split: str = _key("val", "validation split folder name")
@@ -62,16 +60,6 @@ class DataConfig:
     mean: tuple[float, ...] | None = _key(None, "normalisation mean (default: the model's; 0-255 scale accepted)")
     std: tuple[float, ...] | None = _key(None, "normalisation std (default: the model's; 0-255 scale accepted)")
     crop_pct: float | None = _key(None, "evaluation centre-crop fraction (default: the model's)")
-    train_ann_file: str | None = _key(None, "detection: COCO instances json of the training images, relative to "
-                                            "data_dir (default: annotations/instances_<train_split>.json)")
-    val_ann_file: str | None = _key(None, "detection: COCO instances json of the validation images (default: "
-                                          "annotations/instances_<val_split>.json)")
-    keep_empty_images: bool = _key(False, "detection: keep training images without annotations (as negatives); "
-                                          "by default they are left out, as MMDetection's filter_empty_gt does")
-    min_size: tuple[int, ...] = _key((800,), "detection: the model resizes each image so its shorter side is min_size "
-                                             "(several: one drawn per training image, multi-scale training; the "
-                                             "last for evaluation) ...")
-    max_size: int = _key(1333, "detection: ... and its longer side at most max_size")
 
 
 @dataclass(frozen=True)
@@ -90,7 +78,7 @@ class LoaderConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     task: str = _key("classification", "classification, or detection: a torchvision detector on COCO-format data "
-                                       "(see Detection)", ("classification", "detection"))
+                                       "(see docs/detection.md)", TASKS)
     model: str = _key("tf_efficientnet_lite0", "timm, MindCV or torchvision model name (detection: a detector name)")
     num_classes: int | None = _key(None, "classes (default: inferred from the data)")
     in_channels: int = _key(3, "input channels")
@@ -129,9 +117,6 @@ class FinetuneConfig:
     unfreeze_patterns: tuple[str, ...] = _key((), "unfreeze these again (applied after the freeze keys)")
     freeze_bn: bool = _key(True, "keep BatchNorm of frozen parts in eval mode (running statistics untouched); "
                                  "detection: the backbone's BatchNorm is frozen whenever weights are loaded")
-    trainable_backbone_layers: int | None = _key(None, "detection: torchvision's count of backbone stages that "
-                                                       "train, from the top (default: all; the same as frozen_stages "
-                                                       "counted from the other end)")
     lr_scales: dict[str, float] | None = _key(None, "{pattern: lr multiplier}, first match wins, e.g. "
                                                     "{classifier: 1.2, blocks.6: 1.1}")
     paramwise_cfg: dict[str, Any] | None = _key(None, "MMPretrain: {custom_keys: {name: {lr_mult, decay_mult}}, "
@@ -212,13 +197,37 @@ class TrainConfig:
     compile: bool = _key(False, "torch.compile the model (slow first epoch, faster later ones; needs a C++ compiler)")
 
 
-# every key a `task: detection` run reads; the others belong to classification
-DETECTION_KEYS = frozenset({
-    "task", "data_dir", "train_split", "val_split", "image_root", "train_ann_file", "val_ann_file",
-    "keep_empty_images", "min_size", "max_size", "hflip",
+@dataclass(frozen=True)
+class DetectionConfig:
+    """The keys only `task: detection` reads (tunecv.detection)."""
+
+    train_ann_file: str | None = _key(None, "COCO instances json of the training images, relative to "
+                                            "data_dir (default: annotations/instances_<train_split>.json)")
+    val_ann_file: str | None = _key(None, "COCO instances json of the validation images (default: "
+                                          "annotations/instances_<val_split>.json)")
+    keep_empty_images: bool = _key(False, "keep training images without annotations (as negatives); "
+                                          "by default they are left out, as MMDetection's filter_empty_gt does")
+    min_size: tuple[int, ...] = _key((800,), "the model resizes each image so its shorter side is min_size "
+                                             "(several: one drawn per training image, multi-scale training; the "
+                                             "last for evaluation) ...")
+    max_size: int = _key(1333, "... and its longer side at most max_size")
+    trainable_backbone_layers: int | None = _key(None, "torchvision's count of backbone stages that "
+                                                       "train, from the top (default: all; the same as frozen_stages "
+                                                       "counted from the other end)")
+
+
+SECTIONS = {"data": DataConfig, "loader": LoaderConfig, "model": ModelConfig,
+            "finetune": FinetuneConfig, "optim": OptimConfig, "sched": SchedConfig, "train": TrainConfig,
+            "detection": DetectionConfig}
+
+
+DETECTION_METRICS = ("bbox_mAP", "bbox_mAP50", "segm_mAP", "segm_mAP50")
+# every key of the shared sections a `task: detection` run reads; its own section's keys come with it
+DETECTION_SHARED_KEYS = frozenset({
+    "task", "data_dir", "train_split", "val_split", "image_root", "hflip",
     "batch_size", "num_parallel_workers", "shuffle",
     "model", "num_classes", "pretrained", "ckpt_path",
-    "frozen_stages", "trainable_backbone_layers", "freeze_bn",
+    "frozen_stages", "freeze_bn",
     "opt", "lr", "momentum", "weight_decay", "use_nesterov", "weight_decay_filter", "eps", "auto_scale_lr",
     "scheduler", "min_lr", "warmup_epochs", "warmup_factor", "warmup_iters", "decay_epochs", "decay_rate",
     "multi_step_decay_milestones", "lr_epoch_stair", "num_cycles", "cycle_decay",
@@ -226,12 +235,14 @@ DETECTION_KEYS = frozenset({
     "log_tensorboard", "ckpt_save_dir", "overwrite", "resume", "resume_force", "keep_checkpoint_max",
     "ckpt_save_policy", "ckpt_save_interval", "save_format", "distribute", "device", "best_metric",
 })
-
-# the keys `strategy` stands for; each strategy sets all of them, so a later layer's strategy replaces an earlier one
-STRATEGY_KEYS = {"freeze": "none", "frozen_stages": -1, "freeze_epochs": 0}
-
-SECTIONS = {"data": DataConfig, "loader": LoaderConfig, "model": ModelConfig,
-            "finetune": FinetuneConfig, "optim": OptimConfig, "sched": SchedConfig, "train": TrainConfig}
+# key → (section name, field)
+KEYS: dict[str, tuple[str, dataclasses.Field]] = {
+    f.name: (section, f) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+# the keys each task reads (what a run's config.yaml holds), and the best_metric values it scores
+_OWN_KEYS = {section: frozenset(f.name for f in dataclasses.fields(cls)) for section, cls in SECTIONS.items()}
+TASK_KEYS = {"classification": frozenset().union(*(_OWN_KEYS[s] for s in SECTIONS if s != "detection")),
+             "detection": DETECTION_SHARED_KEYS | _OWN_KEYS["detection"]}
+TASK_METRICS = {"classification": ("top1",), "detection": DETECTION_METRICS}
 
 
 @dataclass(frozen=True)
@@ -243,14 +254,15 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
 
     def to_flat(self) -> dict[str, Any]:
-        """The flat MindCV-style key → value dict (plain Python values, lists for tuples); a detection run's
-        holds the keys it reads only."""
-        flat: dict[str, Any] = {}
+        """The flat MindCV-style key → value dict (plain Python values, lists for tuples) of the keys its task
+        reads."""
+        reads, flat = TASK_KEYS[self.model.task], {}
         for section in SECTIONS:
             for key, value in dataclasses.asdict(getattr(self, section)).items():
-                if self.model.task != "detection" or key in DETECTION_KEYS:
+                if key in reads:
                     flat[key] = _plain(value)
         return flat
 

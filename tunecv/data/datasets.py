@@ -129,7 +129,6 @@ def create_dataset(cfg: DataConfig, split: str, transform: Callable | None, *,
     """
     if cfg.dataset_download and cfg.dataset not in torchvision_sets.DATASETS:
         logger.info("dataset_download: %s data needs no download; nothing fetched", cfg.dataset)
-    cfg = resolve_layout(cfg)
     if cfg.dataset == "digits":
         check_split(cfg, split)
         dataset = _digits(cfg, split, transform, image_mode)
@@ -148,8 +147,25 @@ def create_dataset(cfg: DataConfig, split: str, transform: Callable | None, *,
 
 
 def resolve_layout(cfg: DataConfig) -> DataConfig:
-    """The config with `dataset: auto` replaced by the layout found in data_dir."""
+    """The config with `dataset: auto` replaced by the layout found in data_dir (`tunecv.resolve`'s: the other
+    functions here take the resolved layout)."""
     return layouts.detect_layout(cfg, IMAGE_EXTENSIONS)
+
+
+def dataset_classes(cfg: DataConfig) -> list[str]:
+    """The training split's class names in label order, read from the listing (no image is opened)."""
+    if cfg.dataset == "digits":
+        return [str(d) for d in range(10)]
+    if cfg.dataset in torchvision_sets.DATASETS:
+        labelled, _ = torchvision_sets.load(cfg.dataset, cfg.data_dir or ".", cfg.train_split, cfg.dataset_download,
+                                            cfg.annotation_level)
+        return class_names(labelled)
+    return class_names(read_split(cfg, cfg.train_split))
+
+
+def class_names(labelled: layouts.Labelled) -> list[str]:
+    """The class list a listing gives (the list file's names, else its labels sorted)."""
+    return list(labelled.classes or sorted({name for _, name in labelled.pairs}))
 
 
 def data_path(cfg: DataConfig, value: str) -> Path:
@@ -191,7 +207,6 @@ def read_split(cfg: DataConfig, split: str) -> layouts.Labelled:
 def check_split(cfg: DataConfig, split: str, hint: str = "") -> None:
     """A UserError saying what exists, when `split` does not."""
     suffix = f"; {hint}" if hint else ""
-    cfg = resolve_layout(cfg)
     if cfg.dataset in torchvision_sets.DATASETS:
         torchvision_sets.torchvision_split(cfg.dataset, split)
         return
@@ -229,12 +244,6 @@ def write_bad_images(directory: Path, datasets: list[ImageDataset]) -> Path | No
     return target
 
 
-def check_num_classes(expected: int | None, classes: list[str], split: str) -> None:
-    if expected is not None and expected != len(classes):
-        raise UserError(f"num_classes is {expected} but {split} has {len(classes)} classes; "
-                        f"set --num_classes {len(classes)} or leave it out")
-
-
 def _from_arrays(labelled: layouts.Labelled, arrays: np.ndarray, transform: Callable | None,
                  image_mode: str) -> ImageDataset:
     index = {name: i for i, name in enumerate(labelled.classes)}
@@ -244,7 +253,7 @@ def _from_arrays(labelled: layouts.Labelled, arrays: np.ndarray, transform: Call
 
 def _from_labelled(labelled: layouts.Labelled, transform: Callable | None, image_mode: str, on_bad_image: str,
                    scan_cache: Path | None) -> ImageDataset:
-    classes = labelled.classes or sorted({name for _, name in labelled.pairs})
+    classes = class_names(labelled)
     index = {name: i for i, name in enumerate(classes)}
     unknown = sorted({name for _, name in labelled.pairs if name not in index})
     if unknown:

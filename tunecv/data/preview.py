@@ -3,11 +3,10 @@ can check their augmentation before a long run (`finetune.py --show_batch`)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from tunecv.config import Config
-from tunecv.data.datasets import create_dataset, resolve_layout
+from tunecv.data.datasets import create_dataset
 from tunecv.data.loader import create_loader, create_mixup
 from tunecv.data.transforms import create_transforms, draft_size
 from tunecv.errors import UserError
@@ -17,9 +16,9 @@ from tunecv.utils.runtime import image_mode, seed_everything
 
 def write_batch_preview(cfg: Config, count: int = 16) -> Path:
     """batch.png in the run folder: the first `count` images of the first training batch as the model gets them
-    (augmented, mixed when mixup/cutmix is on), de-normalised, each with its label."""
+    (augmented, mixed when mixup/cutmix is on), de-normalised, each with its label. `cfg`: resolved
+    (`tunecv.resolve`)."""
     seed_everything(cfg.train.seed)
-    cfg = replace(cfg, data=resolve_layout(cfg.data))
     train_set = create_dataset(cfg.data, cfg.data.train_split, create_transforms(cfg.data, True),
                                image_mode=image_mode(cfg.model.in_channels), draft_size=draft_size(cfg.data, True))
     loader = create_loader(train_set, cfg.loader, is_training=True, seed=cfg.train.seed, persistent=False)

@@ -3,6 +3,7 @@ own dataset so skipping, cropping and relabelling work the same; `dataset_downlo
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ def torchvision_split(name: str, split: str) -> str:
     raise UserError(f"{name} has the splits {', '.join(splits)}, not {split!r}; set train_split/val_split")
 
 
+@functools.lru_cache(maxsize=2)  # the class list is read before the dataset is built: one load serves both
 def load(name: str, root: str, split: str, download: bool, annotation_level: str) -> tuple[Labelled, np.ndarray | None]:
     """(pairs of file path and class name, None) for file datasets; (class names only, uint8 arrays) for CIFAR."""
     import torchvision.datasets as tv

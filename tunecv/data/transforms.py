@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from timm.data import create_transform
+from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 from torchvision import transforms as T
 
-if TYPE_CHECKING:
-    from tunecv.config import DataConfig
+from tunecv.config import DataConfig
+from tunecv.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -85,3 +85,15 @@ def draft_size(cfg: DataConfig, is_training: bool) -> int:
     if is_training and not cfg.no_aug:
         return round(cfg.image_resize / max(cfg.scale[0], 1 / 16) ** 0.5)
     return round(cfg.image_resize / (cfg.crop_pct or 1.0))
+
+
+def check_auto_augment(policy: str) -> None:
+    """A UserError when timm does not know the policy (it would fail at the first batch)."""
+    # the same dispatch as timm's create_transform
+    builder = rand_augment_transform if policy.startswith("rand") else \
+        augment_and_mix_transform if policy.startswith("augmix") else auto_augment_transform
+    try:
+        builder(policy, {"translate_const": 100})
+    except (AssertionError, KeyError, ValueError, IndexError):
+        raise UserError(f"auto_augment {policy!r} is not a policy timm knows; use e.g. rand-m7-mstd0.5, "
+                        "original, augmix-m5 or 3a") from None

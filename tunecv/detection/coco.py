@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,13 +131,13 @@ def decode_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
 class CocoDetection(Dataset):
     """Images of `index` under `image_root` with targets as torchvision's detection models take them: boxes
     (x1, y1, x2, y2, float), labels (1..K), masks (N, H, W uint8, `with_masks`), image_id. Crowd regions and boxes
-    under a pixel wide are left out (as torchvision's references do). `hflip`: probability of a horizontal flip
-    of image, boxes and masks together (training)."""
+    under a pixel wide are left out (as torchvision's references do). `transform`: (image, target) -> (image,
+    target), e.g. `HorizontalFlip` in training."""
 
     def __init__(self, index: CocoIndex, image_root: str | os.PathLike, with_masks: bool = False,
-                 hflip: float = 0.0) -> None:
+                 transform: Callable | None = None) -> None:
         self.index, self.image_root = index, Path(image_root)
-        self.with_masks, self.hflip = with_masks, hflip
+        self.with_masks, self.transform = with_masks, transform
         self.classes = index.classes
 
     def __len__(self) -> int:
@@ -152,8 +153,8 @@ class CocoDetection(Dataset):
             raise UserError(f"cannot read image {path} ({err}); check image_root") from None
         target = self.target(info["id"], image.height, image.width)
         tensor = pil_to_tensor(image).float().div_(255)
-        if self.hflip and torch.rand(()) < self.hflip:
-            tensor, target = flip_horizontally(tensor, target)
+        if self.transform is not None:
+            tensor, target = self.transform(tensor, target)
         return tensor, target
 
     def target(self, image_id: int, height: int, width: int) -> dict[str, torch.Tensor]:
@@ -180,6 +181,19 @@ def _box_mask(bbox: list[float], height: int, width: int) -> np.ndarray:
     x, y, w, h = (round(v) for v in bbox)
     mask[max(y, 0):y + h, max(x, 0):x + w] = 1
     return mask
+
+
+class HorizontalFlip:
+    """Flip image, boxes and masks together with probability `p` (the detection training transform)."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, image: torch.Tensor, target: dict[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if torch.rand(()) < self.p:
+            return flip_horizontally(image, target)
+        return image, target
 
 
 def flip_horizontally(image: torch.Tensor, target: dict[str, torch.Tensor]

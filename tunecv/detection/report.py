@@ -29,9 +29,10 @@ class DetectionResults:
     """results.txt: a header, a row per epoch (rewritten atomically), then the best line; `masks` False leaves
     the segm_mAP column out (a box-only detector has none)."""
 
-    def __init__(self, directory: str | os.PathLike, masks: bool, csv: bool = True,
+    def __init__(self, directory: str | os.PathLike, metric: str, masks: bool, csv: bool = True,
                  tensorboard: bool = False) -> None:
-        self.directory = Path(directory)
+        """`metric`: what the best line names (best_metric)."""
+        self.directory, self.metric = Path(directory), metric
         self.path = self.directory / "results.txt"
         self.columns = [c for c in RESULTS_COLUMNS if masks or not c.startswith("segm")]
         self.csv = csv
@@ -54,7 +55,7 @@ class DetectionResults:
             atomic_write_text(self.directory / "metrics.csv", metrics_csv(self.history))
         if replayed:
             return
-        plot_detection_curves(self.history, self.directory / "curves.png")
+        self.draw_curves()
         if self.tensorboard_dir is not None:
             if self.tensorboard is None:
                 self.tensorboard = tensorboard_writer(self.tensorboard_dir, purge_step=metrics["epoch"])
@@ -64,10 +65,17 @@ class DetectionResults:
                     self.tensorboard.add_scalar(f"{group}/{name}", value, metrics["epoch"])
             self.tensorboard.flush()
 
-    def finish(self, metric: str, best: float | None, best_epoch: int) -> None:
-        line = f"best {metric} {'-' if best is None else f'{best:.2f}'} at epoch {best_epoch}"
+    def draw_curves(self) -> None:
+        """curves.png from the rows so far (a detection epoch takes long enough to draw every one)."""
+        if self.history:
+            plot_detection_curves(self.history, self.directory / "curves.png")
+
+    def finish(self, best: float | None, epoch: int, ema: tuple[float | None, int] | None = None) -> None:
+        """The best line: the best value of the metric and its epoch (`ema`: unused, detectors keep no EMA)."""
+        metric = self.metric
+        line = f"best {metric} {'-' if best is None else f'{best:.2f}'} at epoch {epoch}"
         atomic_write_text(self.path, self._text(line))
-        summary = {"best_metric": metric, f"best_{metric}": best, "best_epoch": best_epoch, "epochs": self.history}
+        summary = {"best_metric": metric, f"best_{metric}": best, "best_epoch": epoch, "epochs": self.history}
         atomic_write_text(self.directory / "metrics.json", json.dumps(summary, indent=2) + "\n")
         if self.tensorboard is not None:
             self.tensorboard.close()

@@ -13,16 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from tunecv.errors import UserError
-from tunecv.finetune.strategies import match_names
+from tunecv.finetune.freezing import match_names
 from tunecv.models.layer_map import LayerMap
 
 if TYPE_CHECKING:
     from tunecv.config import FinetuneConfig
-
-PARAMWISE_KEYS = {"custom_keys", "norm_decay_mult", "bias_decay_mult"}
-CUSTOM_KEY_FIELDS = {"lr_mult", "decay_mult"}
-
 
 @dataclass(frozen=True)
 class Rule:
@@ -34,25 +29,6 @@ class Rule:
     label: str = ""
     key: str = "lr_scales"  # where the rule was written, for errors
     custom: bool = False  # an MMPretrain custom key: the norm/bias multipliers do not apply (as in MMEngine)
-
-
-def check_paramwise_cfg(cfg: dict[str, Any]) -> None:
-    """MMPretrain's paramwise_cfg, the parts tunecv reads; anything else is an error, not a silent no-op."""
-    unknown = set(cfg) - PARAMWISE_KEYS
-    if unknown:
-        raise UserError(f"paramwise_cfg: {', '.join(sorted(unknown))} not supported; tunecv reads "
-                        f"{', '.join(sorted(PARAMWISE_KEYS))}")
-    for key in ("norm_decay_mult", "bias_decay_mult"):
-        if key in cfg and (not isinstance(cfg[key], (int, float)) or isinstance(cfg[key], bool) or cfg[key] < 0):
-            raise UserError(f"paramwise_cfg.{key} must be a number >= 0, got {cfg[key]!r}")
-    custom = cfg.get("custom_keys", {})
-    if not isinstance(custom, dict):
-        raise UserError("paramwise_cfg.custom_keys must map a name to {lr_mult: x, decay_mult: y}")
-    for name, spec in custom.items():
-        if not isinstance(spec, dict) or not set(spec) <= CUSTOM_KEY_FIELDS or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in spec.values()):
-            raise UserError(f"paramwise_cfg.custom_keys.{name} must be {{lr_mult: x, decay_mult: y}} with numbers "
-                            f">= 0, got {spec!r}")
 
 
 def build_rules(ft: FinetuneConfig) -> list[Rule]:

@@ -1,54 +1,126 @@
-"""Training plan: the run's phases (`tunecv.finetune.strategies`), each started with its trainable set,
-parameter groups, optimizer and lr schedule. One phase for most runs; freeze_epochs, unfreeze_schedule and
-gradual add more."""
+"""Phases: which parameters train in which epochs (`plan_phases`, from the freeze keys of
+`tunecv.finetune.freezing` and the strategy), and the `Plan` that starts each phase with its trainable set, parameter
+groups, optimizer and lr schedule. One phase for most runs; freeze_epochs, unfreeze_schedule and gradual add more."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from tunecv.finetune.param_groups import build_param_groups, group_table
-from tunecv.finetune.strategies import Phase, apply_phase, plan_phases
+from tunecv.config import FinetuneConfig
+from tunecv.errors import UserError
+from tunecv.finetune.freezing import frozen_names, match_all
+from tunecv.finetune.param_groups import group_table
+from tunecv.finetune.strategies import is_gradual
 from tunecv.models.factory import count_params
-from tunecv.models.layer_map import LayerMap, layer_map
-from tunecv.optim.optimizers import create_optimizer
-from tunecv.optim.schedulers import create_scheduler
-
-if TYPE_CHECKING:
-    from tunecv.config import Config
+from tunecv.models.layer_map import LayerMap
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Phase:
+    """Epochs `start`..`end` (1-based, inclusive) train with `frozen` fixed. `discriminative`: unfreeze_lr_scale
+    applies; `restart`: the phase has an lr schedule of its own (fastai fine_tune's two fits), else the run's
+    schedule continues."""
+
+    start: int
+    end: int
+    frozen: frozenset[str]
+    discriminative: bool = False
+    restart: bool = False
+    label: str = ""
+
+
+def plan_phases(model: nn.Module, lmap: LayerMap, ft: FinetuneConfig, epochs: int) -> list[Phase]:
+    names = lmap.names
+    base = frozen_names(model, lmap, ft)
+    head_alone = (set(names) - set(lmap.classifier)) | base
+    if ft.freeze_epochs:
+        phases = [Phase(1, ft.freeze_epochs, frozenset(head_alone), restart=True, label="classifier only"),
+                  Phase(ft.freeze_epochs + 1, epochs, frozenset(base), True, True, "unfrozen")]
+    elif ft.unfreeze_schedule:
+        phases = _scheduled(model, names, head_alone, base, ft.unfreeze_schedule, epochs)
+    elif is_gradual(ft.strategy):
+        phases = _gradual(lmap, base, epochs)
+    else:
+        phases = [Phase(1, epochs, frozenset(base))]
+    for phase in phases:
+        if set(names) <= phase.frozen:
+            raise UserError(f"epochs {phase.start}-{phase.end}: every parameter is frozen; "
+                            "check freeze, frozen_stages, freeze_layers and freeze_patterns")
+    return phases
+
+
+def _scheduled(model: nn.Module, names: list[str], start: set[str], base: set[str],
+               schedule: dict[int, tuple[str, ...]], epochs: int) -> list[Phase]:
+    """From the classifier alone, unfreeze what each epoch's patterns match; the freeze keys' set stays frozen."""
+    phases, frozen, begin = [], set(start), 1
+    for epoch in sorted(schedule):
+        phases.append(Phase(begin, epoch - 1, frozenset(frozen), discriminative=begin > 1,
+                            label="classifier only" if begin == 1 else f"unfrozen at epoch {begin}"))
+        frozen -= match_all(schedule[epoch], names, model, key=f"unfreeze_schedule[{epoch}]") - base
+        begin = epoch
+    phases.append(Phase(begin, epochs, frozenset(frozen), discriminative=begin > 1,
+                        label=f"unfrozen at epoch {begin}"))
+    return phases
+
+
+def _gradual(lmap: LayerMap, base: set[str], epochs: int) -> list[Phase]:
+    """ULMFiT-style: epoch 1 trains the head group; then the stages unfreeze top-down in equal chunks, so the
+    whole model trains from the middle of the run."""
+    stages = list(reversed(lmap.stages[:-1]))
+    events = min(max(1, epochs // 2), len(stages), epochs - 1)
+    if events < 1:
+        logger.warning("strategy gradual: one epoch trains the head group only; raise epoch_size to unfreeze")
+        return [Phase(1, epochs, frozenset((set(lmap.names) - set(lmap.stages[-1])) | base), label="head group")]
+    frozen = {n for stage in stages for n in stage} | base
+    phases, begin = [], 1
+    size, extra = divmod(len(stages), events)
+    cursor = 0
+    for event in range(events):
+        phases.append(Phase(begin, begin, frozenset(frozen), discriminative=begin > 1,
+                            label="head group" if begin == 1 else f"top {cursor} stages + head"))
+        chunk = size + (1 if event < extra else 0)
+        frozen -= {n for stage in stages[cursor:cursor + chunk] for n in stage} - base
+        cursor += chunk
+        begin += 1
+    phases.append(Phase(begin, epochs, frozenset(frozen), discriminative=True, label="all stages"))
+    return phases
+
+
+def apply_phase(model: nn.Module, phase: Phase) -> None:
+    """requires_grad per the phase: frozen parameters get no gradient (their backward is skipped)."""
+    for name, param in model.named_parameters():
+        param.requires_grad = name not in phase.frozen
+
+
+def phase_schedule(phase: Phase, epochs: int, steps_per_epoch: int) -> dict[str, int]:
+    """create_scheduler's `epochs` and `start_step` for a phase: a restarting phase has a schedule of its own; the
+    others continue the run's at their first step."""
+    if phase.restart:
+        return {"epochs": phase.end - phase.start + 1, "start_step": 0}
+    return {"epochs": epochs, "start_step": (phase.start - 1) * steps_per_epoch}
+
+
 @dataclass
 class Plan:
+    """The run's phases, each started when its first epoch comes: `start_phase` (the entry script's) freezes and
+    unfreezes for it and builds its optimizer and scheduler, with fresh optimizer state."""
+
     model: nn.Module
-    cfg: Config
-    lr: float
-    steps_per_epoch: int
-    lmap: LayerMap
-    phases: list[Phase]
+    phases: tuple[Phase, ...]
+    start_phase: Callable[[Phase], tuple[torch.optim.Optimizer, LRScheduler]]
     table: str = ""
     trainable: int = 0
     current: Phase | None = None
     optimizer: torch.optim.Optimizer | None = None
     scheduler: LRScheduler | None = None
-
-    @classmethod
-    def create(cls, model: nn.Module, cfg: Config, lr: float, steps_per_epoch: int) -> Plan:
-        lmap, ft = layer_map(model), cfg.finetune
-        uses_stages = [k for k, on in (("strategy gradual", ft.strategy == "gradual"),
-                                       ("frozen_stages", ft.frozen_stages >= 0),
-                                       ("layer_decay", ft.layer_decay is not None)) if on]
-        if uses_stages and len(lmap.stages) < 4:
-            logger.warning("%s: %s splits into only %d stages (stem, body, head); the setting is coarse for it",
-                           " and ".join(uses_stages), type(model).__name__, len(lmap.stages))
-        return cls(model, cfg, lr, steps_per_epoch, lmap, plan_phases(model, lmap, ft, cfg.train.epoch_size))
 
     def enter(self, epoch: int) -> tuple[torch.optim.Optimizer, LRScheduler]:
         """The optimizer and scheduler for `epoch`, starting its phase when it begins there."""
@@ -57,24 +129,9 @@ class Plan:
             self.start(phase)
         return self.optimizer, self.scheduler
 
-    def reset(self) -> None:
-        """Forget the started phase (after the LR range test used its optimizer)."""
-        self.current = self.optimizer = self.scheduler = None
-
     def start(self, phase: Phase) -> tuple[torch.optim.Optimizer, LRScheduler]:
-        """Freeze/unfreeze for `phase` and build its optimizer and scheduler (fresh optimizer state)."""
-        apply_phase(self.model, phase)
-        optim, ft = self.cfg.optim, self.cfg.finetune
-        groups = build_param_groups(self.model, self.lmap, ft, lr=self.lr, weight_decay=optim.weight_decay,
-                                    weight_decay_filter=optim.weight_decay_filter,
-                                    discriminative=phase.discriminative)
-        optimizer = create_optimizer(groups, optim, self.lr)
-        # a restarting phase has a schedule of its own; the others continue the run's at their first step
-        epochs, start_step = (phase.end - phase.start + 1, 0) if phase.restart else \
-            (self.cfg.train.epoch_size, (phase.start - 1) * self.steps_per_epoch)
-        scheduler = create_scheduler(optimizer, self.cfg.sched, lr=self.lr, steps_per_epoch=self.steps_per_epoch,
-                                     epochs=epochs, start_step=start_step)
-        self.table = group_table(self.model, groups)
+        optimizer, scheduler = self.start_phase(phase)
+        self.table = group_table(self.model, optimizer.param_groups)
         self.trainable = count_params(self.model)[0]
         self.current, self.optimizer, self.scheduler = phase, optimizer, scheduler
         if len(self.phases) > 1 and phase.start > 1:

@@ -96,8 +96,9 @@ def data_defaults(name: str) -> dict[str, Any]:
             "crop_pct": pretrained_cfg.crop_pct or 0.875}
 
 
-def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """Build the architecture with a fresh `num_classes` head; weights are loaded by `tunecv.models.weights`."""
+def create_model(cfg: ModelConfig, num_classes: int, *, quiet: bool = False) -> nn.Module:
+    """Build the architecture with a fresh `num_classes` head; weights are loaded by `tunecv.models.weights`.
+    `quiet`: no log line (a structure built to plan with, on the meta device)."""
     source, name = resolve_model_name(cfg.model)
     if source == "timm":
         kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": cfg.in_channels}
@@ -115,7 +116,8 @@ def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
         if cfg.in_channels != 3:
             raise UserError(f"in_channels={cfg.in_channels} is only supported for timm models, not {name}")
     zero_init_classifier(model)
-    logger.info("model: %s (%s) with a new %d-class head", cfg.model, source, num_classes)
+    if not quiet:
+        logger.info("model: %s (%s) with a new %d-class head", cfg.model, source, num_classes)
     return model
 
 

@@ -8,7 +8,6 @@ import json
 import os
 import time
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
     from tunecv.config import Config
     from tunecv.finetune.phases import Plan
     from tunecv.train.engine import EvalResult
-    from tunecv.train.loop import Best, EpochMetrics
 
 RESULTS_HEADER = "epoch lr train_loss val_loss top1 top5 time_s"
 PRED_HEADER = ("path", "pred_label", "true_label", "score")
@@ -34,10 +32,11 @@ def _cell(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def results_row(m: EpochMetrics, ema: bool = False) -> str:
-    cells = [str(m.epoch), f"{m.lr:.6g}", _cell(m.train_loss, 4), _cell(m.val_loss, 4),
-             _cell(m.top1, 2), _cell(m.top5, 2), _cell(m.time_s, 1)]
-    return " ".join(cells + ([_cell(m.ema_top1, 2)] if ema else []))
+def results_row(row: dict[str, Any], ema: bool = False) -> str:
+    """A classification row (`tunecv.tasks.classification`'s) as results.txt's columns."""
+    cells = [str(row["epoch"]), f"{row['lr']:.6g}", _cell(row["train_loss"], 4), _cell(row["val_loss"], 4),
+             _cell(row["top1"], 2), _cell(row["top5"], 2), _cell(row["time_s"], 1)]
+    return " ".join(cells + ([_cell(row.get("ema_top1"), 2)] if ema else []))
 
 
 CURVES_SHARE_OF_TIME = 0.1
@@ -65,10 +64,10 @@ class ResultsWriter:
         self.undrawn, self.next_drawing = False, 0.0
         atomic_write_text(self.path, self.header + "\n")
 
-    def add(self, metrics: EpochMetrics, replayed: bool = False) -> None:
+    def add(self, metrics: dict[str, Any], replayed: bool = False) -> None:
         """`replayed`: a row a resumed run puts back (already drawn and sent to TensorBoard)."""
         self.rows.append(results_row(metrics, self.ema))
-        self.history.append(asdict(metrics))
+        self.history.append(dict(metrics))
         atomic_write_text(self.path, "\n".join([self.header, *self.rows]) + "\n")
         if self.csv_path is not None:
             atomic_write_text(self.csv_path, metrics_csv(self.history))
@@ -79,10 +78,10 @@ class ResultsWriter:
             self.draw_curves()
         if self.tensorboard_dir is not None:
             if self.tensorboard is None:  # steps from here on of an overwritten or resumed run's events are dropped
-                self.tensorboard = tensorboard_writer(self.tensorboard_dir, purge_step=metrics.epoch)
-            for name, value in asdict(metrics).items():
+                self.tensorboard = tensorboard_writer(self.tensorboard_dir, purge_step=metrics["epoch"])
+            for name, value in metrics.items():
                 if name != "epoch" and value is not None:
-                    self.tensorboard.add_scalar(_TENSORBOARD_TAGS.get(name, name), value, metrics.epoch)
+                    self.tensorboard.add_scalar(_TENSORBOARD_TAGS.get(name, name), value, metrics["epoch"])
             self.tensorboard.flush()
 
     def draw_curves(self) -> None:
@@ -96,13 +95,14 @@ class ResultsWriter:
         plot_curves(self.path, self.path.parent / "curves.png")
         self.undrawn, self.next_drawing = False, start + (time.perf_counter() - start) / CURVES_SHARE_OF_TIME
 
-    def finish(self, best_top1: float | None, best_epoch: int, ema: Best | None = None) -> None:
+    def finish(self, best: float | None, epoch: int, ema: tuple[float | None, int] | None = None) -> None:
+        """The best line(s): the best top-1 and its epoch, and the EMA weights' (`ema`: top-1, epoch)."""
         self.draw_curves()
-        lines = [f"best top1 {_cell(best_top1, 2)} at epoch {best_epoch}"]
-        summary = {"best_top1": best_top1, "best_epoch": best_epoch}
+        lines = [f"best top1 {_cell(best, 2)} at epoch {epoch}"]
+        summary = {"best_top1": best, "best_epoch": epoch}
         if ema is not None:
-            lines.append(f"best ema_top1 {_cell(ema.top1, 2)} at epoch {ema.epoch}")
-            summary.update(ema_best_top1=ema.top1, ema_best_epoch=ema.epoch)
+            lines.append(f"best ema_top1 {_cell(ema[0], 2)} at epoch {ema[1]}")
+            summary.update(ema_best_top1=ema[0], ema_best_epoch=ema[1])
         atomic_write_text(self.path, "\n".join([self.header, *self.rows, *lines]) + "\n")
         summary["epochs"] = self.history
         atomic_write_text(self.json_path, json.dumps(summary, indent=2) + "\n")
@@ -128,7 +128,7 @@ def tensorboard_writer(directory: Path, purge_step: int | None = None) -> Any:
 
 
 def metrics_csv(history: list[dict]) -> str:
-    """One row per epoch, a column per EpochMetrics field; empty cells where not measured."""
+    """One row per epoch, a column per field of the rows; empty cells where not measured."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(history[0]), lineterminator="\n")
     writer.writeheader()

@@ -1,5 +1,5 @@
-"""Engine: `train_one_epoch` and `evaluate` (`tunecv.train.loop` runs the epochs); AMP, accumulation, clipping, EMA,
-progress bars, metrics.
+"""Engine: `train_one_epoch` (any task: the task's `Trainer.batch_loss` gives each batch's loss) and the classifier's
+`evaluate` (`tunecv.train.loop` runs the epochs); AMP, accumulation, clipping, EMA, progress bars, metrics.
 
 Must not parse config files or print (progress goes through tqdm, facts through logging).
 """
@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from timm.data import Mixup
@@ -21,6 +21,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
+from tunecv.config import TrainConfig
 from tunecv.errors import UserError
 from tunecv.models.factory import set_train_mode
 from tunecv.optim.optimizers import base_lr
@@ -29,17 +30,15 @@ from tunecv.utils import distributed
 from tunecv.utils.progress import progress_bar
 from tunecv.utils.runtime import Compute
 
-if TYPE_CHECKING:
-    from tunecv.config import TrainConfig
-
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Trainer:
-    """What one optimizer step needs besides the batch; built once by `create_trainer`."""
+    """What one optimizer step needs besides the batch; built once by the task (`create_trainer` for a
+    classifier). `batch_loss`: (model, batch, trainer) -> (loss, images, {part: loss}) for one batch."""
 
-    loss_fn: Callable
+    loss_fn: Callable | None
     compute: Compute
     num_classes: int
     accumulation_steps: int = 1
@@ -51,6 +50,7 @@ class Trainer:
     freeze_bn: bool = True
     global_step: int = 0
     skipped_steps: int = 0  # fp16 steps the GradScaler skipped for inf/nan gradients
+    batch_loss: Callable[[nn.Module, Any, Trainer], tuple[torch.Tensor, int, dict[str, torch.Tensor]]] | None = None
 
 
 def create_trainer(model: nn.Module, cfg: TrainConfig, compute: Compute, mixup: Mixup | None,
@@ -75,10 +75,15 @@ class EpochProgress:
     lr: float = 0.0
     seconds: float = 0.0
     finished: bool = False
+    part_sums: dict[str, float] = field(default_factory=dict)  # the parts of a loss made of several (a detector's)
 
     @property
     def loss(self) -> float:
         return self.loss_sum / max(self.images, 1)
+
+    @property
+    def parts(self) -> dict[str, float]:
+        return {name: total / max(self.images, 1) for name, total in self.part_sums.items()}
 
 
 class NonFiniteLoss(UserError):
@@ -101,6 +106,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     params = [p for g in optimizer.param_groups for p in g["params"]]
     # device-side totals: read (a sync) only at the log interval, a checkpoint and the end
     loss_sum = torch.tensor(progress.loss_sum, device=device)
+    part_sums = {name: torch.tensor(value, device=device) for name, value in progress.part_sums.items()}
     counted = torch.tensor(progress.images, device=device)
     first_bad_step = torch.tensor(-1, device=device)
     seen, start, lr, done = 0, time.perf_counter(), progress.lr, progress.batches
@@ -113,20 +119,24 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             raise NonFiniteLoss(f"epoch {epoch} step {bad}: the training loss is not finite (nan/inf); lower lr "
                                 f"(now {lr:.3g}) or set clip_grad true")
         return EpochProgress(done, loss_sum.item(), int(counted.item()), lr,
-                             progress.seconds + time.perf_counter() - start, finished)
+                             progress.seconds + time.perf_counter() - start, finished,
+                             {name: total.item() for name, total in part_sums.items()})
 
+    step_loss = trainer.batch_loss or classification_loss
     bar = progress_bar(loader, desc=f"train {epoch}", initial=done, total=total)
     pending = False  # gradients accumulated since the last optimizer step
     for done, batch in enumerate(bar, start=progress.batches + 1):
         update = done % trainer.accumulation_steps == 0 or done == total
         if batch is not None:  # None: every image of the batch failed to decode and was skipped
             with nullcontext() if update or not hasattr(model, "no_sync") else model.no_sync():
-                loss, count = batch_loss(model, batch, trainer)
+                loss, count, parts = step_loss(model, batch, trainer)
                 backward(loss / trainer.accumulation_steps, trainer)
             finite = torch.isfinite(loss.detach())
             if trainer.scaler is None:  # fp16's scaler skips an overflowing step itself
                 first_bad_step = torch.where(finite | (first_bad_step >= 0), first_bad_step, trainer.global_step + 1)
             loss_sum += torch.where(finite, loss.detach() * count, 0.0)
+            for name, part in parts.items():
+                part_sums[name] = part_sums.get(name, 0.0) + torch.where(finite, part.detach() * count, 0.0)
             counted += finite * count
             seen += count
             pending = True
@@ -144,6 +154,13 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             now = snapshot()
             bar.set_postfix(loss=f"{now.loss:.4f}", lr=f"{lr:.3g}", img_s=f"{seen / max(now.seconds, 1e-9):.0f}")
     return snapshot(finished=True)
+
+
+def classification_loss(model: nn.Module, batch: tuple, trainer: Trainer
+                        ) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
+    """A classifier's batch loss, with no parts."""
+    loss, count = batch_loss(model, batch, trainer)
+    return loss, count, {}
 
 
 def batch_loss(model: nn.Module, batch: tuple, trainer: Trainer) -> tuple[torch.Tensor, int]:

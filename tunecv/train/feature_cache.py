@@ -10,29 +10,27 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tunecv.config import Config
 from tunecv.data.image_cache import ram_budget
 from tunecv.data.loader import create_loader
 from tunecv.data.sampler import EpochSampler
 from tunecv.data.transforms import create_transforms
 from tunecv.errors import UserError
+from tunecv.finetune.phases import Phase
 from tunecv.models.factory import classifier_names, kept_modes, set_train_mode
+from tunecv.models.layer_map import LayerMap
 from tunecv.train import frozen_prefix
 from tunecv.train.feature_loader import FeatureLoader, cycle_views, flip_views
 from tunecv.train.frozen_prefix import NotCacheable
 from tunecv.utils.progress import progress_bar
 from tunecv.utils.runtime import Compute
-
-if TYPE_CHECKING:
-    from tunecv.config import Config
-    from tunecv.finetune.phases import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +46,14 @@ class FeatureHead(nn.Module):
         return self.classifier(nn.functional.dropout(features, self.drop_rate, self.training))
 
 
-def why_not_cacheable(cfg: Config, model: nn.Module, plan: Plan) -> str | None:
+def why_not_cacheable(cfg: Config, model: nn.Module, lmap: LayerMap, phases: Sequence[Phase]) -> str | None:
     """None when the classifier's inputs are the same every epoch, else the reason they are not."""
     names = classifier_names(model)
     if len(names) != 1:
         return f"the model has {len(names)} classifiers ({', '.join(names)})"
-    if len(plan.phases) > 1:
+    if len(phases) > 1:
         return "layers unfreeze during the run"
-    if not set(plan.lmap.stages[0]) <= plan.phases[0].frozen:
+    if not set(lmap.stages[0]) <= phases[0].frozen:
         return "the stem trains: no frozen layers to run once"
     if not cfg.finetune.freeze_bn:
         return "freeze_bn: false updates the frozen BatchNorm statistics every epoch"
@@ -66,12 +64,13 @@ def why_not_cacheable(cfg: Config, model: nn.Module, plan: Plan) -> str | None:
     return None
 
 
-def use_feature_cache(cfg: Config, model: nn.Module, plan: Plan) -> bool:
-    """cache_features: auto caches when it changes nothing (deterministic transform); true insists."""
+def use_feature_cache(cfg: Config, model: nn.Module, lmap: LayerMap, phases: Sequence[Phase]) -> bool:
+    """cache_features: auto caches when it changes nothing (deterministic transform); true insists. `model` may
+    be a structure without weights (on the meta device)."""
     mode, random_views = cfg.finetune.cache_features, not cfg.data.no_aug
     if mode == "false":
         return False
-    reason = why_not_cacheable(cfg, model, plan)
+    reason = why_not_cacheable(cfg, model, lmap, phases)
     if reason is None and random_views and mode == "auto":
         reason = "the training transform is random (no_aug: true makes it deterministic)"
     if reason is None and random_views and cfg.finetune.feature_views < 1:

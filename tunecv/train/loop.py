@@ -1,85 +1,112 @@
-"""Fit: the run's epochs and phases; validation, checkpoints, results; resuming a stopped run exactly.
+"""The train loop every task shares: epochs and phases, validation, `<model>_best` by the run's metric, `_last`
+(every epoch and every `ckpt_save_steps` steps, with all a resume needs), results; resuming a stopped run exactly.
 
-`tunecv.train.engine` runs the steps; this module decides when to validate, what is best, what `_last` holds.
+The task (`Trainable`) trains one epoch, evaluates and writes its rows; this module decides when to validate, what
+is best and what `_last` holds.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from tunecv.train.engine import EpochProgress, EvalResult, NonFiniteLoss, Trainer, evaluate, train_one_epoch
+from tunecv.config import TrainConfig
+from tunecv.errors import UserError
+from tunecv.finetune.phases import Plan
+from tunecv.train.checkpoint import CheckpointSaver
+from tunecv.train.engine import EpochProgress, NonFiniteLoss, Trainer
 from tunecv.train.resume import GracefulStop, RunStopped, batch_layout, random_state, restore_random_state
 from tunecv.utils import distributed
-
-if TYPE_CHECKING:
-    from tunecv.config import TrainConfig
-    from tunecv.finetune.phases import Plan
-    from tunecv.report.results import ResultsWriter
-    from tunecv.train.checkpoint import CheckpointSaver
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EpochMetrics:
-    epoch: int
-    lr: float
-    train_loss: float
-    val_loss: float | None
-    top1: float | None
-    top5: float | None
-    time_s: float
-    train_images_per_s: float
-    eval_images_per_s: float | None
-    ema_top1: float | None = None
+@dataclass
+class Pipeline:
+    """What the entry script builds for the loop: `model` is what the checkpoints hold, `forward_model` what
+    batches go through (the model, or its trained part on cached features)."""
+
+    model: nn.Module
+    forward_model: nn.Module
+    train_set: Dataset
+    val_set: Dataset | None
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    trainer: Trainer
+    weights: str  # where the initial weights came from, in words
+
+
+class Trainable(Protocol):
+    """What the loop asks of a task (`tunecv.tasks.base.Task` has it all)."""
+
+    def train_one_epoch(self, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                        scheduler: LRScheduler, trainer: Trainer, epoch: int, progress: EpochProgress | None,
+                        after_step: Callable) -> EpochProgress: ...
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, trainer: Trainer, desc: str) -> dict[str, Any]: ...
+
+    def row(self, epoch: int, stats: EpochProgress, scores: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
+        ...
+
+
+class Results(Protocol):
+    """results.txt and its companions (metrics.json/csv, curves.png, TensorBoard) of a run."""
+
+    path: Path
+
+    def add(self, row: dict[str, Any], replayed: bool = False) -> None: ...
+
+    def draw_curves(self) -> None: ...
+
+    def finish(self, best: float | None, epoch: int, ema: tuple[float | None, int] | None = None) -> None: ...
+
+
+@dataclass
+class Best:
+    """The best validated epoch so far by `metric` (without a validation set: the last epoch)."""
+
+    value: float | None = None
+    epoch: int = 0
+    path: str = ""
+
+    def update(self, value: float | None, epoch: int, no_val_set: bool) -> bool:
+        if no_val_set or (value is not None and (self.value is None or value > self.value)):
+            self.value, self.epoch = value, epoch
+            return True
+        return False
 
 
 @dataclass
 class FitResult:
-    history: list[EpochMetrics]
-    best_epoch: int
-    best_top1: float | None
-    best_path: str
+    metric: str
+    history: list[dict[str, Any]]
+    best: Best
     last_path: str
     results_path: str
     elapsed_s: float
     ema: Best | None = None
 
     def summary(self) -> str:
-        best = f"best top-1 {self.best_top1:.2f}% at epoch {self.best_epoch}" if self.best_top1 is not None \
-            else f"no validation set; last epoch {self.best_epoch}"
-        lines = [f"tunecv: {best}; {self.elapsed_s:.1f} s", f"  best checkpoint: {self.best_path}"]
+        name = "top-1" if self.metric == "top1" else self.metric
+        unit = "%" if self.metric == "top1" else ""
+        best = f"best {name} {self.best.value:.2f}{unit} at epoch {self.best.epoch}" if self.best.value is not None \
+            else f"no validation set; last epoch {self.best.epoch}"
+        lines = [f"tunecv: {best}; {self.elapsed_s:.1f} s", f"  best checkpoint: {self.best.path}"]
         if self.ema is not None:
-            ema = f"top-1 {self.ema.top1:.2f}% at epoch {self.ema.epoch}" if self.ema.top1 is not None \
+            ema = f"{name} {self.ema.value:.2f}{unit} at epoch {self.ema.epoch}" if self.ema.value is not None \
                 else f"epoch {self.ema.epoch}"
             lines.append(f"  EMA best ({ema}): {self.ema.path}")
         return "\n".join([*lines, f"  results: {self.results_path}"])
-
-
-@dataclass
-class Best:
-    """The best validated epoch so far (without a validation set: the last epoch)."""
-
-    top1: float | None = None
-    epoch: int = 0
-    path: str = ""
-
-    def update(self, top1: float | None, epoch: int, no_val_set: bool) -> bool:
-        if no_val_set or (top1 is not None and (self.top1 is None or top1 > self.top1)):
-            self.top1, self.epoch = top1, epoch
-            return True
-        return False
 
 
 def should_validate(epoch: int, epochs: int, cfg: TrainConfig) -> bool:
@@ -92,18 +119,17 @@ class RunState:
 
     epoch: int = 1
     progress: EpochProgress | None = None  # the epoch in progress when `_last` was written mid-epoch
-    history: list[EpochMetrics] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     best: Best = field(default_factory=Best)
     ema_best: Best = field(default_factory=Best)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"history": [asdict(m) for m in self.history], "best": asdict(self.best),
-                "ema_best": asdict(self.ema_best)}
+        return {"history": self.history, "best": asdict(self.best), "ema_best": asdict(self.ema_best)}
 
 
 @contextmanager
-def _curves_drawn_on_exit(results: ResultsWriter | None) -> Iterator[None]:
-    """A stopped or failed run's curves.png shows every row written (ResultsWriter spaces its drawings out), a
+def _curves_drawn_on_exit(results: Results | None) -> Iterator[None]:
+    """A stopped or failed run's curves.png shows every row written (the writer spaces its drawings out), a
     diverging one above all."""
     try:
         yield
@@ -114,36 +140,34 @@ def _curves_drawn_on_exit(results: ResultsWriter | None) -> Iterator[None]:
         raise
 
 
-def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | None, plan: Plan, cfg: TrainConfig,
-        saver: CheckpointSaver, results: ResultsWriter | None, trainer: Trainer,
-        saved_model: nn.Module | None = None, resume: dict[str, Any] | None = None) -> FitResult:
-    """Train `cfg.epoch_size` epochs; validate, checkpoint (`_last` every epoch and every `ckpt_save_steps`
-    steps, `_best` on improvement), report. Each phase of `plan` (un)freezes layers and brings its own optimizer
-    and schedule. `model` is what batches go through; `saved_model` (default: `model`) is what the checkpoints
-    hold (the whole model when only its classifier trains on cached features). `resume`: a `_last` checkpoint
-    to go on from. Distributed: every process runs this; only the first writes files (`results` None on the
-    others). SIGTERM/SIGINT stop after the current step with `_last` written (RunStopped)."""
+def fit(task: Trainable, pipeline: Pipeline, plan: Plan, cfg: TrainConfig, saver: CheckpointSaver,
+        results: Results | None, resume: dict[str, Any] | None = None) -> FitResult:
+    """Train `cfg.epoch_size` epochs; validate, checkpoint, report. Each phase of `plan` (un)freezes layers and
+    brings its own optimizer and schedule. `resume`: a `_last` checkpoint to go on from. Distributed: every process
+    runs this; only the first writes files (`results` None on the others). SIGTERM/SIGINT stop after the current
+    step with `_last` written (RunStopped)."""
     start = time.perf_counter()
-    saved_model = model if saved_model is None else saved_model
+    trainer, metric = pipeline.trainer, cfg.best_metric
     state = RunState(best=Best(path=str(saver.best_path)))
     if resume is not None:
-        state = _restore(resume, saved_model, plan, trainer, saver, results)
-    device, wrapped, phase, skipped, signum = trainer.compute.device, model, None, trainer.skipped_steps, 0
+        state = _restore(resume, pipeline, plan, saver, results)
+    device, wrapped, phase, signum = trainer.compute.device, pipeline.forward_model, None, 0
+    skipped = trainer.skipped_steps
 
     def training_state(progress: EpochProgress | None) -> dict[str, Any]:
         """Called on every process (it gathers their random states), used by the first."""
         return {**_training_state(plan.optimizer, plan.scheduler, trainer), **state.to_dict(),
                 "epoch_progress": asdict(progress) if progress else None, "phase_start": plan.current.start,
-                "layout": batch_layout(_batch_size(train_loader), trainer.accumulation_steps),
+                "layout": batch_layout(_batch_size(pipeline.train_loader), trainer.accumulation_steps),
                 "rng": distributed.gather(random_state())}
 
     with GracefulStop() as stop, _curves_drawn_on_exit(results):
         for epoch in range(state.epoch, cfg.epoch_size + 1):
             optimizer, scheduler = plan.enter(epoch)
             if plan.current is not phase:  # DDP hooks the parameters that train: wrap again when they change
-                wrapped, phase = distributed.wrap(model, device), plan.current
+                wrapped, phase = distributed.wrap(pipeline.forward_model, device), plan.current
             progress, state.progress = state.progress, None
-            _start_epoch(train_loader, epoch, progress)
+            _start_epoch(pipeline.train_loader, epoch, progress)
 
             def after_step(snapshot, last_step: bool, epoch=epoch) -> bool:
                 nonlocal signum
@@ -153,16 +177,17 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
                 stopping = signum > 0
                 if stopping or (cfg.ckpt_save_steps and trainer.global_step % cfg.ckpt_save_steps == 0):
                     done = snapshot()
-                    check_finite(saved_model, epoch, trainer.global_step)
+                    check_finite(pipeline.model, epoch, trainer.global_step)
                     extra = training_state(done)
                     if distributed.is_main():
-                        saver.save_last(saved_model, epoch=epoch, metrics={}, best_top1=state.best.top1,
+                        saver.save_last(pipeline.model, epoch=epoch, metrics={}, best_top1=state.best.value,
                                         training_state=extra)
                     logger.info("saved %s at epoch %d step %d", saver.last_path.name, epoch, trainer.global_step)
                 return stopping
 
             epoch_start = time.perf_counter() - (progress.seconds if progress else 0.0)
-            stats = train_one_epoch(wrapped, train_loader, optimizer, scheduler, trainer, epoch, progress, after_step)
+            stats = task.train_one_epoch(wrapped, pipeline.train_loader, optimizer, scheduler, trainer, epoch,
+                                         progress, after_step)
             if not stats.finished:
                 raise RunStopped(signum, saver.last_path, f"at epoch {epoch} step {trainer.global_step}")
             stats = _summed(stats, device)
@@ -170,40 +195,50 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader | Non
                 logger.warning("epoch %d: the AMP scaler skipped %d steps (fp16 overflow; it lowers its scale and "
                                "goes on)", epoch, trainer.skipped_steps - skipped)
             skipped = trainer.skipped_steps
-            evaluation = ema_evaluation = None
-            for synced in (model, trainer.ema.module if trainer.ema is not None else None):
-                if synced is not None:  # what the checkpoints hold is what every process validates
-                    distributed.sync_buffers(synced)
-            if val_loader is not None and should_validate(epoch, cfg.epoch_size, cfg):
-                evaluation = evaluate(model, val_loader, trainer.compute, trainer.num_classes, desc=f"val {epoch}")
-                if trainer.ema is not None:  # the EMA is validated on its own and kept as its own best
-                    ema_evaluation = evaluate(trainer.ema.module, val_loader, trainer.compute, trainer.num_classes,
-                                              desc=f"val ema {epoch}")
-            metrics = _epoch_metrics(epoch, stats, evaluation, time.perf_counter() - epoch_start, ema_evaluation)
-            state.history.append(metrics)
-            improved = state.best.update(metrics.top1, epoch, val_loader is None)
-            if trainer.ema is not None and state.ema_best.update(metrics.ema_top1, epoch, val_loader is None) \
+            row, ema_scores = _validated_row(task, pipeline, epoch, stats, cfg, time.perf_counter() - epoch_start)
+            state.history.append(row)
+            no_val_set = pipeline.val_loader is None
+            improved = state.best.update(row.get(metric), epoch, no_val_set)
+            if trainer.ema is not None and state.ema_best.update(row.get(f"ema_{metric}"), epoch, no_val_set) \
                     and distributed.is_main():
-                ema_metrics = _metrics_dict(_epoch_metrics(epoch, stats, ema_evaluation, metrics.time_s))
-                state.ema_best.path = str(saver.save_ema_best(trainer.ema.module, epoch=epoch, metrics=ema_metrics,
-                                                              best_top1=state.ema_best.top1))
-            check_finite(saved_model, epoch, trainer.global_step)
+                ema_row = task.row(epoch, stats, ema_scores, row["time_s"])
+                state.ema_best.path = str(saver.save_ema_best(trainer.ema.module, epoch=epoch,
+                                                              metrics=_measured(ema_row),
+                                                              best_top1=state.ema_best.value))
+            check_finite(pipeline.model, epoch, trainer.global_step)
             extra = training_state(None)
             if distributed.is_main():
-                saver.save(saved_model, epoch=epoch, metrics=_metrics_dict(metrics), is_best=improved,
-                           best_top1=state.best.top1, training_state=extra)
-                results.add(metrics)
-            logger.info(_epoch_line(metrics))
+                saver.save(pipeline.model, epoch=epoch, metrics=_measured(row), is_best=improved,
+                           best_top1=state.best.value, training_state=extra)
+                results.add(row)
+            logger.info(epoch_line(row))
             signum = distributed.max_all(stop.signum or 0, device)
             if signum and epoch < cfg.epoch_size:
                 raise RunStopped(signum, saver.last_path, f"after epoch {epoch}")
-    elapsed = time.perf_counter() - start
     ema_best = state.ema_best if trainer.ema is not None else None
     if results is not None:
-        results.finish(state.best.top1, state.best.epoch, ema_best)
-    return FitResult(history=state.history, best_epoch=state.best.epoch, best_top1=state.best.top1,
-                     best_path=state.best.path, last_path=str(saver.last_path),
-                     results_path=str(results.path) if results else "", elapsed_s=elapsed, ema=ema_best)
+        results.finish(state.best.value, state.best.epoch,
+                       (ema_best.value, ema_best.epoch) if ema_best is not None else None)
+    return FitResult(metric, state.history, state.best, str(saver.last_path),
+                     str(results.path) if results else "", time.perf_counter() - start, ema_best)
+
+
+def _validated_row(task: Trainable, pipeline: Pipeline, epoch: int, stats: EpochProgress, cfg: TrainConfig,
+                   seconds: float) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The epoch's row, with its validation scores (and the EMA weights' `ema_<metric>`) when it validates."""
+    trainer = pipeline.trainer
+    for synced in (pipeline.forward_model, trainer.ema.module if trainer.ema is not None else None):
+        if synced is not None:  # what the checkpoints hold is what every process validates
+            distributed.sync_buffers(synced)
+    scores = ema_scores = None
+    if pipeline.val_loader is not None and should_validate(epoch, cfg.epoch_size, cfg):
+        scores = task.evaluate(pipeline.forward_model, pipeline.val_loader, trainer, f"val {epoch}")
+        if trainer.ema is not None:  # the EMA is validated on its own and kept as its own best
+            ema_scores = task.evaluate(trainer.ema.module, pipeline.val_loader, trainer, f"val ema {epoch}")
+    row = task.row(epoch, stats, scores, seconds)
+    if trainer.ema is not None:
+        row[f"ema_{cfg.best_metric}"] = ema_scores.get(cfg.best_metric) if ema_scores else None
+    return row, ema_scores
 
 
 def check_finite(model: nn.Module, epoch: int, step: int) -> None:
@@ -230,27 +265,36 @@ def _summed(stats: EpochProgress, device: torch.device) -> EpochProgress:
     """The epoch's totals over every process (the loss of the whole global batch, images/s of all GPUs)."""
     if not distributed.enabled():
         return stats
-    loss_sum, images = distributed.sum_all([stats.loss_sum, stats.images], device)
-    return EpochProgress(stats.batches, loss_sum, int(images), stats.lr, stats.seconds, stats.finished)
+    names = list(stats.part_sums)
+    loss_sum, images, *parts = distributed.sum_all([stats.loss_sum, stats.images,
+                                                    *(stats.part_sums[n] for n in names)], device)
+    return EpochProgress(stats.batches, loss_sum, int(images), stats.lr, stats.seconds, stats.finished,
+                         dict(zip(names, parts)))
 
 
-def _restore(checkpoint: dict[str, Any], saved_model: nn.Module, plan: Plan, trainer: Trainer,
-             saver: CheckpointSaver, results: ResultsWriter | None) -> RunState:
+def _restore(checkpoint: dict[str, Any], pipeline: Pipeline, plan: Plan, saver: CheckpointSaver,
+             results: Results | None) -> RunState:
     """Put a `_last` checkpoint's weights, optimizer, schedule, scaler, EMA, step, reported rows and random state
     back; the run goes on where it stopped."""
-    saved_model.load_state_dict(checkpoint["model"])
+    trainer = pipeline.trainer
+    pipeline.model.load_state_dict(checkpoint["model"])
     progress = checkpoint.get("epoch_progress")
     epoch = checkpoint["epoch"] if progress else checkpoint["epoch"] + 1
     state = RunState(epoch=epoch, progress=EpochProgress(**progress) if progress else None,
-                     history=[EpochMetrics(**row) for row in checkpoint.get("history", [])],
-                     best=Best(**checkpoint["best"]), ema_best=Best(**checkpoint["ema_best"]))
+                     history=list(checkpoint.get("history", [])), ema_best=Best(**checkpoint["ema_best"]))
+    state.best = _best_so_far(state.history, checkpoint, saver)
     optimizer, scheduler = plan.enter(epoch)
     # a `_last` written at a phase's end holds that phase's optimizer: the next phase starts afresh, as it would
     if checkpoint["phase_start"] == plan.current.start:
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except ValueError:  # torch: "loaded state dict contains a parameter group that doesn't match ..."
+            raise UserError("the resumed run trained other parameters (the freeze keys, frozen_stages, "
+                            "trainable_backbone_layers, freeze_bn or weight_decay_filter changed); resume with the "
+                            "run's own values, or start a new run with --ckpt_path <its _last.pth>") from None
         scheduler.load_state_dict(checkpoint["scheduler"])
     trainer.global_step = checkpoint["global_step"]
-    if trainer.scaler is not None and "scaler" in checkpoint:
+    if trainer.scaler is not None and checkpoint.get("scaler"):
         trainer.scaler.load_state_dict(checkpoint["scaler"])
     if trainer.ema is not None and "model_ema" in checkpoint:
         trainer.ema.module.load_state_dict(checkpoint["model_ema"])
@@ -265,6 +309,16 @@ def _restore(checkpoint: dict[str, Any], saved_model: nn.Module, plan: Plan, tra
     return state
 
 
+def _best_so_far(history: list[dict[str, Any]], checkpoint: dict[str, Any], saver: CheckpointSaver) -> Best:
+    """The best epoch of the rows so far, by this run's metric (best_metric may have changed since)."""
+    saved = Best(**checkpoint["best"])
+    scored = [row for row in history if row.get(saver.score_key) is not None]
+    if not scored:
+        return saved
+    row = max(scored, key=lambda r: r[saver.score_key])
+    return Best(row[saver.score_key], row["epoch"], saved.path or str(saver.best_path))
+
+
 def _training_state(optimizer: torch.optim.Optimizer, scheduler: LRScheduler, trainer: Trainer) -> dict[str, Any]:
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "global_step": trainer.global_step}
@@ -275,26 +329,25 @@ def _training_state(optimizer: torch.optim.Optimizer, scheduler: LRScheduler, tr
     return state
 
 
-def _epoch_metrics(epoch: int, stats: EpochProgress, evaluation: EvalResult | None, seconds: float,
-                   ema_evaluation: EvalResult | None = None) -> EpochMetrics:
-    return EpochMetrics(
-        epoch=epoch, lr=stats.lr, train_loss=stats.loss,
-        val_loss=evaluation.loss if evaluation else None, top1=evaluation.top1 if evaluation else None,
-        top5=evaluation.top5 if evaluation else None, time_s=seconds,
-        train_images_per_s=stats.images / max(stats.seconds, 1e-9),
-        eval_images_per_s=evaluation.images / max(evaluation.seconds, 1e-9) if evaluation else None,
-        ema_top1=ema_evaluation.top1 if ema_evaluation else None)
+def _measured(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if v is not None}
 
 
-def _metrics_dict(metrics: EpochMetrics) -> dict[str, Any]:
-    return {k: v for k, v in metrics.__dict__.items() if v is not None}
+def epoch_line(row: dict[str, Any]) -> str:
+    """The log line of an epoch: lr, losses, the scores measured, time."""
+    line = f"epoch {row['epoch']}: lr {row['lr']:.3g} train_loss {row['train_loss']:.4f} " \
+           f"({row['train_images_per_s']:.0f} img/s)"
+    if row.get("val_loss") is not None:
+        line += f" | val_loss {row['val_loss']:.4f}"
+    scores = [f"{name} {value:.2f}" for name, value in row.items()
+              if name in SCORES and value is not None]
+    if scores:
+        line += " " + " ".join(scores) if row.get("val_loss") is not None else " | " + " ".join(scores)
+    if row.get("eval_images_per_s") is not None:
+        line += f" ({row['eval_images_per_s']:.0f} img/s)"
+    if row.get("ema_top1") is not None:
+        line += f" | ema top1 {row['ema_top1']:.2f}"
+    return line + f" | {row['time_s']:.1f} s"
 
 
-def _epoch_line(m: EpochMetrics) -> str:
-    line = f"epoch {m.epoch}: lr {m.lr:.3g} train_loss {m.train_loss:.4f} ({m.train_images_per_s:.0f} img/s)"
-    if m.top1 is not None:
-        line += (f" | val_loss {m.val_loss:.4f} top1 {m.top1:.2f} top5 {m.top5:.2f}"
-                 f" ({m.eval_images_per_s:.0f} img/s)")
-    if m.ema_top1 is not None:
-        line += f" | ema top1 {m.ema_top1:.2f}"
-    return line + f" | {m.time_s:.1f} s"
+SCORES = ("top1", "top5", "bbox_mAP", "bbox_mAP50", "segm_mAP", "segm_mAP50")

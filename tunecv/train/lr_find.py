@@ -141,3 +141,10 @@ def plot(result: LRFindResult, path: Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def report(result: LRFindResult, path: Path) -> None:
+    """lr_find.png, and one log line of the test and its suggestion."""
+    plot(result, path)
+    logger.info("lr_find: %d steps from %.1e to %.1e; suggested lr %.3g (plot: %s)", len(result.lrs), result.lrs[0],
+                result.lrs[-1], result.suggestion, path)

@@ -114,13 +114,14 @@ def batch_layout(batch_size: int | None, accumulation_steps: int) -> dict[str, i
             "gradient_accumulation_steps": accumulation_steps}
 
 
-def check_same_run(cfg: Config, checkpoint: dict, classes: list[str], fingerprint: str) -> None:
+def check_same_run(cfg: Config, checkpoint: dict, classes: list[str], fingerprint: str, force: bool = False) -> None:
+    """A UserError naming each difference between this run and the checkpoint's (`force`: warnings instead)."""
     differences = run_differences(checkpoint, cfg.model.model, classes, fingerprint)
     layout = batch_layout(cfg.loader.batch_size, cfg.train.gradient_accumulation_steps)
     if checkpoint.get("layout", layout) != layout:
         differences.append("batches differ: " + ", ".join(f"{key} {layout[key]} (checkpoint: {value})" for key, value
                                                           in checkpoint["layout"].items() if layout[key] != value))
-    if differences and not cfg.train.resume_force:
+    if differences and not force:
         raise UserError(f"this is not the run being resumed: {'; '.join(differences)}; fix the config or data, or "
                         "pass --resume_force to resume anyway")
     for difference in differences:

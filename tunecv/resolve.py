@@ -1,0 +1,98 @@
+"""The one resolve step: a loaded `Config` → the frozen `Run` every later stage reads and none rewrites.
+
+It owns the derived values: the run folder (or the resumed run's), the data layout and normalisation (the task's
+`resolve_config`), the class list and num_classes, the metric `_best` is chosen by, the phases the strategy expands
+to, the cache decisions, and the learning rate (auto-scaled, the resumed run's, or found by the LR range test).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from tunecv.config import Config
+from tunecv.errors import UserError
+from tunecv.finetune.phases import Phase
+from tunecv.optim.optimizers import auto_scaled_lr
+from tunecv.train.lr_find import START_LR
+from tunecv.train.resume import find_last, training_checkpoint, with_run_dir
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Run:
+    """`cfg` holds the resolved keys (layout, normalisation, num_classes, ckpt_save_dir, best_metric, the lr the run
+    uses) and is what config.yaml records: training from it again repeats the run. Beside it, what no key says:
+    the classes, the phases (which parameters train in which epochs), whether the frozen backbone's features and
+    the decoded images are cached, and the `_last` checkpoint a resumed run goes on from."""
+
+    cfg: Config
+    classes: tuple[str, ...]
+    phases: tuple[Phase, ...]
+    cache_features: bool = False
+    cache_images: str = "none"
+    checkpoint: dict[str, Any] | None = None
+    resume_force: bool = False
+    world_size: int = 1
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.train.ckpt_save_dir)
+
+
+class Resolvable(Protocol):
+    """What resolving asks of a task (`tunecv.tasks.base.Task` has it all)."""
+
+    def resolve_config(self, cfg: Config) -> Config: ...
+
+    def read_classes(self, cfg: Config) -> list[str]: ...
+
+    def default_metric(self, cfg: Config) -> str: ...
+
+    def plan_phases(self, cfg: Config, num_classes: int) -> list[Phase]: ...
+
+    def resolve_caches(self, cfg: Config, phases: list[Phase], world_size: int) -> tuple[bool, str]: ...
+
+
+def resolve(cfg: Config, task: Resolvable, *, world_size: int = 1, new_run: bool = True,
+            range_test: Callable[[Run], float] | None = None) -> Run:
+    """The run `cfg` describes. `new_run` False (--lr_find, --show_batch): an earlier run in ckpt_save_dir is left
+    alone rather than refused. `range_test`: finds the lr of `lr: auto` on a run resolved but for its lr."""
+    resume_path = find_last(cfg.train.resume, cfg.train.ckpt_save_dir, cfg.model.model) if cfg.train.resume else None
+    checkpoint = training_checkpoint(resume_path) if resume_path else None
+    cfg = with_run_dir(cfg, resume_path, refuse=new_run)
+    cfg = task.resolve_config(cfg)
+    classes = task.read_classes(cfg)
+    if cfg.model.num_classes is not None and cfg.model.num_classes != len(classes):
+        raise UserError(f"num_classes is {cfg.model.num_classes} but {cfg.data.train_split} has {len(classes)} "
+                        f"classes; set --num_classes {len(classes)} or leave it out")
+    metric = task.default_metric(cfg) if cfg.train.best_metric == "auto" else cfg.train.best_metric
+    resume_force = checkpoint is not None and cfg.train.resume_force
+    cfg = replace(cfg, model=replace(cfg.model, num_classes=len(classes)),
+                  train=replace(cfg.train, best_metric=metric, resume=None, resume_force=False, overwrite=False))
+    phases = task.plan_phases(cfg, len(classes))
+    features, images = task.resolve_caches(cfg, phases, world_size)
+    run = Run(cfg, tuple(classes), tuple(phases), features, images, checkpoint, resume_force, world_size)
+    lr = resolve_lr(run, range_test)
+    return replace(run, cfg=replace(cfg, optim=replace(cfg.optim, lr=lr, auto_scale_lr=None)))
+
+
+def resolve_lr(run: Run, range_test: Callable[[Run], float] | None) -> float:
+    """The lr the run trains with: a number scaled by auto_scale_lr; `auto`: the resumed run's, or the range test's
+    suggestion."""
+    cfg = run.cfg
+    if cfg.optim.lr != "auto":
+        return auto_scaled_lr(cfg.optim.lr, cfg.optim.auto_scale_lr, cfg.loader.batch_size,
+                              cfg.train.gradient_accumulation_steps, run.world_size)
+    if run.checkpoint is not None:
+        return run.checkpoint["config"]["lr"]  # the range test's answer when the run began
+    if range_test is None:
+        raise UserError("lr: auto needs the LR range test, which this program does not run; give lr a number")
+    # a placeholder: the range test sets every group's lr itself
+    lr = range_test(replace(run, cfg=replace(cfg, optim=replace(cfg.optim, lr=START_LR))))
+    logger.info("lr: auto -> %.3g (LR range test)", lr)
+    return lr
