@@ -85,9 +85,10 @@ def tiny_overrides(tiny_image_folder: Path, tmp_path: Path) -> dict[str, Any]:
 
 @pytest.fixture
 def tiny_cfg(tiny_overrides: dict[str, Any]):
+    """The tiny run's config as resolved for it (layout, the model's normalisation, classes)."""
     from tunecv.config import load_config
 
-    return load_config(None, tiny_overrides)
+    return resolved(load_config(None, tiny_overrides)).cfg
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,3 +152,48 @@ def apply_freeze(model, ft) -> set[str]:
     frozen = frozen_names(model, layer_map(model), ft)
     apply_phase(model, Phase(1, 1, frozenset(frozen)))
     return frozen
+
+
+def prepared(cfg):
+    """finetune.py's pipeline for `cfg` up to the first phase, its pieces by name (the Pipeline's fields, and task,
+    run, cfg, plan, compute)."""
+    from types import SimpleNamespace
+
+    from tunecv.scripts.finetune import prepare
+
+    task, run, pipeline, plan = prepare(cfg, new_run=False)
+    return SimpleNamespace(**vars(pipeline), task=task, run=run, cfg=run.cfg, plan=plan,
+                           compute=pipeline.trainer.compute)
+
+
+def resolved(cfg):
+    """`cfg` through the resolve step: the Run finetune.py's stages read."""
+    from tunecv.resolve import resolve
+    from tunecv.tasks import create_task
+
+    return resolve(cfg, create_task(cfg), new_run=False)
+
+
+def plan_for(cfg, model, steps: int, lr: float | None = None):
+    """finetune.py's phase plan of a classifier `model` for `cfg` (its lr, or `lr`), `steps` optimizer steps an
+    epoch; no data needed."""
+    import dataclasses
+
+    from tunecv.resolve import Run
+    from tunecv.scripts.finetune import plan_phases
+    from tunecv.tasks.classification import Classification
+
+    if lr is not None:
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr))
+    task, classes = Classification(), model.num_classes if hasattr(model, "num_classes") else 3
+    run = Run(cfg, tuple(map(str, range(classes))), tuple(task.plan_phases(cfg, classes)))
+    return plan_phases(task, run, model, steps)
+
+
+def run_config(values: dict[str, Any]):
+    """A classification config from `values`, loaded and resolved by the task as a run's is (layout, the model's
+    normalisation, interpolation and crop): what the data stage reads. The layout: `dataset`, else folder."""
+    from tunecv.config import load_config
+    from tunecv.tasks.classification import Classification
+
+    return Classification().resolve_config(load_config(None, {"dataset": "folder", **values}))

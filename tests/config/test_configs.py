@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_yaml
+from conftest import plan_for, write_yaml
 from tunecv.config import load_config
 from tunecv.finetune.phases import Plan
 from tunecv.models.factory import create_model
@@ -37,7 +37,7 @@ def test_preset_trains_through_base(preset, tiny_image_folder, tmp_path):
     assert (cfg.optim.opt, cfg.optim.lr, cfg.finetune.layer_decay) == \
         (preset_values.optim.opt, preset_values.optim.lr, preset_values.finetune.layer_decay)
     result = run(cfg)
-    assert result.history[0].top1 is not None and Path(result.best_path).is_file()
+    assert result.history[0]["top1"] is not None and Path(result.best.path).is_file()
 
 
 @pytest.mark.parametrize("config", SEEDS, ids=lambda p: p.stem)
@@ -50,8 +50,7 @@ def _aircraft_plan(name: str) -> tuple[Plan, dict]:
     cfg = load_config(ROOT / "configs" / "seeds" / f"mindcv_aircraft_{name}.yaml", {"data_dir": "/tmp"})
     assert (cfg.loader.batch_size, cfg.data.image_resize, cfg.data.auto_augment, cfg.optim.lr, cfg.train.epoch_size) \
         == (8, 600, "rand-m7-mstd0.5", 0.002, 50)
-    model = create_model(cfg.model, num_classes=100)
-    plan = Plan.create(model, cfg, cfg.optim.lr, steps_per_epoch=10)
+    plan = plan_for(cfg, create_model(cfg.model, num_classes=100), steps=10)
     plan.enter(1)
     lrs = {name: group["initial_lr"] for group in plan.optimizer.param_groups for name in group["param_names"]}
     return plan, lrs

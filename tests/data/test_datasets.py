@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS
 from tunecv.config import DataConfig
-from tunecv.data.datasets import check_num_classes, check_split, create_dataset
+from tunecv.data.datasets import check_split, create_dataset
 from tunecv.errors import UserError
 
 
@@ -124,13 +124,6 @@ def test_split_folder_missing(tmp_path):
     check_split(_folder(tmp_path), "training")
     with pytest.raises(UserError, match="val_while_train false"):
         check_split(_folder(tmp_path), "val", hint="--val_while_train false trains without validation")
-
-
-def test_num_classes_must_match_the_folders():
-    check_num_classes(None, ["a", "b"], "train")
-    check_num_classes(2, ["a", "b"], "train")
-    with pytest.raises(UserError, match="--num_classes 2"):
-        check_num_classes(3, ["a", "b"], "train")
 
 
 def test_split_without_class_folders(tmp_path):

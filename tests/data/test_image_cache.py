@@ -17,8 +17,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
-from conftest import CLASSES, TINY_MODEL, TRAIN_PER_CLASS
-from tunecv.config import DataConfig, load_config
+from conftest import CLASSES, TINY_MODEL, TRAIN_PER_CLASS, run_config
+from tunecv.config import DataConfig
 from tunecv.data import cache_file, image_cache
 from tunecv.data.datasets import create_dataset
 from tunecv.data.image_cache import ImageCache, Resize, attach_image_cache, choose_storage, plan_resize
@@ -31,7 +31,8 @@ NON_SQUARE = {"wide.png": (61, 37), "tall.png": (33, 50), "small.png": (20, 25),
 
 
 def _cfg(data_dir: Path, **overrides):
-    return load_config(None, {"data_dir": str(data_dir), "model": TINY_MODEL, "image_resize": 32, **overrides})
+    """Resolved as a run resolves it (layout, the model's normalisation)."""
+    return run_config({"data_dir": str(data_dir), "model": TINY_MODEL, "image_resize": 32, **overrides})
 
 
 def _pattern(size: tuple[int, int], seed: int, mode: str = "RGB") -> Image.Image:

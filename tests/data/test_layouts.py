@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import TINY_MODEL
 from tunecv.config import DataConfig, load_config
 from tunecv.data import layouts
-from tunecv.data.datasets import IMAGE_EXTENSIONS, create_dataset
+from tunecv.data.datasets import IMAGE_EXTENSIONS, create_dataset, resolve_layout
 from tunecv.errors import UserError
 
 COLORS = {"ant": (200, 30, 30), "bee": (30, 200, 30), "wasp": (30, 30, 200)}
@@ -470,8 +470,8 @@ def test_detection_picks_the_layout_and_names_it(tmp_path, caplog, make, kind, l
     assert f"data layout: {kind} detected in {tmp_path}" in caplog.text
     if lists:
         assert (resolved.train_list, resolved.val_list) == tuple(str(tmp_path / name) for name in lists)
-    train = create_dataset(cfg, "train", None)  # `dataset: auto` end to end
-    val = create_dataset(cfg, "val", None, classes=train.classes)
+    train = create_dataset(resolved, "train", None)  # `dataset: auto` end to end
+    val = create_dataset(resolved, "val", None, classes=train.classes)
     assert len(train.classes) >= 2 and len(train) >= 2 and len(val) >= 1
     assert train.crop_bottom == (layouts.AIRCRAFT_BANNER_PX if kind == "aircraft" else 0)
 
@@ -491,7 +491,7 @@ def test_ambiguous_folder_names_candidates_and_key(tmp_path, extra, names):
     _make_folder(tmp_path)
     extra(tmp_path)
     with pytest.raises(UserError) as info:
-        create_dataset(DataConfig(data_dir=str(tmp_path)), "train", None)
+        create_dataset(resolve_layout(DataConfig(data_dir=str(tmp_path))), "train", None)
     message = _error(info)
     assert "several layouts" in message and "dataset" in message
     for name in names:
@@ -505,7 +505,7 @@ def test_ambiguous_folder_names_candidates_and_key(tmp_path, extra, names):
 def test_dataset_key_resolves_the_ambiguity(tmp_path, make, kind):
     _make_folder(tmp_path)
     make(tmp_path)
-    assert create_dataset(DataConfig(dataset=kind, data_dir=str(tmp_path)), "train", None).classes
+    assert create_dataset(resolve_layout(DataConfig(dataset=kind, data_dir=str(tmp_path))), "train", None).classes
 
 
 @pytest.mark.parametrize("content", [{}, {"notes.txt": "hello", "empty": None}])
@@ -513,7 +513,7 @@ def test_nothing_found(tmp_path, content):
     for name, text in content.items():
         _write(tmp_path / name, text) if text is not None else (tmp_path / name).mkdir()
     with pytest.raises(UserError) as info:
-        create_dataset(DataConfig(data_dir=str(tmp_path)), "train", None)
+        create_dataset(resolve_layout(DataConfig(data_dir=str(tmp_path))), "train", None)
     message = _error(info)
     assert message.startswith(f"no data layout found in {tmp_path}")
     assert "train_list.txt" in message and "train.csv" in message
@@ -523,7 +523,7 @@ def test_nothing_found(tmp_path, content):
 
 def test_missing_data_dir(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        create_dataset(DataConfig(data_dir=str(tmp_path / "nope")), "train", None)
+        create_dataset(resolve_layout(DataConfig(data_dir=str(tmp_path / "nope"))), "train", None)
 
 
 # --------------------------------------------------------------------------- other tools' keys
@@ -541,6 +541,6 @@ def test_renamed_keys(tmp_path, list_key):
     data = cfg.data
     assert (data.dataset, data.train_list, data.image_root, data.class_list) == (
         "auto", "meta/train.txt", str(images), "meta/classes.txt")
-    dataset = create_dataset(data, "train", None)
+    dataset = create_dataset(resolve_layout(data), "train", None)
     assert dataset.classes == ["bee", "ant"]
     assert dataset.samples == [(str(images / rel["bee"][0]), 0), (str(images / rel["ant"][0]), 1)]

@@ -8,13 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_MODEL
-from tunecv.config import load_config
+from conftest import TINY_MODEL, run_config
 from tunecv.data.transforms import create_transforms
 
 
 def _cfg(data_dir: Path, **overrides):
-    return load_config(None, {"data_dir": str(data_dir), "model": TINY_MODEL, "image_resize": 32, **overrides})
+    return run_config({"data_dir": str(data_dir), "model": TINY_MODEL, "image_resize": 32, **overrides})
 
 
 def _image(size=(41, 57)) -> Image.Image:

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CLASSES, TINY_MODEL, TRAIN_PER_CLASS
-from tunecv.config import load_config
+from conftest import CLASSES, TINY_MODEL, TRAIN_PER_CLASS, run_config
 from tunecv.data.datasets import create_dataset
 from tunecv.data.loader import collate_skipping_none, create_loader
 from tunecv.data.prefetch import DevicePrefetcher
@@ -18,7 +17,7 @@ CPU = torch.device("cpu")
 
 
 def _cfg(data_dir: Path, **overrides):
-    return load_config(None, {"data_dir": str(data_dir), "model": TINY_MODEL, "image_resize": 32, "batch_size": 4,
+    return run_config({"data_dir": str(data_dir), "model": TINY_MODEL, "image_resize": 32, "batch_size": 4,
                               "num_parallel_workers": 0, **overrides})
 
 

@@ -6,13 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tunecv.config import load_config
+from conftest import run_config
 from tunecv.data.transforms import create_transforms, eval_resize
 from tunecv.errors import UserError
 
 
 def _data_cfg(tmp_path, **overrides):
-    return load_config(None, {"data_dir": str(tmp_path), "model": "test_efficientnet", **overrides}).data
+    return run_config({"data_dir": str(tmp_path), "model": "test_efficientnet", **overrides}).data
 
 
 @pytest.mark.parametrize("is_training", [True, False])

@@ -11,10 +11,11 @@ from torch.utils.data import DataLoader
 
 from tools.make_shapes import make_shapes
 from tunecv.config import SchedConfig, UserError, load_config
-from tunecv.detection.coco import CocoDetection, collate, read_coco
-from tunecv.detection.engine import evaluate, train_one_epoch
+from tunecv.detection.coco import CocoDetection, HorizontalFlip, collate, read_coco
+from tunecv.detection.engine import detection_loss, evaluate
 from tunecv.detection.models import create_detector
 from tunecv.optim.schedulers import create_scheduler
+from tunecv.train.engine import Trainer, train_one_epoch
 from tunecv.utils.runtime import Compute
 
 
@@ -44,7 +45,7 @@ def test_a_short_run_learns(tmp_path):
     torch.manual_seed(0)
     make_shapes(tmp_path, ["circle", "square"], train=16, val=6, size=96, max_shapes=2, seed=0)
     train = CocoDetection(read_coco(tmp_path / "annotations" / "instances_train.json"), tmp_path / "train",
-                          hflip=0.5)
+                          transform=HorizontalFlip(0.5))
     val_index = read_coco(tmp_path / "annotations" / "instances_val.json")
     val = CocoDetection(val_index, tmp_path / "val")
     loader = DataLoader(train, batch_size=4, shuffle=True, collate_fn=collate)
@@ -54,7 +55,8 @@ def test_a_short_run_learns(tmp_path):
     schedule = create_scheduler(optimizer, SchedConfig(scheduler="constant", warmup_iters=4, warmup_factor=0.1),
                                 lr=0.02, steps_per_epoch=len(loader), epochs=3)
     compute = Compute(torch.device("cpu"))
-    epochs = [train_one_epoch(model, loader, optimizer, schedule, compute, epoch) for epoch in (1, 2, 3)]
+    trainer = Trainer(loss_fn=None, compute=compute, num_classes=2, freeze_bn=False, batch_loss=detection_loss)
+    epochs = [train_one_epoch(model, loader, optimizer, schedule, trainer, epoch) for epoch in (1, 2, 3)]
     assert epochs[-1].loss < epochs[0].loss and set(epochs[0].parts) >= {"loss_classifier", "loss_objectness"}
     assert epochs[0].images == 16 and epochs[-1].lr == pytest.approx(0.02)
     scores = evaluate(model, DataLoader(val, batch_size=3, collate_fn=collate), compute, val_index)

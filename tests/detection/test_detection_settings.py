@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from tunecv.config import UserError, load_config, to_yaml
-from tunecv.config.schema import DETECTION_KEYS
-from tunecv.detection.settings import ann_file, best_metric, image_dir, trainable_layers
+from tunecv.config.schema import TASK_KEYS
+from tunecv.detection.settings import ann_file, image_dir, trainable_layers
+from tunecv.detection.task import Detection
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"task": "detection", "model": "fasterrcnn_resnet50_fpn", "data_dir": "/data/coco"}
@@ -18,6 +19,11 @@ BASE = {"task": "detection", "model": "fasterrcnn_resnet50_fpn", "data_dir": "/d
 
 def _cfg(**values):
     return load_config(None, {**BASE, **values})
+
+
+def _resolved(**values):
+    """The config through the detection task's resolve (the rules that need the detector's spec)."""
+    return Detection().resolve_config(_cfg(**values))
 
 
 @pytest.mark.parametrize("key, value", [("mixup", 0.2), ("label_smoothing", 0.1), ("image_resize", 320),
@@ -30,13 +36,13 @@ def test_a_classification_key_in_a_detection_run_is_refused(key, value):
 @pytest.mark.parametrize("key, value", [("train_ann_file", "a.json"), ("min_size", 512),
                                         ("trainable_backbone_layers", 3), ("best_metric", "segm_mAP")])
 def test_a_detection_key_in_a_classification_run_is_refused(key, value):
-    with pytest.raises(UserError, match="applies to task: detection"):
+    with pytest.raises(UserError, match="(is a key of detection, which|is not a metric of) task: classification"):
         load_config(None, {"data_dir": "/data", key: value})
 
 
 def test_a_detection_config_holds_its_own_keys_only():
     saved = yaml.safe_load(to_yaml(_cfg()))
-    assert set(saved) <= DETECTION_KEYS and {"task", "min_size", "val_ann_file"} <= set(saved)
+    assert set(saved) <= TASK_KEYS["detection"] and {"task", "min_size", "val_ann_file"} <= set(saved)
     assert "image_resize" not in saved and "mixup" not in saved
     assert load_config(None, saved).to_flat() == _cfg().to_flat()  # a saved config loads back to itself
 
@@ -44,7 +50,7 @@ def test_a_detection_config_holds_its_own_keys_only():
 @pytest.mark.parametrize("frozen_stages, trainable", [(-1, None), (0, 4), (1, 3), (4, 0)])
 def test_frozen_stages_is_trainable_backbone_layers_counted_from_the_stem(frozen_stages, trainable):
     # MMDetection's ResNet frozen_stages 1 (stem + layer1) = torchvision's trainable_backbone_layers 3
-    assert trainable_layers(_cfg(frozen_stages=frozen_stages).finetune, 5) == trainable
+    assert trainable_layers(_cfg(frozen_stages=frozen_stages), 5) == trainable
 
 
 @pytest.mark.parametrize("values, message", [
@@ -52,7 +58,7 @@ def test_frozen_stages_is_trainable_backbone_layers_counted_from_the_stem(frozen
     ({"frozen_stages": 5}, "more than this detector's backbone has"),
     ({"trainable_backbone_layers": 6}, "out of range"),
     ({"best_metric": "segm_mAP"}, "needs masks"),
-    ({"best_metric": "top1"}, "classification metric"),
+    ({"best_metric": "top1"}, "best_metric top1 is not a metric of task: detection"),
     ({"min_size": 900, "max_size": 600}, "larger than max_size"),
     ({"min_size": [600, 1400], "max_size": 1333}, "min_size 1400 is larger than max_size"),
     ({"min_size": 16}, "at least 32 px"),
@@ -62,12 +68,12 @@ def test_frozen_stages_is_trainable_backbone_layers_counted_from_the_stem(frozen
 ])
 def test_detection_rules(values, message):
     with pytest.raises(UserError, match=message):
-        _cfg(**values)
+        _resolved(**values)
 
 
 def test_best_metric_defaults_to_bbox_map():
-    assert best_metric(_cfg()) == "bbox_mAP"
-    assert best_metric(_cfg(model="maskrcnn_resnet50_fpn", best_metric="segm_mAP")) == "segm_mAP"
+    assert Detection().default_metric(_cfg()) == "bbox_mAP"
+    assert _resolved(model="maskrcnn_resnet50_fpn", best_metric="segm_mAP").train.best_metric == "segm_mAP"
 
 
 def test_annotations_and_images_follow_the_coco_layout(tmp_path):
@@ -81,7 +87,7 @@ def test_annotations_and_images_follow_the_coco_layout(tmp_path):
     cityscapes = _cfg(data_dir=str(tmp_path), image_root="leftImg8bit",
                       val_ann_file="annotations/instances_val2017.json")
     assert image_dir(cityscapes, "val") == tmp_path / "leftImg8bit" / "val"
-    assert ann_file(cityscapes, "val", cityscapes.data.val_ann_file).is_file()
+    assert ann_file(cityscapes, "val", cityscapes.detection.val_ann_file).is_file()
 
 
 def test_the_seed_config_finds_cityscapes_under_any_data_dir(tmp_path):
@@ -91,7 +97,7 @@ def test_the_seed_config_finds_cityscapes_under_any_data_dir(tmp_path):
     (tmp_path / "annotations" / "instancesonly_filtered_gtFine_train.json").write_text("{}")
     cfg = load_config(ROOT / "configs" / "seeds" / "mmdet_cityscapes_maskrcnn.yaml", {"data_dir": str(tmp_path)})
     assert image_dir(cfg, cfg.data.train_split) == tmp_path / "leftImg8bit" / "train"
-    assert ann_file(cfg, "train", cfg.data.train_ann_file).is_file()
+    assert ann_file(cfg, "train", cfg.detection.train_ann_file).is_file()
 
 
 def test_the_seed_config_mirrors_the_mmdetection_tutorial():
@@ -103,4 +109,4 @@ def test_the_seed_config_mirrors_the_mmdetection_tutorial():
     assert (cfg.sched.scheduler, cfg.sched.multi_step_decay_milestones, cfg.train.epoch_size) == \
         ("multi_step_decay", (7,), 8)
     # MMDetection's Cityscapes scales: shorter side 800-1024 in training, 1024 in testing, longer side <= 2048
-    assert (cfg.data.min_size[0], cfg.data.min_size[-1], cfg.data.max_size) == (800, 1024, 2048)
+    assert (cfg.detection.min_size[0], cfg.detection.min_size[-1], cfg.detection.max_size) == (800, 1024, 2048)

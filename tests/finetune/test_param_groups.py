@@ -3,17 +3,15 @@ MMPretrain's paramwise_cfg, weight decay filters, frozen parameters, the group t
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import timm
 from torch import nn
 
-from conftest import TINY_MODEL, apply_freeze
+from conftest import TINY_MODEL, apply_freeze, plan_for
 from tunecv.config import FinetuneConfig, OptimConfig, load_config
+from tunecv.config.rules import check_paramwise_cfg
 from tunecv.errors import UserError
-from tunecv.finetune.param_groups import build_param_groups, build_rules, check_paramwise_cfg, group_table
-from tunecv.finetune.phases import Plan
+from tunecv.finetune.param_groups import build_param_groups, build_rules, group_table
 from tunecv.models.factory import create_model
 from tunecv.models.layer_map import layer_map
 from tunecv.optim.optimizers import base_lr, create_optimizer
@@ -242,7 +240,7 @@ def test_plan_phases_bring_their_own_optimizer(tiny_overrides):
     cfg = load_config(None, {**tiny_overrides, "epoch_size": 3, "freeze_epochs": 1, "unfreeze_lr_scale": 0.1,
                              "scheduler": "cosine_decay", "min_lr": 0.0})
     model = create_model(cfg.model, num_classes=3)
-    plan = Plan.create(model, cfg, 0.01, steps_per_epoch=2)
+    plan = plan_for(cfg, model, steps=2, lr=0.01)
     first, first_scheduler = plan.enter(1)
     assert sorted(n for g in first.param_groups for n in g["param_names"]) == ["classifier.bias", "classifier.weight"]
     assert sum(p.requires_grad for p in model.parameters()) == 2
@@ -259,4 +257,3 @@ def test_plan_phases_bring_their_own_optimizer(tiny_overrides):
     assert base_lr(second) == pytest.approx(0.01)
     assert plan.enter(3)[0] is second  # same phase, same optimizer
     assert "frozen" not in _table_rows(plan.table) and plan.trainable == sum(p.numel() for p in model.parameters())
-    assert math.isclose(plan.lr, 0.01)

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import TINY_MODEL, run_script
 from tunecv.data import create_transforms
 from tunecv.errors import ONNX_MISSING
-from tunecv.inference.predict import load_trained
+from tunecv.inference.trained import load_trained
 from tunecv.scripts import export, validate
 
 CPU = ("--num_parallel_workers", "0")

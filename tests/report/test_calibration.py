@@ -67,7 +67,7 @@ def test_temperature_stored_in_the_checkpoint(tmp_path, suffix):
 
 
 def test_calibrate_refuses_a_split_without_errors(caplog):
-    from tunecv.scripts.validate import _can_calibrate
+    from tunecv.inference.validate import _can_calibrate
     from tunecv.train.engine import EvalResult
 
     def result(predictions):

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fingerprint(data_dir: Path, splits: tuple[str, ...] = ("train", "val")) -> str:
-    cfg = load_config(None, {"data_dir": str(data_dir), "model": TINY_MODEL, "image_resize": 32})
+    cfg = load_config(None, {"dataset": "folder", "data_dir": str(data_dir), "model": TINY_MODEL, "image_resize": 32})
     return data_fingerprint([create_dataset(cfg.data, split, None) for split in splits])
 
 
@@ -42,7 +42,8 @@ def test_fingerprint_of_a_copied_folder_matches(tiny_image_folder, tmp_path):
 
 
 def test_fingerprint_covers_splits_and_skips_none(tiny_image_folder):
-    cfg = load_config(None, {"data_dir": str(tiny_image_folder), "model": TINY_MODEL, "image_resize": 32})
+    cfg = load_config(None, {"dataset": "folder", "data_dir": str(tiny_image_folder), "model": TINY_MODEL,
+                             "image_resize": 32})
     train = create_dataset(cfg.data, "train", None)
     assert data_fingerprint([train, None]) == data_fingerprint([train])
     assert _fingerprint(tiny_image_folder) != _fingerprint(tiny_image_folder, ("train",))
@@ -84,7 +85,8 @@ def test_fingerprint_of_in_memory_arrays():
 
 
 def test_fingerprint_does_not_fail_on_a_file_gone_since_the_scan(tiny_image_folder):
-    cfg = load_config(None, {"data_dir": str(tiny_image_folder), "model": TINY_MODEL, "image_resize": 32})
+    cfg = load_config(None, {"dataset": "folder", "data_dir": str(tiny_image_folder), "model": TINY_MODEL,
+                             "image_resize": 32})
     train = create_dataset(cfg.data, "train", None)
     before = data_fingerprint([train])
     Path(train.samples[0][0]).unlink()

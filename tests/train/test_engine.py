@@ -11,13 +11,15 @@ from torch import nn
 
 from conftest import TINY_MODEL, apply_freeze
 from tunecv.config import Config, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig
-from tunecv.finetune.phases import Phase, Plan
+from tunecv.finetune.phases import Phase
 from tunecv.models.factory import create_model
-from tunecv.models.layer_map import layer_map
 from tunecv.report.results import RESULTS_HEADER, ResultsWriter
+from tunecv.resolve import Run
+from tunecv.scripts.finetune import plan_phases
+from tunecv.tasks.classification import Classification
 from tunecv.train.checkpoint import CheckpointSaver, load_checkpoint
 from tunecv.train.engine import Compute, NonFiniteLoss, create_trainer, evaluate, train_one_epoch
-from tunecv.train.loop import fit
+from tunecv.train.loop import Pipeline, fit
 
 CPU = torch.device("cpu")
 
@@ -106,10 +108,17 @@ def _train(model: nn.Module, loader, train_cfg: TrainConfig = TrainConfig(), epo
     cfg = Config(optim=OptimConfig(opt="sgd", lr=0.5, weight_decay=0.01),
                  train=dataclasses.replace(train_cfg, epoch_size=epochs))
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    plan = Plan(model, cfg, 0.5, steps, layer_map(model), [Phase(1, epochs, frozenset(frozen))])
+    run = Run(cfg, ("a", "b", "c"), (Phase(1, epochs, frozenset(frozen)),))
+    plan = plan_phases(Classification(), run, model, steps)
     optimizer, scheduler = plan.enter(1)
     trainer = create_trainer(model, train_cfg, Compute(CPU), None, class_counts=[1, 1, 1])
     return plan, optimizer, scheduler, trainer
+
+
+def _fit(model, train_loader, val_loader, plan, cfg: TrainConfig, saver, results, trainer):
+    """The shared train loop on a classifier, its best chosen by top-1 (the resolved best_metric)."""
+    pipeline = Pipeline(model, model, None, None, train_loader, val_loader, trainer, "")
+    return fit(Classification(), pipeline, plan, dataclasses.replace(cfg, best_metric="top1"), saver, results)
 
 
 def _train_frozen(freeze_bn: bool):
@@ -167,16 +176,16 @@ def test_fit_validates_at_interval_and_writes_reports(tmp_path):
     cfg = TrainConfig(epoch_size=3, val_interval=2, ckpt_save_dir=str(tmp_path))
     plan, _, _, trainer = _train(model, train_loader, cfg, epochs=3)
     saver = CheckpointSaver(tmp_path, TINY_MODEL, {"model": TINY_MODEL}, ["a", "b", "c"])
-    result = fit(model, train_loader, val_loader, plan, cfg, saver, ResultsWriter(tmp_path), trainer)
-    assert [m.top1 is not None for m in result.history] == [False, True, True]  # epoch 2 and the last
+    result = _fit(model, train_loader, val_loader, plan, cfg, saver, ResultsWriter(tmp_path), trainer)
+    assert [m["top1"] is not None for m in result.history] == [False, True, True]  # epoch 2 and the last
     rows = (tmp_path / "results.txt").read_text().splitlines()
     assert rows[0] == RESULTS_HEADER and len(rows) == 5
     assert rows[1].split()[3:6] == ["-", "-", "-"]
-    validated = [m for m in result.history if m.top1 is not None]
-    best = max(validated, key=lambda m: m.top1)
-    assert result.best_epoch == min(m.epoch for m in validated if m.top1 == best.top1)
-    assert rows[-1] == f"best top1 {result.best_top1:.2f} at epoch {result.best_epoch}"
-    assert load_checkpoint(result.best_path)["epoch"] == result.best_epoch
+    validated = [m for m in result.history if m["top1"] is not None]
+    best = max(validated, key=lambda m: m["top1"])
+    assert result.best.epoch == min(m["epoch"] for m in validated if m["top1"] == best["top1"])
+    assert rows[-1] == f"best top1 {result.best.value:.2f} at epoch {result.best.epoch}"
+    assert load_checkpoint(result.best.path)["epoch"] == result.best.epoch
     assert load_checkpoint(result.last_path)["epoch"] == 3
 
 
@@ -203,8 +212,8 @@ def test_a_failed_run_draws_the_rows_it_wrote(tmp_path):
     plan, _, _, trainer = _train(model, loader, cfg, epochs=3)
     results = ResultsWriter(tmp_path)
     with pytest.raises(NonFiniteLoss):
-        fit(model, loader, None, plan, cfg, CheckpointSaver(tmp_path, TINY_MODEL, {}, ["a", "b", "c"]), results,
-            trainer)
+        _fit(model, loader, None, plan, cfg, CheckpointSaver(tmp_path, TINY_MODEL, {}, ["a", "b", "c"]), results,
+             trainer)
     assert len(results.rows) == 2 and not results.undrawn  # epoch 2 came milliseconds after epoch 1's drawing
 
 
@@ -214,19 +223,19 @@ def test_fit_with_ema_keeps_the_averaged_weights_as_their_own_best(tmp_path):
     cfg = dataclasses.replace(TrainConfig(), epoch_size=2, ema=True, ema_decay=0.5)
     plan, _, _, trainer = _train(model, loader, cfg, epochs=2)
     saver = CheckpointSaver(tmp_path, TINY_MODEL, {}, ["a", "b", "c"])
-    result = fit(model, loader, loader, plan, cfg, saver, ResultsWriter(tmp_path, ema=True), trainer)
+    result = _fit(model, loader, loader, plan, cfg, saver, ResultsWriter(tmp_path, ema=True), trainer)
     ema_saved = load_checkpoint(result.ema.path)
     assert result.ema.path == str(saver.ema_best_path) and ema_saved["weights"] == "ema"
     raw_saved = load_checkpoint(result.last_path)
     assert torch.equal(raw_saved["model"]["classifier.weight"], model.classifier.weight)
     assert torch.equal(raw_saved["model_ema"]["classifier.weight"], trainer.ema.module.classifier.weight)
     assert not torch.equal(model.classifier.weight, trainer.ema.module.classifier.weight)
-    assert all(m.ema_top1 is not None for m in result.history)
+    assert all(m["ema_top1"] is not None for m in result.history)
     rows = (tmp_path / "results.txt").read_text().splitlines()
     assert rows[0].endswith(" ema_top1") and len(rows[1].split()) == len(rows[0].split())
     assert ema_saved["epoch"] == result.ema.epoch
-    assert ema_saved["best_metric"] == ema_saved["metrics"]["top1"] == max(m.ema_top1 for m in result.history)
-    assert rows[-1] == f"best ema_top1 {result.ema.top1:.2f} at epoch {result.ema.epoch}"
+    assert ema_saved["best_metric"] == ema_saved["metrics"]["top1"] == max(m["ema_top1"] for m in result.history)
+    assert rows[-1] == f"best ema_top1 {result.ema.value:.2f} at epoch {result.ema.epoch}"
 
 
 def test_fit_with_ema_without_val_set_keeps_the_last_epoch(tmp_path):
@@ -235,11 +244,11 @@ def test_fit_with_ema_without_val_set_keeps_the_last_epoch(tmp_path):
     cfg = dataclasses.replace(TrainConfig(), epoch_size=1, ema=True, ema_decay=0.5)
     plan, _, _, trainer = _train(model, loader, cfg)
     saver = CheckpointSaver(tmp_path, TINY_MODEL, {}, ["a", "b", "c"])
-    result = fit(model, loader, None, plan, cfg, saver, ResultsWriter(tmp_path), trainer)
+    result = _fit(model, loader, None, plan, cfg, saver, ResultsWriter(tmp_path), trainer)
     saved = load_checkpoint(result.ema.path)["model"]
     assert torch.equal(saved["classifier.weight"], trainer.ema.module.classifier.weight)
     assert not torch.equal(saved["classifier.weight"], model.classifier.weight)
-    assert result.best_top1 is None and result.best_epoch == 1  # no validation set: the last epoch is best
+    assert result.best.value is None and result.best.epoch == 1  # no validation set: the last epoch is best
 
 
 def test_an_overflowing_fp16_step_is_skipped_and_counted():

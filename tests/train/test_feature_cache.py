@@ -4,6 +4,7 @@ validate.py reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -14,15 +15,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import CLASSES, TINY_MODEL, TRAIN_PER_CLASS, VAL_PER_CLASS, write_image_folder
+from conftest import CLASSES, TINY_MODEL, TRAIN_PER_CLASS, VAL_PER_CLASS, prepared, write_image_folder
 from tunecv.config import load_config
 from tunecv.data.transforms import create_transforms
 from tunecv.errors import UserError
-from tunecv.finetune.phases import Plan
 from tunecv.models.factory import create_model
 from tunecv.scripts import finetune
+from tunecv.tasks.classification import Classification
 from tunecv.train.engine import evaluate
-from tunecv.train.feature_cache import FeatureHead, FeatureLoader, dropout_rate, flip_views, use_feature_cache
+from tunecv.train.feature_cache import FeatureHead, FeatureLoader, dropout_rate, flip_views
 from tunecv.train.frozen_prefix import PrefixSkipped
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,8 +36,9 @@ TRAIN_IMAGES = len(CLASSES) * TRAIN_PER_CLASS
 def _decide(tmp_path: Path, **overrides) -> bool:
     cfg = load_config(None, {"data_dir": str(tmp_path), "model": TINY_MODEL, "pretrained": False, "epoch_size": 2,
                              **overrides})
-    model = create_model(cfg.model, num_classes=3)
-    return use_feature_cache(cfg, model, Plan.create(model, cfg, 0.01, steps_per_epoch=4))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=3))
+    task = Classification()
+    return task.resolve_caches(cfg, task.plan_phases(cfg, 3), world_size=1)[0]
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -60,9 +62,8 @@ def test_when_features_are_cached(tmp_path, overrides, expected):
     if expected is None:
         cfg = load_config(None, {"data_dir": str(tmp_path), "model": TINY_MODEL, "pretrained": False, **overrides})
         model = create_model(cfg.model, num_classes=3)
-        plan = Plan.create(model, cfg, 0.01, steps_per_epoch=4)
-        below = [n for n, _ in model.named_parameters() if n not in plan.phases[0].frozen
-                 and not n.startswith("classifier.")]
+        frozen = Classification().plan_phases(cfg, 3)[0].frozen
+        below = [n for n, _ in model.named_parameters() if n not in frozen and not n.startswith("classifier.")]
         expected = not below
     assert _decide(tmp_path, **overrides) is expected
 
@@ -111,10 +112,10 @@ def test_the_models_dropout_before_the_classifier_is_kept(tiny_overrides):
 def test_a_model_whose_output_is_not_its_classifier_falls_back_or_refuses(tiny_overrides, tmp_path):
     """squeezenet's classifier is a 1x1 conv whose output is pooled afterwards: nothing to cache."""
     options = {**tiny_overrides, **PROBE, "model": "squeezenet1_1", "image_resize": 64}
-    setup = finetune.prepare(load_config(None, options))
+    setup = prepared(load_config(None, options))
     assert setup.forward_model is setup.model and isinstance(setup.train_loader, DataLoader)
     with pytest.raises(UserError, match="cache_features: true, but SqueezeNet's output is not its classifier"):
-        finetune.prepare(load_config(None, {**options, "cache_features": "true"}))
+        prepared(load_config(None, {**options, "cache_features": "true"}))
 
 
 def test_flip_views_and_their_rates():
@@ -137,8 +138,8 @@ def test_flip_views_and_their_rates():
     assert not never(1, 100, torch.Generator()).any()
 
 
-def _prepare(tiny_overrides: dict, **overrides) -> finetune.Setup:
-    return finetune.prepare(load_config(None, {**tiny_overrides, **overrides}))
+def _prepare(tiny_overrides: dict, **overrides):
+    return prepared(load_config(None, {**tiny_overrides, **overrides}))
 
 
 def _pooled(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -208,9 +209,9 @@ def test_without_shuffle_the_cached_probe_trains_like_the_uncached(tiny_override
         results[mode] = finetune.run(cfg)
     cached, plain = results["true"], results["false"]
     for a, b in zip(cached.history, plain.history):
-        assert a.train_loss == pytest.approx(b.train_loss, abs=1e-5) and a.top1 == b.top1
-        assert a.val_loss == pytest.approx(b.val_loss, abs=1e-5)
-    weights = [torch.load(Path(r.best_path), weights_only=True)["model"] for r in (cached, plain)]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5) and a["top1"] == b["top1"]
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+    weights = [torch.load(Path(r.best.path), weights_only=True)["model"] for r in (cached, plain)]
     for key in weights[1]:
         assert torch.allclose(weights[0][key].float(), weights[1][key].float(), atol=1e-5), key
 
@@ -337,13 +338,13 @@ def test_a_frozen_prefix_is_run_once_and_trains_like_the_uncached(tiny_overrides
         cfg = load_config(None, {**tiny_overrides, "model": model, "no_aug": True, "hflip": 0.0, "frozen_stages": 1,
                                  "epoch_size": 2, "lr": 0.01, "cache_features": mode,
                                  "ckpt_save_dir": str(tmp_path / mode)})
-        setup = finetune.prepare(cfg)
+        setup = prepared(cfg)
         assert isinstance(setup.forward_model, PrefixSkipped) == (mode == "auto")
         results[mode] = finetune.run(cfg)
     cached, plain = results["auto"], results["false"]
     for a, b in zip(cached.history, plain.history):
-        assert a.train_loss == pytest.approx(b.train_loss, abs=1e-4) and a.top1 == b.top1
-    weights = [torch.load(Path(r.best_path), weights_only=True)["model"] for r in (cached, plain)]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4) and a["top1"] == b["top1"]
+    weights = [torch.load(Path(r.best.path), weights_only=True)["model"] for r in (cached, plain)]
     for key in weights[1]:
         assert torch.allclose(weights[0][key].float(), weights[1][key].float(), atol=1e-4), key
 
@@ -351,10 +352,10 @@ def test_a_frozen_prefix_is_run_once_and_trains_like_the_uncached(tiny_overrides
 def test_a_prefix_the_model_cannot_resume_from_is_not_cached(tiny_overrides):
     """A ViT adds the class token and position embeddings between its stem and its blocks: no clean cut."""
     options = {**tiny_overrides, "model": "test_vit", "image_resize": 160, "no_aug": True, "frozen_stages": 0}
-    setup = finetune.prepare(load_config(None, options))
+    setup = prepared(load_config(None, options))
     assert setup.forward_model is setup.model
     with pytest.raises(UserError, match="cache_features: true, but the model does"):
-        finetune.prepare(load_config(None, {**options, "cache_features": "true"}))
+        prepared(load_config(None, {**options, "cache_features": "true"}))
 
 
 def test_no_decodable_training_image_is_not_a_traceback(tiny_overrides, tiny_image_folder):

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
+from conftest import prepared
 from tunecv.config import load_config
-from tunecv.scripts.finetune import prepare
 from tunecv.train.lr_find import END_LR, START_LR, LRFindResult, exponential_lrs, lr_find, plot, smoothed, valley
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -76,7 +76,7 @@ def test_smoothed_is_bias_corrected():
 def test_lr_find_restores_every_tensor(tiny_overrides, strategy):
     steps = 10
     cfg = load_config(None, {**tiny_overrides, "lr_find_steps": steps, "strategy": strategy})
-    setup = prepare(cfg)
+    setup = prepared(cfg)
     model = setup.model
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     assert any(k.endswith("num_batches_tracked") for k in before)

@@ -165,7 +165,7 @@ def _check_finetune(cfg: Config) -> None:
             raise UserError(f"unfreeze_schedule epoch {epoch} is outside 2..{epochs} (epoch_size); "
                             "epochs count from 1 and epoch 1 trains the classifier alone")
     if ft.paramwise_cfg is not None:
-        _check_paramwise_cfg(ft.paramwise_cfg)
+        check_paramwise_cfg(ft.paramwise_cfg)
     if cfg.optim.lr == "auto" and cfg.optim.auto_scale_lr and cfg.optim.auto_scale_lr.get("enable", True):
         raise UserError("lr: auto finds the lr for this batch size itself; remove auto_scale_lr or set a number lr")
     if cfg.optim.auto_scale_lr is not None:
@@ -176,7 +176,7 @@ def _check_finetune(cfg: Config) -> None:
                             f"true/false), got {cfg.optim.auto_scale_lr}")
 
 
-def _check_paramwise_cfg(cfg: dict[str, Any]) -> None:
+def check_paramwise_cfg(cfg: dict[str, Any]) -> None:
     """MMPretrain's paramwise_cfg, the parts tunecv reads; anything else is an error, not a silent no-op."""
     unknown = set(cfg) - PARAMWISE_KEYS
     if unknown:

@@ -20,13 +20,15 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from tunecv.config import Config
+from tunecv.data.loader import num_workers
 from tunecv.detection.coco import collate
+from tunecv.detection.data import detection_loader, detection_set
 from tunecv.detection.draw import draw_detections
 from tunecv.detection.engine import evaluate
 from tunecv.detection.metrics import MASK_THRESHOLD
 from tunecv.detection.models import create_detector, detector_spec, load_detector_weights
-from tunecv.detection.run import detection_loader, detection_set
 from tunecv.errors import UserError
+from tunecv.tasks.base import PredictOptions
 from tunecv.utils.fileio import atomic_write_text
 from tunecv.utils.progress import progress_bar
 from tunecv.utils.runtime import Compute
@@ -36,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 def load_detector(cfg: Config, classes: list[str], state: dict[str, torch.Tensor], source: str) -> nn.Module:
     """The checkpoint's detector, its backbone BatchNorm frozen (the same as eval mode)."""
-    model = create_detector(cfg.model.model, len(classes), min_size=cfg.data.min_size, max_size=cfg.data.max_size)
+    model = create_detector(cfg.model.model, len(classes), min_size=cfg.detection.min_size,
+                            max_size=cfg.detection.max_size)
     replaced = load_detector_weights(model, cfg.model.model, state, source)
     if replaced:  # only a class count other than the checkpoint's own classes does this
         raise UserError(f"{source}: its class head does not fit its {len(classes)} classes; the file is damaged")
@@ -50,6 +53,23 @@ class DetectionEvaluation:
     images: int
     seconds: float
     detections: Path
+
+
+def validate_detector(trained, ckpt_path: str, split: str | None, output: str | None,
+                      ann_file: str | None) -> list[str]:
+    """validate.py on a detector: COCO mAP of a split, per-class AP, the detections written as COCO results json;
+    the lines to print. The split's annotation file: `ann_file` (--val_ann_file), else the config's for the train
+    or val split, else annotations/instances_<split>.json."""
+    data, det = trained.cfg.data, trained.cfg.detection
+    split = split or data.val_split
+    given = ann_file or {data.val_split: det.val_ann_file, data.train_split: det.train_ann_file}.get(split)
+    evaluation = evaluate_split(trained, split, given, output, ckpt_path)
+    scores = "  ".join(f"{name} {value:.2f}" for name, value in evaluation.metrics.items())
+    width = max(len(name) for name, _ in evaluation.per_class)
+    return [f"{evaluation.images} images: {scores}  ({evaluation.images / max(evaluation.seconds, 1e-9):.1f} img/s)",
+            "\n".join([f"{'class':<{width}}  bbox AP"] + [f"{name:<{width}}  {'-' if ap is None else f'{ap:6.2f}'}"
+                                                         for name, ap in evaluation.per_class]),
+            f"detections: {evaluation.detections}"]
 
 
 def evaluate_split(trained, split: str, given_ann_file: str | None, output: str | None,
@@ -151,3 +171,19 @@ def write_detection_table(path: str | Path, rows: list[dict[str, Any]]) -> None:
     writer.writerow(["path", "class", "score", "x1", "y1", "x2", "y2"])
     writer.writerows([row["path"], row["class"], row["score"], *row["box"]] for row in rows)
     atomic_write_text(path, out.getvalue())
+
+
+def predict_detections(trained, paths: list[Path], options: PredictOptions) -> tuple[list[dict], list[str]]:
+    """predict.py on a detector: (one row per detection above the score threshold, the paths that did not
+    decode); each decodable image drawn with its detections into the draw folder."""
+    if options.tta:
+        raise UserError("--tta averages a classifier's probabilities; detectors have no such option here")
+    cfg, start = trained.cfg, time.perf_counter()
+    rows, decoded = predict_and_draw(trained.model, paths, trained.compute, cfg.loader.batch_size,
+                                     num_workers(cfg.loader.num_parallel_workers), options.score_threshold,
+                                     trained.classes, options.draw_dir)
+    seconds = time.perf_counter() - start
+    logger.info("%d images in %.1f s (%.1f img/s, decoding and drawing included); drawn with their detections "
+                "(score >= %g) in %s", len(decoded), seconds, len(decoded) / max(seconds, 1e-9),
+                options.score_threshold, options.draw_dir)
+    return rows, [str(path) for i, path in enumerate(paths) if i not in decoded]

@@ -24,6 +24,7 @@ from tunecv.detection.data import (
     split_index,
 )
 from tunecv.detection.engine import detection_loss, evaluate
+from tunecv.detection.inference import load_detector, predict_detections, validate_detector, write_detection_table
 from tunecv.detection.models import create_detector, detector_spec, load_detector_weights
 from tunecv.detection.report import DetectionResults
 from tunecv.detection.settings import trainable_layers
@@ -33,6 +34,7 @@ from tunecv.finetune.phases import Phase, Plan
 from tunecv.models.factory import count_params
 from tunecv.models.weights import HUB_HOSTS, hub_reachable, read_state_dict, torchvision_state, torchvision_weights_url
 from tunecv.resolve import Run
+from tunecv.tasks.base import PredictOptions, TrainedModel
 from tunecv.train import engine
 from tunecv.train.engine import EpochProgress, Trainer
 from tunecv.train.loop import Pipeline
@@ -45,7 +47,7 @@ SCORES = ("bbox_mAP", "bbox_mAP50", "segm_mAP", "segm_mAP50")
 
 class Detection:
     name = "detection"
-    tools: frozenset[str] = frozenset()  # neither --lr_find nor --show_batch
+    tools: frozenset[str] = frozenset()  # neither --lr_find, --show_batch nor export.py
 
     def resolve_config(self, cfg: Config) -> Config:
         """The rules that need the detector's spec; detectors run in the standard memory format."""
@@ -175,6 +177,25 @@ class Detection:
                 f"{cfg.optim.lr:g}, {cfg.sched.scheduler}, {cfg.train.epoch_size} epochs x "
                 f"{len(pipeline.train_loader)} steps, batch {cfg.loader.batch_size}; "
                 f"{pipeline.trainer.compute.describe()}; best by {cfg.train.best_metric}")
+
+    def load_model(self, cfg: Config, classes: list[str], state: dict[str, Any], source: str) -> nn.Module:
+        return load_detector(cfg, classes, state, source)
+
+    def validate(self, trained: TrainedModel, ckpt_path: str, split: str | None, output: str | None,
+                 calibrate: bool, ann_file: str | None) -> list[str]:
+        if calibrate:
+            raise UserError("--calibrate fits a classifier's temperature; a detector's scores have none to fit")
+        return validate_detector(trained, ckpt_path, split, output, ann_file)
+
+    def predict(self, trained: TrainedModel, paths: list[Path], options: PredictOptions
+                ) -> tuple[list[dict[str, Any]], list[str]]:
+        return predict_detections(trained, paths, options)
+
+    def write_predictions(self, path: str, rows: list[dict[str, Any]]) -> None:
+        write_detection_table(path, rows)
+
+    def prediction_line(self, row: dict[str, Any]) -> str:
+        return "\t".join([row["path"], row["class"], f"{row['score']:.4f}", " ".join(map(str, row["box"]))])
 
 
 def build_detector(cfg: Config, num_classes: int) -> nn.Module:

@@ -25,7 +25,7 @@ from tunecv import __version__
 from tunecv.config import Config
 from tunecv.data.transforms import eval_resize
 from tunecv.errors import ONNX_MISSING, UserError
-from tunecv.inference.predict import Trained
+from tunecv.inference.trained import Trained
 from tunecv.models.factory import create_model
 from tunecv.models.weights import load_exact, load_safetensors_file
 from tunecv.train.checkpoint import own_storage

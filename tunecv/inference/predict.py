@@ -1,65 +1,29 @@
-"""Inference from a checkpoint: `load_trained` rebuilds the config, classes and model finetune.py saved (for
-validate.py and predict.py); `collect_images` and `predict` run the model on any image files."""
+"""A classifier at work: `collect_images` and `predict` run a checkpoint's model (`tunecv.inference.trained`) on any
+image files; `split_dataset` reads a split of its data."""
 
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass
+import logging
+import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tunecv.config import Config, load_config
-from tunecv.data import create_dataset, create_transforms, draft_size
+from tunecv.data import create_dataset, create_loader, create_transforms, draft_size
 from tunecv.data.datasets import IMAGE_EXTENSIONS, ImageDataset
+from tunecv.data.prefetch import on_device
 from tunecv.errors import UserError
-from tunecv.models.factory import create_model
-from tunecv.models.weights import load_exact
-from tunecv.train.checkpoint import load_checkpoint
-from tunecv.train.engine import Compute
+from tunecv.tasks.base import PredictOptions, TrainedModel
 from tunecv.utils.progress import progress_bar
-from tunecv.utils.runtime import image_mode, resolve_device
+from tunecv.utils.runtime import Compute, image_mode
+
+logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Trained:
-    cfg: Config
-    classes: list[str]
-    model: nn.Module
-    compute: Compute
-    temperature: float = 1.0  # validate.py --calibrate's fit: probabilities are softmax(logits / temperature)
-    category_ids: list[int] | None = None  # a detector's: the COCO category id of each class
-
-    @property
-    def detection(self) -> bool:
-        return self.cfg.model.task == "detection"
-
-
-def load_trained(ckpt_path: str, config_path: str | None, overrides: dict[str, Any],
-                 cfg_options: list[str] | None = None) -> Trained:
-    """The checkpoint's config < --config (with _base_ and --cfg-options) < flags; training-only rules are not
-    checked. The model is on its device, in its memory format."""
-    checkpoint = load_checkpoint(ckpt_path)
-    saved = (checkpoint["config"], f"checkpoint {ckpt_path}")
-    cfg = load_config(config_path, overrides, cfg_options, base_layers=(saved,), training=False)
-    classes = list(checkpoint["classes"])
-    source = f"{ckpt_path} (model {cfg.model.model})"
-    if cfg.model.task == "detection":
-        from tunecv.detection.inference import load_detector
-
-        compute = Compute.create(resolve_device(cfg.train.device), cfg.train.amp_level, channels_last=False)
-        model = compute.prepare_model(load_detector(cfg, classes, checkpoint["model"], source))
-        return Trained(cfg, classes, model, compute, category_ids=checkpoint.get("category_ids"))
-    model = create_model(cfg.model, num_classes=len(classes))
-    load_exact(model, checkpoint["model"], source=source)
-    compute = Compute.create(resolve_device(cfg.train.device), cfg.train.amp_level, cfg.train.channels_last)
-    return Trained(cfg, classes, compute.prepare_model(model), compute, float(checkpoint.get("temperature", 1.0)))
-
-
-def split_dataset(trained: Trained, split: str, uint8: bool = False) -> ImageDataset:
+def split_dataset(trained: TrainedModel, split: str, uint8: bool = False) -> ImageDataset:
     """A split of the checkpoint's data (or the overridden data_dir) with its evaluation transform and classes.
     `uint8`: tensors the GPU normalises (DevicePrefetcher)."""
     cfg = trained.cfg
@@ -68,7 +32,7 @@ def split_dataset(trained: Trained, split: str, uint8: bool = False) -> ImageDat
                           draft_size=draft_size(cfg.data, False))
 
 
-def files_dataset(trained: Trained, paths: list[Path], uint8: bool = False) -> ImageDataset:
+def files_dataset(trained: TrainedModel, paths: list[Path], uint8: bool = False) -> ImageDataset:
     """Any image files with the checkpoint's evaluation transform (label 0: unknown); a file that does not decode
     is skipped (its item is None)."""
     cfg = trained.cfg
@@ -119,3 +83,22 @@ def predict(model: nn.Module, loader: DataLoader, compute: Compute, tta: bool = 
 def top_k(probs: torch.Tensor, classes: list[str], k: int) -> list[tuple[str, float]]:
     values, indices = probs.topk(min(k, len(classes)))
     return [(classes[i], round(float(v), 6)) for v, i in zip(values, indices.tolist())]
+
+
+def predict_classes(trained: TrainedModel, paths: list[Path], options: PredictOptions) -> tuple[list[dict], list[str]]:
+    """predict.py on a classifier: (one row per image that decoded: path and top-k, the paths that did not)."""
+    cfg, compute = trained.cfg, trained.compute
+    uint8 = compute.device.type == "cuda"  # the GPU normalises (DevicePrefetcher)
+    dataset = files_dataset(trained, paths, uint8)
+    loader = on_device(create_loader(dataset, cfg.loader, is_training=False, pin_memory=uint8), compute, cfg.data,
+                       is_training=False)
+    if trained.temperature != 1.0:
+        logger.info("probabilities calibrated with temperature %.3f (validate.py --calibrate)", trained.temperature)
+    start = time.perf_counter()
+    probabilities = predict(trained.model, loader, compute, tta=options.tta, temperature=trained.temperature)
+    seconds = time.perf_counter() - start
+    logger.info("%d images in %.1f s (%.0f img/s, decoding included%s)", len(probabilities), seconds,
+                len(probabilities) / max(seconds, 1e-9), ", x2 for --tta" if options.tta else "")
+    rows = [{"path": str(path), "top": top_k(probabilities[i], trained.classes, options.topk)}
+            for i, path in enumerate(paths) if i in probabilities]
+    return rows, [str(path) for i, path in enumerate(paths) if i not in probabilities]

@@ -36,8 +36,8 @@ from tunecv.inference.export import (
     sidecar,
     write_sidecar,
 )
-from tunecv.inference.predict import Trained, collect_images, files_dataset, load_trained, split_dataset
-from tunecv.train.checkpoint import load_checkpoint
+from tunecv.inference.predict import collect_images, files_dataset, split_dataset
+from tunecv.inference.trained import Trained, load_trained
 
 logger = logging.getLogger("tunecv")
 
@@ -96,10 +96,10 @@ def run(args, overrides: dict) -> tuple[list[Path], Parity]:
         check_onnx_installed(args.opset)
     if str(overrides.get("device", "cpu")) not in ("cpu", "auto"):
         logger.info("export runs on the CPU in fp32; --device %s is not used", overrides["device"])
-    if load_checkpoint(args.ckpt_path)["config"].get("task") == "detection":
-        raise UserError(f"{args.ckpt_path} is a detector's checkpoint; export.py exports classifiers (a detector's "
-                        "weights are in the checkpoint's 'model' state_dict, for torchvision's model)")
     trained = load_trained(args.ckpt_path, args.config, {**overrides, **CPU_FP32}, args.cfg_options)
+    if "export" not in trained.task.tools:
+        raise UserError(f"{args.ckpt_path} is a {trained.task.name} checkpoint; export.py exports classifiers (its "
+                        "weights are in the checkpoint's 'model' state_dict)")
     trained.model = trained.model.to("cpu", memory_format=torch.contiguous_format).float().eval().requires_grad_(False)
     images, source = parity_batch(trained, args.images)
     request = ExportRequest(args.format, args.ckpt_path, output, args.dynamic_batch, args.opset, args.tolerance)

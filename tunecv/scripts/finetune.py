@@ -37,16 +37,26 @@ from tunecv.utils.runtime import Compute, resolve_device, seed_everything
 logger = logging.getLogger("tunecv")
 
 
-def run(cfg: Config, device: torch.device, argv: list[str]) -> FitResult:
-    """A whole run: a new one, or a stopped one resumed (`resume`)."""
-    task = create_task(cfg)
-    run = resolve(cfg, task, world_size=distributed.world_size(), range_test=partial(lr_range_test, task, device))
-    pipeline = build(task, run, device)
-    plan = plan_phases(task, run, pipeline)
-    saver, results = open_run_folder(task, run, pipeline, argv)
+def run(cfg: Config, device: torch.device | None = None, argv: list[str] | None = None) -> FitResult:
+    """A whole run: a new one, or a stopped one resumed (`resume`). `argv`: the command line, for run.json."""
+    task, run, pipeline, plan = prepare(cfg, device)
+    saver, results = open_run_folder(task, run, pipeline, sys.argv[1:] if argv is None else argv)
     plan.enter(1)
     logger.info(task.describe(run, pipeline, plan))
     return fit(task, pipeline, plan, run.cfg.train, saver, results, resume=run.checkpoint)
+
+
+def prepare(cfg: Config, device: torch.device | None = None, *, new_run: bool = True
+            ) -> tuple[Task, Run, Pipeline, Plan]:
+    """The task chosen once, the run resolved, its data and model built, its phases planned. `new_run` False: an
+    earlier run in ckpt_save_dir is no reason to stop (a benchmark, a test)."""
+    device = device or resolve_device(cfg.train.device)
+    task = create_task(cfg)
+    run = resolve(cfg, task, world_size=distributed.world_size(), new_run=new_run,
+                  range_test=partial(lr_range_test, task, device))
+    pipeline = build(task, run, device)
+    steps = optimizer_steps(len(pipeline.train_loader), run.cfg.train.gradient_accumulation_steps)
+    return task, run, pipeline, plan_phases(task, run, pipeline.model, steps)
 
 
 def build(task: Task, run: Run, device: torch.device) -> Pipeline:
@@ -66,11 +76,10 @@ def build(task: Task, run: Run, device: torch.device) -> Pipeline:
     return Pipeline(model, forward_model, train_set, val_set, train_loader, val_loader, trainer, weights)
 
 
-def plan_phases(task: Task, run: Run, pipeline: Pipeline) -> Plan:
+def plan_phases(task: Task, run: Run, model: torch.nn.Module, steps: int) -> Plan:
     """Each phase freezes what its freeze list names and gets an optimizer of its own over the task's parameter
-    groups (per-layer lr and weight decay), with its schedule."""
-    cfg, model = run.cfg, pipeline.model
-    steps = optimizer_steps(len(pipeline.train_loader), cfg.train.gradient_accumulation_steps)
+    groups (per-layer lr and weight decay), with its schedule (`steps` optimizer steps an epoch)."""
+    cfg = run.cfg
 
     def start_phase(phase: Phase) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         apply_phase(model, phase)
@@ -86,7 +95,7 @@ def lr_range_test(task: Task, device: torch.device, probe: Run) -> float:
     """The LR range test on the first phase's trainable set; writes lr_find.png, returns the suggestion (every
     process takes the first one's: DDP replicas must step alike)."""
     pipeline = build(task, probe, device)
-    optimizer, _ = plan_phases(task, probe, pipeline).start(probe.phases[0])
+    optimizer, _ = plan_phases(task, probe, pipeline.model, 1).start(probe.phases[0])
     result = lr_find(pipeline.forward_model, pipeline.train_loader, optimizer, pipeline.trainer,
                      probe.cfg.finetune.lr_find_steps)
     if distributed.is_main():

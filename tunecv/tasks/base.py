@@ -8,11 +8,14 @@ loop, resume, checkpoints, the run folder) call these methods and never ask whic
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tunecv.config import Config
 from tunecv.finetune.phases import Phase, Plan
 from tunecv.resolve import Resolvable, Run
 from tunecv.train.engine import Trainer
@@ -20,12 +23,33 @@ from tunecv.train.loop import Pipeline, Results, Trainable
 from tunecv.utils.runtime import Compute
 
 
+@dataclass(frozen=True)
+class PredictOptions:
+    """predict.py's options: a classifier's top-k and flip TTA, a detector's score threshold and drawings."""
+
+    topk: int = 1
+    tta: bool = False
+    score_threshold: float = 0.5
+    draw_dir: Path | None = None
+
+
+class TrainedModel(Protocol):
+    """What inference gets of a checkpoint (`tunecv.inference.predict.Trained`)."""
+
+    cfg: Config
+    classes: list[str]
+    model: nn.Module
+    compute: Compute
+    temperature: float
+    category_ids: list[int] | None
+
+
 class Task(Resolvable, Trainable, Protocol):
     """One kind of model tunecv fine-tunes: resolving its config (`Resolvable`), building its data and model,
     training an epoch and evaluating (`Trainable`), describing the run and its results."""
 
     name: str
-    tools: frozenset[str]  # the extra steps of finetune.py it supports: lr_find, show_batch
+    tools: frozenset[str]  # the extra steps it supports: finetune.py --lr_find, --show_batch; export.py
 
     def create_dataset(self, run: Run, split: str) -> Dataset | None:
         """`split`: train_split, or val_split (None when the run does not validate)."""
@@ -58,3 +82,19 @@ class Task(Resolvable, Trainable, Protocol):
 
     def describe(self, run: Run, pipeline: Pipeline, plan: Plan) -> str:
         """The block logged before training."""
+
+    # inference: validate.py, predict.py
+    def load_model(self, cfg: Config, classes: list[str], state: dict[str, Any], source: str) -> nn.Module:
+        """A checkpoint's model (its `state`), on the CPU."""
+
+    def validate(self, trained: TrainedModel, ckpt_path: str, split: str | None, output: str | None,
+                 calibrate: bool, ann_file: str | None) -> list[str]:
+        """Evaluate a split and write the reports; the lines validate.py prints."""
+
+    def predict(self, trained: TrainedModel, paths: list[Path], options: PredictOptions
+                ) -> tuple[list[dict[str, Any]], list[str]]:
+        """(rows of predictions, the paths that did not decode)."""
+
+    def write_predictions(self, path: str, rows: list[dict[str, Any]]) -> None: ...
+
+    def prediction_line(self, row: dict[str, Any]) -> str: ...

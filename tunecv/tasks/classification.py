@@ -25,12 +25,15 @@ from tunecv.errors import UserError
 from tunecv.finetune.param_groups import build_param_groups
 from tunecv.finetune.phases import Phase, Plan, apply_phase, plan_phases
 from tunecv.finetune.strategies import is_gradual
+from tunecv.inference.predict import predict_classes
+from tunecv.inference.validate import validate_classifier
 from tunecv.models.factory import count_params, create_model, data_defaults, fixed_input_size
 from tunecv.models.layer_map import layer_map
-from tunecv.models.weights import load_initial_weights
+from tunecv.models.weights import load_exact, load_initial_weights
 from tunecv.report.manifest import data_fingerprint
-from tunecv.report.results import ResultsWriter, run_summary
+from tunecv.report.results import ResultsWriter, run_summary, write_table
 from tunecv.resolve import Run
+from tunecv.tasks.base import PredictOptions, TrainedModel
 from tunecv.train import engine
 from tunecv.train.engine import EpochProgress, Trainer, optimizer_steps
 from tunecv.train.feature_cache import create_feature_loaders, use_feature_cache
@@ -43,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 class Classification:
     name = "classification"
-    tools = frozenset({"lr_find", "show_batch"})  # finetune.py's --lr_find and --show_batch
+    tools = frozenset({"lr_find", "show_batch", "export"})
 
     def resolve_config(self, cfg: Config) -> Config:
         """The data layout found in data_dir, the model's input settings where not given."""
@@ -186,6 +189,25 @@ class Classification:
         return run_summary(run.cfg, pipeline.train_set, pipeline.val_set, pipeline.weights,
                            count_params(pipeline.model), type(plan.optimizer).__name__, plan, steps,
                            pipeline.train_loader.num_workers, compute, _caches(pipeline))
+
+    def load_model(self, cfg: Config, classes: list[str], state: dict[str, Any], source: str) -> nn.Module:
+        model = create_model(cfg.model, num_classes=len(classes))
+        load_exact(model, state, source=source)
+        return model
+
+    def validate(self, trained: TrainedModel, ckpt_path: str, split: str | None, output: str | None,
+                 calibrate: bool, ann_file: str | None) -> list[str]:
+        return validate_classifier(trained, ckpt_path, split, output, calibrate)
+
+    def predict(self, trained: TrainedModel, paths: list[Path], options: PredictOptions
+                ) -> tuple[list[dict[str, Any]], list[str]]:
+        return predict_classes(trained, paths, options)
+
+    def write_predictions(self, path: str, rows: list[dict[str, Any]]) -> None:
+        write_table(path, rows)
+
+    def prediction_line(self, row: dict[str, Any]) -> str:
+        return "\t".join([row["path"], *(f"{name} {score:.4f}" for name, score in row["top"])])
 
 
 def input_settings(data: DataConfig, model: ModelConfig) -> DataConfig:
