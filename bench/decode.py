@@ -17,6 +17,7 @@ from tunecv.config import load_config
 from tunecv.data import create_dataset, draft_size
 from tunecv.data.scan import scan_images
 from tunecv.data.transforms import create_transforms
+from tunecv.tasks.classification import Classification
 
 
 def images_per_s(count: int, seconds: float) -> float:
@@ -44,7 +45,8 @@ def main() -> None:
     parser.add_argument("--image_resize", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    cfg = load_config(None, {"data_dir": args.data_dir, "image_resize": args.image_resize, "scale": "0.35,1.0"})
+    cfg = Classification().resolve_config(load_config(None, {"data_dir": args.data_dir,
+                                                             "image_resize": args.image_resize, "scale": "0.35,1.0"}))
     plain = create_dataset(cfg.data, "train", None)
     paths = [path for path, _ in plain.samples]
     with tempfile.TemporaryDirectory() as tmp:

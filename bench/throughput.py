@@ -25,6 +25,7 @@ import logging
 import shutil
 import tempfile
 import time
+import types
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -96,9 +97,9 @@ def tunecv_setup(args, cache: str, workers: int, channels_last: bool = True, amp
                              "device": args.device, "ckpt_save_dir": out, "epoch_size": 1,
                              "channels_last": channels_last, "amp_level": amp_level, "compile": compile,
                              "drop_remainder": True})  # one batch shape: no recompile or new cuDNN plan mid-figure
-    setup = finetune.prepare(cfg)
-    setup.plan.enter(1)
-    return setup
+    task, run, pipeline, plan = finetune.prepare(cfg)
+    plan.enter(1)
+    return types.SimpleNamespace(**vars(pipeline), plan=plan, compute=pipeline.trainer.compute)
 
 
 def tunecv_rates(args, setting: dict, cache: str = "none", workers: int = 0, synthetic: bool = True) -> dict:

@@ -3,11 +3,14 @@ num_classes), the strategy (phases) and the run (folder, lr, caches), each owned
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from conftest import CLASSES
 from tunecv.config import UserError, load_config
+from tunecv.resolve import resolve
 from tunecv.tasks.classification import Classification
 
 
@@ -77,3 +80,59 @@ def test_re_value_random_erases_with_noise(data_dir):
                              "scale": [1.0, 1.0], "ratio": [1.0, 1.0]}).data
     out = create_transforms(cfg, is_training=True)(Image.new("RGB", (32, 32), (128, 128, 128)))
     assert len(out.unique()) > 10  # a flat grey image gains per-pixel noise where it was erased
+
+
+def _run(tiny_overrides: dict, range_test=None, **overrides):
+    cfg = load_config(None, {**tiny_overrides, **overrides})
+    return resolve(cfg, Classification(), new_run=False, range_test=range_test)
+
+
+def test_the_run_holds_every_derived_value(tiny_overrides):
+    run = _run(tiny_overrides)
+    assert run.classes == CLASSES and run.cfg.model.num_classes == len(CLASSES)
+    assert run.cfg.data.dataset == "folder" and run.cfg.data.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert run.cfg.train.best_metric == "top1" and run.out_dir == Path(tiny_overrides["ckpt_save_dir"])
+    assert (run.cfg.train.resume, run.cfg.train.resume_force, run.cfg.train.overwrite) == (None, False, False)
+    assert len(run.phases) == 1 and not run.phases[0].frozen and not run.cache_features
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.cfg = run.cfg  # later stages read it; none rewrites it
+
+
+def test_num_classes_must_match_the_data(tiny_overrides):
+    assert _run(tiny_overrides, num_classes=3).cfg.model.num_classes == 3
+    with pytest.raises(UserError, match="num_classes is 5 but train has 3 classes; set --num_classes 3"):
+        _run(tiny_overrides, num_classes=5)
+
+
+def test_the_strategy_expands_to_its_phases(tiny_overrides):
+    two = _run(tiny_overrides, strategy="lp_ft", epoch_size=3).phases
+    assert [(p.start, p.end) for p in two] == [(1, 1), (2, 3)]
+    assert two[0].frozen and not two[1].frozen and two[1].restart
+    gradual = _run(tiny_overrides, strategy="gradual", epoch_size=4).phases
+    assert len(gradual) > 2 and gradual[-1].label == "all stages"
+    assert all(later.frozen < earlier.frozen for earlier, later in zip(gradual, gradual[1:]))
+
+
+def test_a_linear_probe_on_the_evaluation_transform_caches_its_features_not_its_images(tiny_overrides):
+    run = _run(tiny_overrides, strategy="linear_probe", no_aug=True)
+    assert run.cache_features and run.cache_images == "none"
+    assert not _run(tiny_overrides, strategy="linear_probe").cache_features  # random crops: the features change
+    assert _run(tiny_overrides, cache_images="ram").cache_images == "ram"
+
+
+def test_the_lr_is_auto_scaled_or_found_once(tiny_overrides):
+    scaled = _run(tiny_overrides, lr=0.1, auto_scale_lr={"base_batch_size": 8})
+    assert scaled.cfg.optim.lr == pytest.approx(0.1 * 4 / 8) and scaled.cfg.optim.auto_scale_lr is None
+    probes = []
+    found = _run(tiny_overrides, range_test=lambda probe: probes.append(probe) or 0.0123, lr="auto")
+    assert found.cfg.optim.lr == 0.0123 and len(probes) == 1
+    assert probes[0].classes == found.classes and probes[0].cfg.optim.lr != "auto"  # resolved but for the lr
+    with pytest.raises(UserError, match="lr: auto needs the LR range test"):
+        _run(tiny_overrides, lr="auto")
+
+
+def test_a_resolved_config_resolves_to_itself(tiny_overrides):
+    """config.yaml is the Run's config: training from it again is the same run."""
+    run = _run(tiny_overrides, strategy="lp_ft", epoch_size=2, cache_images="none")
+    again = resolve(load_config(None, run.cfg.to_flat()), Classification(), new_run=False)
+    assert again.cfg == run.cfg and again.phases == run.phases and again.classes == run.classes

@@ -241,6 +241,26 @@ def test_choices_match_registries():
     assert set(KEYS["scheduler"][1].metadata["choices"]) == set(scheduler.SCHEDULERS)
 
 
+def test_the_torch_free_registries_name_what_their_stages_implement():
+    from tunecv.config import registries
+    from tunecv.data.torchvision_sets import DATASETS
+
+    assert set(registries.TORCHVISION_DATASETS) == set(DATASETS)
+    assert set(registries.OPTIMIZERS) == set(optim.OPTIMIZERS)
+    for name in registries.SCHEDULERS:  # each has its formula: a schedule of it gives factors in [0, 1]
+        schedule = scheduler.build_schedule(dataclasses.replace(Config().sched, scheduler=name), 0.1, 10, 3)
+        assert all(0 <= scheduler.lr_factor(step, schedule) <= 1 for step in range(30))
+
+
+def test_importing_the_config_package_loads_neither_torch_nor_timm():
+    import subprocess
+    import sys
+
+    code = "import sys, tunecv.config; print(sorted({'torch', 'timm', 'torchvision'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[2]).stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("key, value", [("mode", 0), ("device_target", "Ascend"),
                                         ("loss_scale", 1024), ("dataset_sink_mode", True)])
 def test_mindcv_system_keys_accepted_and_logged(caplog, data_dir, key, value):

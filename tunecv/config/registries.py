@@ -9,9 +9,9 @@ LAYOUTS = ("auto", "folder", "single_folder", "list", "csv", "aircraft", "digits
 # torchvision.datasets classes by their config name (tunecv.data.torchvision_sets.DATASETS)
 TORCHVISION_DATASETS = ("cifar10", "cifar100", "flowers102", "fgvc_aircraft", "oxford_iiit_pet", "dtd", "food101",
                         "stanford_cars")
-# tunecv.optim.optimizers.TIMM_NAMES
+# tunecv.optim.optimizers.OPTIMIZERS maps each to timm's name
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad", "nadam", "lamb")
-# tunecv.optim.schedulers.lr_factor
+# tunecv.optim.schedulers.lr_factor computes each
 SCHEDULERS = ("constant", "cosine_decay", "step_decay", "multi_step_decay", "exponential_decay", "polynomial_decay")
 # tunecv.tasks.TASKS
 TASKS = ("classification", "detection")

@@ -240,7 +240,8 @@ KEYS: dict[str, tuple[str, dataclasses.Field]] = {
     f.name: (section, f) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 # the keys each task reads (what a run's config.yaml holds), and the best_metric values it scores
 _OWN_KEYS = {section: frozenset(f.name for f in dataclasses.fields(cls)) for section, cls in SECTIONS.items()}
-TASK_KEYS = {"classification": frozenset().union(*(_OWN_KEYS[s] for s in SECTIONS if s != "detection")),
+_SHARED = ("data", "loader", "model", "finetune", "optim", "sched", "train")  # every section but a task's own
+TASK_KEYS = {"classification": frozenset().union(*(_OWN_KEYS[section] for section in _SHARED)),
              "detection": DETECTION_SHARED_KEYS | _OWN_KEYS["detection"]}
 TASK_METRICS = {"classification": ("top1",), "detection": DETECTION_METRICS}
 

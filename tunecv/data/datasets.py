@@ -8,19 +8,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from tunecv.config import DataConfig
 from tunecv.data import layouts, torchvision_sets
 from tunecv.data.scan import scan_images
 from tunecv.errors import CacheChanged, UserError
 from tunecv.utils.fileio import atomic_write_text
-
-if TYPE_CHECKING:
-    from tunecv.config import DataConfig
 
 logger = logging.getLogger(__name__)
 

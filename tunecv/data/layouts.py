@@ -12,12 +12,9 @@ import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from tunecv.config import DataConfig
 from tunecv.errors import UserError
-
-if TYPE_CHECKING:
-    from tunecv.config import DataConfig
 
 logger = logging.getLogger(__name__)
 

@@ -7,19 +7,16 @@ import logging
 import random
 import signal
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from tunecv.config import LoaderConfig
 from tunecv.data.sampler import EpochSampler, SeededSamples, ShardSampler
 from tunecv.utils import distributed
 from tunecv.utils.runtime import available_cores, cores_per_process
-
-if TYPE_CHECKING:
-    from tunecv.config import LoaderConfig
 
 logger = logging.getLogger(__name__)
 

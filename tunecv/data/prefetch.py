@@ -5,15 +5,13 @@ copied on a side stream while the current one trains."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
 from timm.data.random_erasing import RandomErasing
 from torch.utils.data import DataLoader
 
-if TYPE_CHECKING:
-    from tunecv.config import DataConfig
-    from tunecv.utils.runtime import Compute
+from tunecv.config import DataConfig
+from tunecv.utils.runtime import Compute
 
 
 class DevicePrefetcher:

@@ -178,8 +178,15 @@ class Detection:
                 f"{len(pipeline.train_loader)} steps, batch {cfg.loader.batch_size}; "
                 f"{pipeline.trainer.compute.describe()}; best by {cfg.train.best_metric}")
 
-    def load_model(self, cfg: Config, classes: list[str], state: dict[str, Any], source: str) -> nn.Module:
-        return load_detector(cfg, classes, state, source)
+    def prediction_line(self, row: dict[str, Any]) -> str:
+        return "\t".join([row["path"], row["class"], f"{row['score']:.4f}", " ".join(map(str, row["box"]))])
+
+    def write_predictions(self, path: str, rows: list[dict[str, Any]]) -> None:
+        write_detection_table(path, rows)
+
+    def predict(self, trained: TrainedModel, paths: list[Path], options: PredictOptions
+                ) -> tuple[list[dict[str, Any]], list[str]]:
+        return predict_detections(trained, paths, options)
 
     def validate(self, trained: TrainedModel, ckpt_path: str, split: str | None, output: str | None,
                  calibrate: bool, ann_file: str | None) -> list[str]:
@@ -187,15 +194,8 @@ class Detection:
             raise UserError("--calibrate fits a classifier's temperature; a detector's scores have none to fit")
         return validate_detector(trained, ckpt_path, split, output, ann_file)
 
-    def predict(self, trained: TrainedModel, paths: list[Path], options: PredictOptions
-                ) -> tuple[list[dict[str, Any]], list[str]]:
-        return predict_detections(trained, paths, options)
-
-    def write_predictions(self, path: str, rows: list[dict[str, Any]]) -> None:
-        write_detection_table(path, rows)
-
-    def prediction_line(self, row: dict[str, Any]) -> str:
-        return "\t".join([row["path"], row["class"], f"{row['score']:.4f}", " ".join(map(str, row["box"]))])
+    def load_model(self, cfg: Config, classes: list[str], state: dict[str, Any], source: str) -> nn.Module:
+        return load_detector(cfg, classes, state, source)
 
 
 def build_detector(cfg: Config, num_classes: int) -> nn.Module:

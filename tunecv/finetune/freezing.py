@@ -10,16 +10,13 @@ import fnmatch
 import logging
 import re
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from torch import nn
 
+from tunecv.config import FinetuneConfig
 from tunecv.config.values import closest_hint
 from tunecv.errors import UserError
 from tunecv.models.layer_map import LayerMap, mindcv_feature_prefixes
-
-if TYPE_CHECKING:
-    from tunecv.config import FinetuneConfig
 
 logger = logging.getLogger(__name__)
 

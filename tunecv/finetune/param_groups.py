@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
+from tunecv.config import FinetuneConfig
 from tunecv.finetune.freezing import match_names
 from tunecv.models.layer_map import LayerMap
 
-if TYPE_CHECKING:
-    from tunecv.config import FinetuneConfig
 
 @dataclass(frozen=True)
 class Rule:

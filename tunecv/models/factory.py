@@ -10,17 +10,15 @@ import difflib
 import functools
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import timm
 import torch
 import torchvision
 from torch import nn
 
+from tunecv.config import ModelConfig
 from tunecv.errors import UserError
-
-if TYPE_CHECKING:
-    from tunecv.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 

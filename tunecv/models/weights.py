@@ -10,16 +10,13 @@ import importlib
 import logging
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from tunecv.config import ModelConfig
 from tunecv.errors import UserError
 from tunecv.models import factory as models
-
-if TYPE_CHECKING:
-    from tunecv.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 

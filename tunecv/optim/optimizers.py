@@ -4,15 +4,13 @@ and MMPretrain's auto_scale_lr. Must not step."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from timm.optim import create_optimizer_v2
 
+from tunecv.config import OptimConfig
 from tunecv.errors import UserError
-
-if TYPE_CHECKING:
-    from tunecv.config import OptimConfig
 
 logger = logging.getLogger(__name__)
 

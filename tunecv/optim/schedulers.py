@@ -8,19 +8,16 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from tunecv.config import SchedConfig
+from tunecv.config.registries import SCHEDULERS
 from tunecv.errors import UserError
-
-if TYPE_CHECKING:
-    from tunecv.config import SchedConfig
 
 logger = logging.getLogger(__name__)
 
-SCHEDULERS = ("constant", "cosine_decay", "step_decay", "multi_step_decay", "exponential_decay", "polynomial_decay")
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,14 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from tunecv import __version__
+from tunecv.config import Config
+from tunecv.data.datasets import ImageDataset
 from tunecv.utils.fileio import atomic_write_text
-
-if TYPE_CHECKING:
-    from tunecv.config import Config
-    from tunecv.data.datasets import ImageDataset
 
 FINGERPRINT_CHARS = 16
 GIT_TIMEOUT_S = 2.0  # a hung git (network file system, lock) must not delay training

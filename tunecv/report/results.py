@@ -9,20 +9,17 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from torch.utils.data import Dataset as Sized
 
+from tunecv.config import Config
 from tunecv.errors import TENSORBOARD_MISSING, UserError
+from tunecv.finetune.phases import Plan
 from tunecv.report.plots import plot_curves
+from tunecv.train.engine import EvalResult
 from tunecv.utils.fileio import atomic_write_text
-
-if TYPE_CHECKING:
-    from torch.utils.data import Dataset as Sized
-
-    from tunecv.config import Config
-    from tunecv.finetune.phases import Plan
-    from tunecv.train.engine import EvalResult
 
 RESULTS_HEADER = "epoch lr train_loss val_loss top1 top5 time_s"
 PRED_HEADER = ("path", "pred_label", "true_label", "score")
@@ -250,3 +247,23 @@ def class_histogram(classes: list[str], train_targets: list[int], val_targets: l
         val = str(val_counts[c]) if val_targets is not None else "-"
         rows.append(f"             {classes[c]:<{name_width}}  {train_counts[c]:>6} / {val:>5}  {bar}")
     return "\n".join(rows)
+
+
+SCORES = ("top1", "top5", "bbox_mAP", "bbox_mAP50", "segm_mAP", "segm_mAP50")
+
+
+def epoch_line(row: dict[str, Any]) -> str:
+    """The log line of an epoch: lr, losses, the scores measured, time."""
+    line = f"epoch {row['epoch']}: lr {row['lr']:.3g} train_loss {row['train_loss']:.4f} " \
+           f"({row['train_images_per_s']:.0f} img/s)"
+    if row.get("val_loss") is not None:
+        line += f" | val_loss {row['val_loss']:.4f}"
+    scores = [f"{name} {value:.2f}" for name, value in row.items()
+              if name in SCORES and value is not None]
+    if scores:
+        line += " " + " ".join(scores) if row.get("val_loss") is not None else " | " + " ".join(scores)
+    if row.get("eval_images_per_s") is not None:
+        line += f" ({row['eval_images_per_s']:.0f} img/s)"
+    if row.get("ema_top1") is not None:
+        line += f" | ema top1 {row['ema_top1']:.2f}"
+    return line + f" | {row['time_s']:.1f} s"

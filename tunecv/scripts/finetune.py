@@ -39,11 +39,11 @@ logger = logging.getLogger("tunecv")
 
 def run(cfg: Config, device: torch.device | None = None, argv: list[str] | None = None) -> FitResult:
     """A whole run: a new one, or a stopped one resumed (`resume`). `argv`: the command line, for run.json."""
-    task, run, pipeline, plan = prepare(cfg, device)
-    saver, results = open_run_folder(task, run, pipeline, sys.argv[1:] if argv is None else argv)
+    task, resolved, pipeline, plan = prepare(cfg, device)
+    saver, results = open_run_folder(task, resolved, pipeline, sys.argv[1:] if argv is None else argv)
     plan.enter(1)
-    logger.info(task.describe(run, pipeline, plan))
-    return fit(task, pipeline, plan, run.cfg.train, saver, results, resume=run.checkpoint)
+    logger.info(task.describe(resolved, pipeline, plan))
+    return fit(task, pipeline, plan, resolved.cfg.train, saver, results, resume=resolved.checkpoint)
 
 
 def prepare(cfg: Config, device: torch.device | None = None, *, new_run: bool = True
@@ -52,11 +52,11 @@ def prepare(cfg: Config, device: torch.device | None = None, *, new_run: bool = 
     earlier run in ckpt_save_dir is no reason to stop (a benchmark, a test)."""
     device = device or resolve_device(cfg.train.device)
     task = create_task(cfg)
-    run = resolve(cfg, task, world_size=distributed.world_size(), new_run=new_run,
-                  range_test=partial(lr_range_test, task, device))
-    pipeline = build(task, run, device)
-    steps = optimizer_steps(len(pipeline.train_loader), run.cfg.train.gradient_accumulation_steps)
-    return task, run, pipeline, plan_phases(task, run, pipeline.model, steps)
+    resolved = resolve(cfg, task, world_size=distributed.world_size(), new_run=new_run,
+                       range_test=partial(lr_range_test, task, device))
+    pipeline = build(task, resolved, device)
+    steps = optimizer_steps(len(pipeline.train_loader), resolved.cfg.train.gradient_accumulation_steps)
+    return task, resolved, pipeline, plan_phases(task, resolved, pipeline.model, steps)
 
 
 def build(task: Task, run: Run, device: torch.device) -> Pipeline:

@@ -7,15 +7,15 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
 from tunecv.data.sampler import sample_seed
 
-if TYPE_CHECKING:
-    from tunecv.train.feature_cache import FeatureExtractor
+# what computes a view's outputs of the frozen layers (tunecv.train.feature_cache.FeatureExtractor):
+# (loader, description) -> (features, labels, dataset indices)
+Extractor = Callable[[DataLoader, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class FeatureLoader:
     batches of dataset indices, so shuffling, sampling, sharding and resuming match the uncached run; `pick`
     draws a view per image and epoch, seeded by (seed, epoch)."""
 
-    def __init__(self, extractor: FeatureExtractor, views: list[DataLoader], batch_sampler: BatchSampler,
+    def __init__(self, extractor: Extractor, views: list[DataLoader], batch_sampler: BatchSampler,
                  pick: Callable[[int, int, torch.Generator], torch.Tensor], seed: int, desc: str) -> None:
         self.extractor, self.views, self.batch_sampler, self.pick = extractor, views, batch_sampler, pick
         self.sampler, self.num_views, self.seed, self.desc = batch_sampler.sampler, len(views), seed, desc

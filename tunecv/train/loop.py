@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,11 +21,12 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset
 
 from tunecv.config import TrainConfig
-from tunecv.errors import UserError
 from tunecv.finetune.phases import Plan
+from tunecv.report.results import epoch_line
 from tunecv.train.checkpoint import CheckpointSaver
 from tunecv.train.engine import EpochProgress, NonFiniteLoss, Trainer
-from tunecv.train.resume import GracefulStop, RunStopped, batch_layout, random_state, restore_random_state
+from tunecv.train.resume import GracefulStop, RunStopped, batch_layout, random_state
+from tunecv.train.state import Best, RunState, restore, training_state
 from tunecv.utils import distributed
 
 logger = logging.getLogger(__name__)
@@ -72,21 +73,6 @@ class Results(Protocol):
 
 
 @dataclass
-class Best:
-    """The best validated epoch so far by `metric` (without a validation set: the last epoch)."""
-
-    value: float | None = None
-    epoch: int = 0
-    path: str = ""
-
-    def update(self, value: float | None, epoch: int, no_val_set: bool) -> bool:
-        if no_val_set or (value is not None and (self.value is None or value > self.value)):
-            self.value, self.epoch = value, epoch
-            return True
-        return False
-
-
-@dataclass
 class FitResult:
     metric: str
     history: list[dict[str, Any]]
@@ -113,20 +99,6 @@ def should_validate(epoch: int, epochs: int, cfg: TrainConfig) -> bool:
     return cfg.val_while_train and (epoch % cfg.val_interval == 0 or epoch == epochs)
 
 
-@dataclass
-class RunState:
-    """Where a run stands: the next epoch (and how far into it), the rows reported, the best epochs."""
-
-    epoch: int = 1
-    progress: EpochProgress | None = None  # the epoch in progress when `_last` was written mid-epoch
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: Best = field(default_factory=Best)
-    ema_best: Best = field(default_factory=Best)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "best": asdict(self.best), "ema_best": asdict(self.ema_best)}
-
-
 @contextmanager
 def _curves_drawn_on_exit(results: Results | None) -> Iterator[None]:
     """A stopped or failed run's curves.png shows every row written (the writer spaces its drawings out), a
@@ -150,13 +122,13 @@ def fit(task: Trainable, pipeline: Pipeline, plan: Plan, cfg: TrainConfig, saver
     trainer, metric = pipeline.trainer, cfg.best_metric
     state = RunState(best=Best(path=str(saver.best_path)))
     if resume is not None:
-        state = _restore(resume, pipeline, plan, saver, results)
+        state = restore(resume, pipeline.model, trainer, plan, saver, results)
     device, wrapped, phase, signum = trainer.compute.device, pipeline.forward_model, None, 0
     skipped = trainer.skipped_steps
 
-    def training_state(progress: EpochProgress | None) -> dict[str, Any]:
+    def last_state(progress: EpochProgress | None) -> dict[str, Any]:
         """Called on every process (it gathers their random states), used by the first."""
-        return {**_training_state(plan.optimizer, plan.scheduler, trainer), **state.to_dict(),
+        return {**training_state(plan.optimizer, plan.scheduler, trainer), **state.to_dict(),
                 "epoch_progress": asdict(progress) if progress else None, "phase_start": plan.current.start,
                 "layout": batch_layout(_batch_size(pipeline.train_loader), trainer.accumulation_steps),
                 "rng": distributed.gather(random_state())}
@@ -178,7 +150,7 @@ def fit(task: Trainable, pipeline: Pipeline, plan: Plan, cfg: TrainConfig, saver
                 if stopping or (cfg.ckpt_save_steps and trainer.global_step % cfg.ckpt_save_steps == 0):
                     done = snapshot()
                     check_finite(pipeline.model, epoch, trainer.global_step)
-                    extra = training_state(done)
+                    extra = last_state(done)
                     if distributed.is_main():
                         saver.save_last(pipeline.model, epoch=epoch, metrics={}, best_top1=state.best.value,
                                         training_state=extra)
@@ -206,7 +178,7 @@ def fit(task: Trainable, pipeline: Pipeline, plan: Plan, cfg: TrainConfig, saver
                                                               metrics=_measured(ema_row),
                                                               best_top1=state.ema_best.value))
             check_finite(pipeline.model, epoch, trainer.global_step)
-            extra = training_state(None)
+            extra = last_state(None)
             if distributed.is_main():
                 saver.save(pipeline.model, epoch=epoch, metrics=_measured(row), is_best=improved,
                            best_top1=state.best.value, training_state=extra)
@@ -272,82 +244,5 @@ def _summed(stats: EpochProgress, device: torch.device) -> EpochProgress:
                          dict(zip(names, parts)))
 
 
-def _restore(checkpoint: dict[str, Any], pipeline: Pipeline, plan: Plan, saver: CheckpointSaver,
-             results: Results | None) -> RunState:
-    """Put a `_last` checkpoint's weights, optimizer, schedule, scaler, EMA, step, reported rows and random state
-    back; the run goes on where it stopped."""
-    trainer = pipeline.trainer
-    pipeline.model.load_state_dict(checkpoint["model"])
-    progress = checkpoint.get("epoch_progress")
-    epoch = checkpoint["epoch"] if progress else checkpoint["epoch"] + 1
-    state = RunState(epoch=epoch, progress=EpochProgress(**progress) if progress else None,
-                     history=list(checkpoint.get("history", [])), ema_best=Best(**checkpoint["ema_best"]))
-    state.best = _best_so_far(state.history, checkpoint, saver)
-    optimizer, scheduler = plan.enter(epoch)
-    # a `_last` written at a phase's end holds that phase's optimizer: the next phase starts afresh, as it would
-    if checkpoint["phase_start"] == plan.current.start:
-        try:
-            optimizer.load_state_dict(checkpoint["optimizer"])
-        except ValueError:  # torch: "loaded state dict contains a parameter group that doesn't match ..."
-            raise UserError("the resumed run trained other parameters (the freeze keys, frozen_stages, "
-                            "trainable_backbone_layers, freeze_bn or weight_decay_filter changed); resume with the "
-                            "run's own values, or start a new run with --ckpt_path <its _last.pth>") from None
-        scheduler.load_state_dict(checkpoint["scheduler"])
-    trainer.global_step = checkpoint["global_step"]
-    if trainer.scaler is not None and checkpoint.get("scaler"):
-        trainer.scaler.load_state_dict(checkpoint["scaler"])
-    if trainer.ema is not None and "model_ema" in checkpoint:
-        trainer.ema.module.load_state_dict(checkpoint["model_ema"])
-    saver.kept = [(score, epoch_, Path(path)) for score, epoch_, path in checkpoint.get("kept", [])]
-    if results is not None:
-        for row in state.history:
-            results.add(row, replayed=True)
-    states = checkpoint["rng"]  # one per process
-    restore_random_state(states[distributed.rank() % len(states)])
-    where = f"epoch {epoch} step {trainer.global_step}" if progress else f"the start of epoch {epoch}"
-    logger.info("resumed at %s (global step %d)", where, trainer.global_step)
-    return state
-
-
-def _best_so_far(history: list[dict[str, Any]], checkpoint: dict[str, Any], saver: CheckpointSaver) -> Best:
-    """The best epoch of the rows so far, by this run's metric (best_metric may have changed since)."""
-    saved = Best(**checkpoint["best"])
-    scored = [row for row in history if row.get(saver.score_key) is not None]
-    if not scored:
-        return saved
-    row = max(scored, key=lambda r: r[saver.score_key])
-    return Best(row[saver.score_key], row["epoch"], saved.path or str(saver.best_path))
-
-
-def _training_state(optimizer: torch.optim.Optimizer, scheduler: LRScheduler, trainer: Trainer) -> dict[str, Any]:
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "global_step": trainer.global_step}
-    if trainer.scaler is not None:
-        state["scaler"] = trainer.scaler.state_dict()
-    if trainer.ema is not None:
-        state["model_ema"] = trainer.ema.module.state_dict()
-    return state
-
-
 def _measured(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if v is not None}
-
-
-def epoch_line(row: dict[str, Any]) -> str:
-    """The log line of an epoch: lr, losses, the scores measured, time."""
-    line = f"epoch {row['epoch']}: lr {row['lr']:.3g} train_loss {row['train_loss']:.4f} " \
-           f"({row['train_images_per_s']:.0f} img/s)"
-    if row.get("val_loss") is not None:
-        line += f" | val_loss {row['val_loss']:.4f}"
-    scores = [f"{name} {value:.2f}" for name, value in row.items()
-              if name in SCORES and value is not None]
-    if scores:
-        line += " " + " ".join(scores) if row.get("val_loss") is not None else " | " + " ".join(scores)
-    if row.get("eval_images_per_s") is not None:
-        line += f" ({row['eval_images_per_s']:.0f} img/s)"
-    if row.get("ema_top1") is not None:
-        line += f" | ema top1 {row['ema_top1']:.2f}"
-    return line + f" | {row['time_s']:.1f} s"
-
-
-SCORES = ("top1", "top5", "bbox_mAP", "bbox_mAP50", "segm_mAP", "segm_mAP50")

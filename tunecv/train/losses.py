@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
-if TYPE_CHECKING:
-    from tunecv.config import TrainConfig
+from tunecv.config import TrainConfig
 
 
 def inverse_frequency_weights(counts: list[int]) -> torch.Tensor:

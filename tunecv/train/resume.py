@@ -14,18 +14,16 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from tunecv.config import Config
 from tunecv.errors import UserError
 from tunecv.report.manifest import run_differences
 from tunecv.train.checkpoint import file_stem, load_checkpoint
 from tunecv.utils import distributed
-
-if TYPE_CHECKING:
-    from tunecv.config import Config
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from tunecv.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-LAUNCH_HINT = "torchrun --nproc_per_node N finetune.py --config X (see README: Several GPUs)"
+LAUNCH_HINT = "torchrun --nproc_per_node N finetune.py --config X (see docs/distributed.md)"
 
 
 def launched() -> bool:
