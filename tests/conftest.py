@@ -193,7 +193,11 @@ def plan_for(cfg, model, steps: int, lr: float | None = None):
 def run_config(values: dict[str, Any]):
     """A classification config from `values`, loaded and resolved by the task as a run's is (layout, the model's
     normalisation, interpolation and crop): what the data stage reads. The layout: `dataset`, else folder."""
+    import dataclasses
+
     from tunecv.config import load_config
+    from tunecv.data.datasets import resolve_layout
     from tunecv.tasks.classification import Classification
 
-    return Classification().resolve_config(load_config(None, {"dataset": "folder", **values}))
+    cfg = Classification().resolve_config(load_config(None, {"dataset": "folder", **values}))
+    return dataclasses.replace(cfg, data=resolve_layout(cfg.data))

@@ -1,8 +1,9 @@
 """The one resolve step: a loaded `Config` → the frozen `Run` every later stage reads and none rewrites.
 
-It owns the derived values: the run folder (or the resumed run's), the data layout and normalisation (the task's
-`resolve_config`), the class list and num_classes, the metric `_best` is chosen by, the phases the strategy expands
-to, the cache decisions, and the learning rate (auto-scaled, the resumed run's, or found by the LR range test).
+It owns the derived values: the run folder (or the resumed run's), the normalisation and the data layout (the
+task's `resolve_config` and `resolve_data`), the class list and num_classes, the metric `_best` is chosen by, the
+phases the strategy expands to, the cache decisions, and the learning rate (auto-scaled, the resumed run's, or found
+by the LR range test).
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ class Run:
 class Resolvable(Protocol):
     """What resolving asks of a task (`tunecv.tasks.base.Task` has it all)."""
 
-    def resolve_config(self, cfg: Config) -> Config: ...
+    def resolve_config(self, cfg: Config) -> Config:
+        """The values the model gives (no data is read)."""
 
-    def read_classes(self, cfg: Config) -> list[str]: ...
+    def resolve_data(self, cfg: Config) -> tuple[Config, list[str]]:
+        """The values the data gives (its layout), and its classes."""
 
     def default_metric(self, cfg: Config) -> str: ...
 
@@ -65,8 +68,7 @@ def resolve(cfg: Config, task: Resolvable, *, world_size: int = 1, new_run: bool
     resume_path = find_last(cfg.train.resume, cfg.train.ckpt_save_dir, cfg.model.model) if cfg.train.resume else None
     checkpoint = training_checkpoint(resume_path) if resume_path else None
     cfg = with_run_dir(cfg, resume_path, refuse=new_run)
-    cfg = task.resolve_config(cfg)
-    classes = task.read_classes(cfg)
+    cfg, classes = task.resolve_data(task.resolve_config(cfg))
     if cfg.model.num_classes is not None and cfg.model.num_classes != len(classes):
         raise UserError(f"num_classes is {cfg.model.num_classes} but {cfg.data.train_split} has {len(classes)} "
                         f"classes; set --num_classes {len(classes)} or leave it out")

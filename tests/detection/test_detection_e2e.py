@@ -6,8 +6,8 @@ segm mAP; bad input is one line."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess

@@ -58,13 +58,13 @@ class Detection:
                             "(use bbox_mAP, or a maskrcnn model)")
         return replace(cfg, train=replace(cfg.train, channels_last=False, compile=False))
 
-    def read_classes(self, cfg: Config) -> list[str]:
+    def resolve_data(self, cfg: Config) -> tuple[Config, list[str]]:
         """The training annotations' categories (the validation file's must be the same)."""
         data = cfg.data
         train = split_index(cfg, data.train_split, cfg.detection.train_ann_file, training=True)
         if cfg.train.val_while_train:
             check_same_classes(train, split_index(cfg, data.val_split, cfg.detection.val_ann_file, training=False))
-        return list(train.classes)
+        return cfg, list(train.classes)
 
     def default_metric(self, cfg: Config) -> str:
         return "bbox_mAP"

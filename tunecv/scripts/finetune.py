@@ -106,7 +106,8 @@ def lr_range_test(task: Task, device: torch.device, probe: Run) -> float:
 @cli.closes_quietly_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = cli.build_parser("finetune.py", "Fine-tune an ImageNet-pretrained classifier (MindCV config keys).")
-    parser.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--print_config", action="store_true",
+                        help="print the config with the values the model and data_dir give, and exit")
     parser.add_argument("--lr_find", action="store_true",
                         help="run the LR range test, write lr_find.png in ckpt_save_dir, print the suggested lr, exit")
     parser.add_argument("--show_batch", action="store_true",
@@ -117,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         args, overrides = cli.parse_args(parser, argv, script_flags=("print_config", "lr_find", "show_batch"))
         cli.setup_logging(args.quiet, args.verbose)
         cfg = load_config(args.config, overrides, args.cfg_options)
-        if args.print_config:
-            print(to_yaml(cfg), end="")
-            return 0
         task = create_task(cfg)
+        if args.print_config:  # with the values the model and data_dir give (layout, normalisation)
+            print(to_yaml(task.resolve_config(cfg)), end="")
+            return 0
         step = "show_batch" if args.show_batch else "lr_find" if args.lr_find else None
         if step is not None and step not in task.tools:
             raise UserError(f"--{step} works for classification; task: {task.name} has no such step")

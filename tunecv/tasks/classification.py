@@ -49,21 +49,22 @@ class Classification:
     tools = frozenset({"lr_find", "show_batch", "export"})
 
     def resolve_config(self, cfg: Config) -> Config:
-        """The data layout found in data_dir, the model's input settings where not given."""
+        """The model's input settings where not given (no data is read)."""
         if cfg.data.auto_augment:
             check_auto_augment(cfg.data.auto_augment)
-        return replace(cfg, data=input_settings(resolve_layout(cfg.data), cfg.model))
+        return replace(cfg, data=input_settings(cfg.data, cfg.model))
 
-    def read_classes(self, cfg: Config) -> list[str]:
-        return dataset_classes(cfg.data)
+    def resolve_data(self, cfg: Config) -> tuple[Config, list[str]]:
+        """The data layout found in data_dir, and the training split's classes."""
+        cfg = replace(cfg, data=resolve_layout(cfg.data))
+        return cfg, dataset_classes(cfg.data)
 
     def default_metric(self, cfg: Config) -> str:
         return "top1"
 
     def plan_phases(self, cfg: Config, num_classes: int) -> list[Phase]:
-        """The phases on the model's structure (built on the meta device: no weights, no random numbers drawn)."""
-        with torch.device("meta"):
-            model = create_model(cfg.model, num_classes, quiet=True)
+        """The phases, from the model's structure."""
+        model = model_structure(cfg.model, num_classes)
         lmap, ft = layer_map(model), cfg.finetune
         coarse = [k for k, on in (("strategy gradual", is_gradual(ft.strategy)),
                                   ("frozen_stages", ft.frozen_stages >= 0),
@@ -75,8 +76,7 @@ class Classification:
 
     def resolve_caches(self, cfg: Config, phases: list[Phase], world_size: int) -> tuple[bool, str]:
         """Whether the frozen backbone's features are computed once, and the image cache asked for."""
-        with torch.device("meta"):
-            model = create_model(cfg.model, cfg.model.num_classes, quiet=True)
+        model = model_structure(cfg.model, cfg.model.num_classes)
         features = use_feature_cache(cfg, model, layer_map(model), phases)
         # images read once or twice for their features gain nothing from a pixel cache, unless it is asked for
         images = "none" if features and cfg.data.cache_images == "auto" else cfg.data.cache_images
@@ -208,6 +208,16 @@ class Classification:
 
     def prediction_line(self, row: dict[str, Any]) -> str:
         return "\t".join([row["path"], *(f"{name} {score:.4f}" for name, score in row["top"])])
+
+
+def model_structure(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """The model's modules and parameter names without its weights: built on the meta device (no memory), on the
+    CPU for the few models whose build reads a tensor's values. (Either way before the run seeds its generators.)"""
+    try:
+        with torch.device("meta"):
+            return create_model(cfg, num_classes, quiet=True)
+    except (RuntimeError, NotImplementedError):  # e.g. .item() of a meta tensor in the model's __init__
+        return create_model(cfg, num_classes, quiet=True)
 
 
 def input_settings(data: DataConfig, model: ModelConfig) -> DataConfig:
