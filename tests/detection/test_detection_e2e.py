@@ -175,6 +175,8 @@ def test_bad_input_is_one_line(trained, shapes, tmp_path):
         "--resume", str(tmp_path / f"{MODEL}_last.pth"))
     assert "--calibrate fits a classifier's temperature" in _error("validate.py", "--ckpt_path", ckpt, "--calibrate")
     assert "--tta" in _error("predict.py", "--ckpt_path", ckpt, str(shapes / "val"), "--tta")
+    assert "is a detection checkpoint; export.py exports classifiers" in _error(
+        "export.py", "--ckpt_path", ckpt, "--format", "safetensors", "--output", str(tmp_path / "x.safetensors"))
     wrong_ids = tmp_path / "val.json"
     coco = json.loads((shapes / "annotations" / "instances_val.json").read_text())
     coco["categories"] = [{**c, "id": c["id"] + 1} for c in coco["categories"]]

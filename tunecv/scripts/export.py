@@ -39,8 +39,9 @@ from tunecv.inference.trained import load_trained
 
 logger = logging.getLogger("tunecv")
 
-# exported files are fp32 CPU graphs; a compiled or autocast model would trace into something else
-CPU_FP32 = {"device": "cpu", "amp_level": "O0", "channels_last": False}
+# exported files are fp32 CPU graphs; an autocast model would trace into something else (the memory format is set
+# on the model itself: contiguous)
+CPU_FP32 = {"device": "cpu", "amp_level": "O0"}
 
 
 def run(args, overrides: dict) -> tuple[list[Path], Parity]:

@@ -32,7 +32,7 @@ from tunecv.train.lr_find import lr_find, report
 from tunecv.train.resume import RunStopped, resume_command
 from tunecv.train.run_folder import open_run_folder, start_log
 from tunecv.utils import distributed
-from tunecv.utils.runtime import Compute, resolve_device, seed_everything
+from tunecv.utils.runtime import Compute, free_memory, resolve_device, seed_everything
 
 logger = logging.getLogger("tunecv")
 
@@ -98,6 +98,8 @@ def lr_range_test(task: Task, device: torch.device, probe: Run) -> float:
     optimizer, _ = plan_phases(task, probe, pipeline.model, 1).start(probe.phases[0])
     result = lr_find(pipeline.forward_model, pipeline.train_loader, optimizer, pipeline.trainer,
                      probe.cfg.finetune.lr_find_steps)
+    del pipeline, optimizer
+    free_memory()  # the probe's model and caches, before the run builds its own
     if distributed.is_main():
         report(result, probe.out_dir / "lr_find.png")
     return distributed.broadcast(result.suggestion if distributed.is_main() else None)

@@ -126,11 +126,20 @@ def check_same_run(cfg: Config, checkpoint: dict, classes: list[str], fingerprin
         logger.warning("resume_force: resuming although the %s", difference)
 
 
+# what `_last` holds besides the weights, optimizer and random state (tunecv.train.state)
+RESUME_KEYS = ("global_step", "phase_start", "best", "ema_best", "history")
+
+
 def training_checkpoint(path: Path) -> dict:
     checkpoint = load_checkpoint(path)
     if "optimizer" not in checkpoint or "rng" not in checkpoint:
         raise UserError(f"{path} holds no training state to resume (a _best or per-epoch checkpoint?); resume from "
                         "<model>_last.pth, or start a new run with --ckpt_path to load its weights")
+    missing = [key for key in RESUME_KEYS if key not in checkpoint]
+    if missing:
+        raise UserError(f"{path} was written by an older tunecv (its training state has no {', '.join(missing)}); "
+                        "resume it with the version that wrote it, or start a new run with --ckpt_path to load its "
+                        "weights")
     logger.info("resuming from %s (epoch %d)", path, checkpoint["epoch"])
     return checkpoint
 

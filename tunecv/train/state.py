@@ -57,6 +57,11 @@ class RunState:
         return {"history": self.history, "best": asdict(self.best), "ema_best": asdict(self.ema_best)}
 
 
+def saved_best(saved: dict[str, Any]) -> Best:
+    """A Best from `_last` (earlier versions named its value `top1`)."""
+    return Best(**{("value" if key == "top1" else key): value for key, value in saved.items()})
+
+
 def restore(checkpoint: dict[str, Any], model: nn.Module, trainer: Trainer, plan: Plan, saver: CheckpointSaver,
             results: Replayable | None) -> RunState:
     """Put a `_last` checkpoint's weights, optimizer, schedule, scaler, EMA, step, reported rows and random state
@@ -65,7 +70,7 @@ def restore(checkpoint: dict[str, Any], model: nn.Module, trainer: Trainer, plan
     progress = checkpoint.get("epoch_progress")
     epoch = checkpoint["epoch"] if progress else checkpoint["epoch"] + 1
     state = RunState(epoch=epoch, progress=EpochProgress(**progress) if progress else None,
-                     history=list(checkpoint.get("history", [])), ema_best=Best(**checkpoint["ema_best"]))
+                     history=list(checkpoint["history"]), ema_best=saved_best(checkpoint["ema_best"]))
     state.best = best_so_far(state.history, checkpoint, saver)
     optimizer, scheduler = plan.enter(epoch)
     # a `_last` written at a phase's end holds that phase's optimizer: the next phase starts afresh, as it would
@@ -95,7 +100,7 @@ def restore(checkpoint: dict[str, Any], model: nn.Module, trainer: Trainer, plan
 
 def best_so_far(history: list[dict[str, Any]], checkpoint: dict[str, Any], saver: CheckpointSaver) -> Best:
     """The best epoch of the rows so far, by this run's metric (best_metric may have changed since)."""
-    saved = Best(**checkpoint["best"])
+    saved = saved_best(checkpoint["best"])
     scored = [row for row in history if row.get(saver.score_key) is not None]
     if not scored:
         return saved

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import random
@@ -49,6 +50,14 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     return torch.device(name)
+
+
+def free_memory() -> None:
+    """Free what reference cycles still hold (a model built and dropped, its caches) and hand CUDA's cached blocks
+    back, before something else takes that memory."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def image_mode(in_channels: int) -> str:
