@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import pytest
 import torch
@@ -187,6 +188,29 @@ def test_fit_validates_at_interval_and_writes_reports(tmp_path):
     assert rows[-1] == f"best top1 {result.best.value:.2f} at epoch {result.best.epoch}"
     assert load_checkpoint(result.best.path)["epoch"] == result.best.epoch
     assert load_checkpoint(result.last_path)["epoch"] == 3
+
+
+class _SlowBatches(list):
+    """Validation batches that take `seconds` each to load."""
+
+    def __init__(self, batches: list, seconds: float) -> None:
+        super().__init__(batches)
+        self.seconds = seconds
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            time.sleep(self.seconds)
+            yield batch
+
+
+def test_an_epochs_time_includes_its_validation(tmp_path):
+    model = _tiny()
+    train_loader, val_loader = _image_batches(count=1), _SlowBatches(_image_batches(count=2, seed=1), 0.25)
+    cfg = TrainConfig(epoch_size=1, ckpt_save_dir=str(tmp_path))
+    plan, _, _, trainer = _train(model, train_loader, cfg)
+    saver = CheckpointSaver(tmp_path, TINY_MODEL, {}, ["a", "b", "c"])
+    result = _fit(model, train_loader, val_loader, plan, cfg, saver, ResultsWriter(tmp_path), trainer)
+    assert result.history[0]["time_s"] >= 0.5  # the two validation batches' wait is part of the epoch
 
 
 class _NanInEpoch:

@@ -167,7 +167,7 @@ def fit(task: Trainable, pipeline: Pipeline, plan: Plan, cfg: TrainConfig, saver
                 logger.warning("epoch %d: the AMP scaler skipped %d steps (fp16 overflow; it lowers its scale and "
                                "goes on)", epoch, trainer.skipped_steps - skipped)
             skipped = trainer.skipped_steps
-            row, ema_scores = _validated_row(task, pipeline, epoch, stats, cfg, time.perf_counter() - epoch_start)
+            row, ema_scores = _validated_row(task, pipeline, epoch, stats, cfg, epoch_start)
             state.history.append(row)
             no_val_set = pipeline.val_loader is None
             improved = state.best.update(row.get(metric), epoch, no_val_set)
@@ -196,7 +196,7 @@ def fit(task: Trainable, pipeline: Pipeline, plan: Plan, cfg: TrainConfig, saver
 
 
 def _validated_row(task: Trainable, pipeline: Pipeline, epoch: int, stats: EpochProgress, cfg: TrainConfig,
-                   seconds: float) -> tuple[dict[str, Any], dict[str, Any] | None]:
+                   epoch_start: float) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The epoch's row, with its validation scores (and the EMA weights' `ema_<metric>`) when it validates."""
     trainer = pipeline.trainer
     for synced in (pipeline.forward_model, trainer.ema.module if trainer.ema is not None else None):
@@ -207,7 +207,7 @@ def _validated_row(task: Trainable, pipeline: Pipeline, epoch: int, stats: Epoch
         scores = task.evaluate(pipeline.forward_model, pipeline.val_loader, trainer, f"val {epoch}")
         if trainer.ema is not None:  # the EMA is validated on its own and kept as its own best
             ema_scores = task.evaluate(trainer.ema.module, pipeline.val_loader, trainer, f"val ema {epoch}")
-    row = task.row(epoch, stats, scores, seconds)
+    row = task.row(epoch, stats, scores, time.perf_counter() - epoch_start)  # the epoch's time: validation too
     if trainer.ema is not None:
         row[f"ema_{cfg.best_metric}"] = ema_scores.get(cfg.best_metric) if ema_scores else None
     return row, ema_scores
