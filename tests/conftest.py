@@ -180,14 +180,14 @@ def plan_for(cfg, model, steps: int, lr: float | None = None):
     import dataclasses
 
     from tunecv.resolve import Run
-    from tunecv.scripts.finetune import plan_phases
+    from tunecv.scripts.finetune import create_plan
     from tunecv.tasks.classification import Classification
 
     if lr is not None:
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr))
     task, classes = Classification(), model.num_classes if hasattr(model, "num_classes") else 3
     run = Run(cfg, tuple(map(str, range(classes))), tuple(task.plan_phases(cfg, classes)))
-    return plan_phases(task, run, model, steps)
+    return create_plan(task, run, model, steps)
 
 
 def run_config(values: dict[str, Any]):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import pytest
 import torch
 from torch.utils.data import TensorDataset
 
 from tunecv.config import LoaderConfig
 from tunecv.data import create_dataset, create_transforms
 from tunecv.data.loader import create_loader, create_mixup, num_workers
+from tunecv.errors import UserError
 from tunecv.utils.runtime import available_cores, cores_per_process
 
 
@@ -42,6 +44,15 @@ def test_eval_keeps_every_image():
 
 def test_drop_remainder():
     assert _sizes(create_loader(_data(10), _cfg(drop_remainder=True), is_training=True)) == [4, 4]
+
+
+def test_a_training_loader_without_a_batch_is_one_sentence():
+    with pytest.raises(UserError, match=r"^3 training images give no batch of 4; lower batch_size or set "
+                                        r"drop_remainder false$"):
+        create_loader(_data(3), _cfg(drop_remainder=True), is_training=True)
+    with pytest.raises(UserError, match=r"^1 training images give no batch of 4; lower batch_size$"):
+        create_loader(_data(1), _cfg(), is_training=True)  # a batch of one is dropped whatever drop_remainder says
+    assert _sizes(create_loader(_data(1), _cfg(), is_training=False)) == [1]
 
 
 def test_mixup_drops_an_odd_last_batch():

@@ -16,7 +16,7 @@ from tunecv.finetune.phases import Phase
 from tunecv.models.factory import create_model
 from tunecv.report.results import RESULTS_HEADER, ResultsWriter
 from tunecv.resolve import Run
-from tunecv.scripts.finetune import plan_phases
+from tunecv.scripts.finetune import create_plan
 from tunecv.tasks.classification import Classification
 from tunecv.train.checkpoint import CheckpointSaver, load_checkpoint
 from tunecv.train.engine import Compute, NonFiniteLoss, create_trainer, evaluate, train_one_epoch
@@ -110,7 +110,7 @@ def _train(model: nn.Module, loader, train_cfg: TrainConfig = TrainConfig(), epo
                  train=dataclasses.replace(train_cfg, epoch_size=epochs))
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     run = Run(cfg, ("a", "b", "c"), (Phase(1, epochs, frozenset(frozen)),))
-    plan = plan_phases(Classification(), run, model, steps)
+    plan = create_plan(Classification(), run, model, steps)
     optimizer, scheduler = plan.enter(1)
     trainer = create_trainer(model, train_cfg, Compute(CPU), None, class_counts=[1, 1, 1])
     return plan, optimizer, scheduler, trainer

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from tunecv.config import LoaderConfig
 from tunecv.data.sampler import EpochSampler, SeededSamples, ShardSampler
+from tunecv.errors import UserError
 from tunecv.utils import distributed
 from tunecv.utils.runtime import available_cores, cores_per_process
 
@@ -76,6 +77,9 @@ def create_loader(dataset: Dataset, cfg: LoaderConfig, is_training: bool, *, see
                 ", balanced sampler" if is_training and cfg.sampler == "balanced" else "")
     if sampler is None and world_size > 1:
         sampler = ShardSampler(len(dataset), rank, world_size)
+    if is_training and per_rank // cfg.batch_size + (remainder > 0 and not drop_last) == 0:
+        raise UserError(f"{len(dataset)} training images give no batch of {cfg.batch_size}; lower batch_size"
+                        + (" or set drop_remainder false" if cfg.drop_remainder else ""))
     return DataLoader(
         SeededSamples(dataset) if isinstance(sampler, EpochSampler) else dataset,
         batch_size=cfg.batch_size,

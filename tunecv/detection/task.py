@@ -15,6 +15,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from tunecv.config import Config
+from tunecv.config.schema import DETECTION_METRICS
 from tunecv.detection.coco import CocoDetection, HorizontalFlip
 from tunecv.detection.data import (
     annotations_fingerprint,
@@ -41,9 +42,6 @@ from tunecv.train.loop import Pipeline
 from tunecv.utils.runtime import Compute
 
 logger = logging.getLogger(__name__)
-
-SCORES = ("bbox_mAP", "bbox_mAP50", "segm_mAP", "segm_mAP50")
-
 
 class Detection:
     name = "detection"
@@ -96,11 +94,7 @@ class Detection:
         if dataset is None:
             return None
         dataset.transform = transform
-        loader = detection_loader(dataset, run.cfg, is_training, compute.device.type == "cuda")
-        if is_training and len(loader) == 0:
-            raise UserError(f"{len(dataset)} training images give no batch of {run.cfg.loader.batch_size}; lower "
-                            "batch_size")
-        return loader
+        return detection_loader(dataset, run.cfg, is_training, compute.device.type == "cuda")
 
     def create_model(self, run: Run, compute: Compute) -> tuple[nn.Module, str]:
         """The detector for the data's classes with its configured weights (a resumed run's replace them)."""
@@ -145,7 +139,7 @@ class Detection:
         """Loss (each part too) and COCO mAP, as MMDetection users read them."""
         parts = {name if name.startswith("loss") else f"loss_{name}": value for name, value in stats.parts.items()}
         return {"epoch": epoch, "lr": stats.lr, "train_loss": stats.loss, **parts,
-                **{name: (scores or {}).get(name) for name in SCORES},
+                **{name: (scores or {}).get(name) for name in DETECTION_METRICS},
                 "time_s": seconds, "train_images_per_s": stats.images / max(stats.seconds, 1e-9)}
 
     def fingerprint(self, datasets: list[CocoDetection | None]) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 from torch.utils.data import Dataset as Sized
 
 from tunecv.config import Config
+from tunecv.config.schema import DETECTION_METRICS
 from tunecv.errors import TENSORBOARD_MISSING, UserError
 from tunecv.finetune.phases import Plan
 from tunecv.report.plots import plot_curves
@@ -249,7 +250,7 @@ def class_histogram(classes: list[str], train_targets: list[int], val_targets: l
     return "\n".join(rows)
 
 
-SCORES = ("top1", "top5", "bbox_mAP", "bbox_mAP50", "segm_mAP", "segm_mAP50")
+SCORES = ("top1", "top5", *DETECTION_METRICS)  # the scores an epoch line shows, in this order
 
 
 def epoch_line(row: dict[str, Any]) -> str:

@@ -56,7 +56,7 @@ def prepare(cfg: Config, device: torch.device | None = None, *, new_run: bool = 
                        range_test=partial(lr_range_test, task, device))
     pipeline = build(task, resolved, device)
     steps = optimizer_steps(len(pipeline.train_loader), resolved.cfg.train.gradient_accumulation_steps)
-    return task, resolved, pipeline, plan_phases(task, resolved, pipeline.model, steps)
+    return task, resolved, pipeline, create_plan(task, resolved, pipeline.model, steps)
 
 
 def build(task: Task, run: Run, device: torch.device) -> Pipeline:
@@ -76,7 +76,7 @@ def build(task: Task, run: Run, device: torch.device) -> Pipeline:
     return Pipeline(model, forward_model, train_set, val_set, train_loader, val_loader, trainer, weights)
 
 
-def plan_phases(task: Task, run: Run, model: torch.nn.Module, steps: int) -> Plan:
+def create_plan(task: Task, run: Run, model: torch.nn.Module, steps: int) -> Plan:
     """Each phase freezes what its freeze list names and gets an optimizer of its own over the task's parameter
     groups (per-layer lr and weight decay), with its schedule (`steps` optimizer steps an epoch)."""
     cfg = run.cfg
@@ -95,7 +95,7 @@ def lr_range_test(task: Task, device: torch.device, probe: Run) -> float:
     """The LR range test on the first phase's trainable set; writes lr_find.png, returns the suggestion (every
     process takes the first one's: DDP replicas must step alike)."""
     pipeline = build(task, probe, device)
-    optimizer, _ = plan_phases(task, probe, pipeline.model, 1).start(probe.phases[0])
+    optimizer, _ = create_plan(task, probe, pipeline.model, 1).start(probe.phases[0])
     result = lr_find(pipeline.forward_model, pipeline.train_loader, optimizer, pipeline.trainer,
                      probe.cfg.finetune.lr_find_steps)
     del pipeline, optimizer

@@ -111,9 +111,6 @@ class Classification:
         cfg, cuda = run.cfg, compute.device.type == "cuda"
         loader = create_loader(dataset, cfg.loader, is_training, seed=cfg.train.seed if is_training else 0,
                                pin_memory=cuda, rank=distributed.rank(), world_size=distributed.world_size())
-        if is_training and len(loader) == 0:
-            raise UserError(f"{len(dataset)} training images give no batch of {cfg.loader.batch_size}; "
-                            "lower batch_size or set drop_remainder false")
         return on_device(loader, compute, cfg.data, is_training)
 
     def create_model(self, run: Run, compute: Compute) -> tuple[nn.Module, str]:
