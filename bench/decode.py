@@ -15,7 +15,7 @@ from pathlib import Path
 from bench import HYMENOPTERA
 from tunecv.config import load_config
 from tunecv.data import create_dataset, draft_size
-from tunecv.data.scan import scan_images
+from tunecv.data.scan import forget_scans, scan_images, write_scan_cache
 from tunecv.data.transforms import create_transforms
 from tunecv.tasks.classification import Classification
 
@@ -51,7 +51,9 @@ def main() -> None:
     paths = [path for path, _ in plain.samples]
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "scan_cache.json"
+        forget_scans()  # the dataset above was scanned in this process
         cold = scan_images(paths, cache)
+        write_scan_cache([cold.cache])
         warm = scan_images(paths, cache)
     train_draft = draft_size(cfg.data, is_training=True)
     drafted = create_dataset(cfg.data, "train", None, draft_size=train_draft)

@@ -31,7 +31,7 @@ STRATEGIES = {  # config stem: what the tutorial calls it
     "lp_ft": "tunecv strategy lp_ft: classifier 1 epoch, then all",
     "gradual": "tunecv strategy gradual: unfreeze top-down",
 }
-PARAMS = re.compile(r"params\s+([\d,]+) trainable / ([\d,]+) total")
+PARAMS = re.compile(r"trains .*?([\d,]+) of ([\d,]+) parameters train")  # the run summary's first phase
 PHASE_PARAMS = re.compile(r"epochs \d+-\d+ \(.*?\): ([\d,]+) trainable parameters")
 
 

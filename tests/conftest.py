@@ -127,6 +127,14 @@ def _one_torch_thread():
 
 
 @pytest.fixture(autouse=True)
+def _fresh_scans():
+    """Each test scans its images itself (a scan is remembered for the rest of the process)."""
+    from tunecv.data.scan import forget_scans
+
+    forget_scans()
+
+
+@pytest.fixture(autouse=True)
 def _restore_logging():
     """The entry scripts reconfigure the root logger (stderr + train.log handlers); undo that after each test,
     so no handler outlives the test's captured stderr or keeps a tmp file open."""

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import logging.handlers
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -161,7 +165,7 @@ def test_unreadable_image_skipped_and_listed(capsys, tiny_image_folder, tmp_path
 
 
 def test_truncated_image_in_worker_exit_2_naming_file(capsys, tiny_image_folder, tmp_path):
-    # the header is fine, so the file passes the scan; decoding fails inside a DataLoader worker process
+    # the header is fine: the start-up scan decodes it, and on_bad_image: error stops there
     from PIL import Image
 
     bad = tiny_image_folder / "train" / "circle" / "truncated.jpg"
@@ -174,17 +178,19 @@ def test_truncated_image_in_worker_exit_2_naming_file(capsys, tiny_image_folder,
     _assert_one_error(capsys, str(bad))
 
 
-def test_truncated_image_in_worker_skipped_without_killing_the_epoch(capsys, tiny_image_folder, tmp_path):
+def test_truncated_image_is_left_out_at_the_scan_and_listed_once(capsys, tiny_image_folder, tmp_path):
     from PIL import Image
 
     bad = tiny_image_folder / "train" / "circle" / "truncated.jpg"
     Image.new("RGB", (40, 40), (200, 10, 10)).save(bad, quality=95)
     data = bad.read_bytes()
-    bad.write_bytes(data[:data.index(b"\xff\xda") + 20])
+    bad.write_bytes(data[:data.index(b"\xff\xda") + 20])  # the header is fine: only decoding finds it
     out = tmp_path / "ckpt"
     assert finetune.main(_tiny_args(tiny_image_folder, out, "--num_parallel_workers", "1")) == 0
-    # the warning comes from the worker process: its stderr is not captured here, but it shares the log file
-    assert f"cannot read image {bad}" in (out / "train.log").read_text()
+    listed = (out / "bad_images.txt").read_text().splitlines()
+    assert len(listed) == 1 and listed[0].startswith(f"{bad}\t")
+    log = (out / "train.log").read_text()
+    assert "train 24 images" in log and log.count(str(bad)) == 1  # the 24 that train; warned once, at the scan
     rows = (out / "results.txt").read_text().splitlines()
     assert len(rows) == 3 and rows[-1].startswith("best top1 ")
 
@@ -353,3 +359,111 @@ def test_log_file_on_a_read_only_disk_is_one_error_line(tmp_path, monkeypatch):
     monkeypatch.setattr(cli.LogFile, "_open", read_only)  # FileHandler opens the file on creation
     with pytest.raises(UserError, match=r"^cannot write .*train.log \(read-only file system\); "):
         cli.add_log_file(tmp_path / "train.log")
+
+
+# --- logging: -v is tunecv's debug lines only; what is logged before train.log opens is written to it first -----
+
+@pytest.fixture
+def tunecv_logger_level():
+    """setup_logging sets the `tunecv` logger's own level; give the next test the one it had."""
+    logger = logging.getLogger("tunecv")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
+def test_verbose_shows_tunecv_debug_lines_but_not_other_libraries(tmp_path, capsys, tunecv_logger_level):
+    cli.setup_logging(verbose=True)
+    log_file = tmp_path / "train.log"
+    for name in ("PIL.PngImagePlugin", "matplotlib.font_manager", "urllib3.connectionpool"):
+        logging.getLogger(name).debug("library noise from %s", name)
+        logging.getLogger(name).info("library chatter from %s", name)
+    logging.getLogger("tunecv.data").debug("our detail")
+    cli.add_log_file(log_file)
+    logging.getLogger("PIL.Image").debug("more library noise")
+    logging.getLogger("tunecv.train").debug("our later detail")
+    logging.getLogger("urllib3").warning("a library warning")
+    err, text = capsys.readouterr().err, log_file.read_text()
+    for shown in (err, text):
+        assert "our detail" in shown and "our later detail" in shown and "a library warning" in shown
+        assert "library noise" not in shown
+    assert logging.getLogger().level == logging.INFO
+
+
+def test_without_verbose_tunecv_debug_lines_stay_hidden(tmp_path, capsys, tunecv_logger_level):
+    cli.setup_logging(verbose=True)
+    cli.setup_logging()  # a second setup (another command in the same process) forgets the first's -v
+    logging.getLogger("tunecv.data").debug("our detail")
+    cli.add_log_file(tmp_path / "train.log")
+    assert "our detail" not in capsys.readouterr().err + (tmp_path / "train.log").read_text()
+
+
+def test_records_before_the_log_file_opens_are_written_to_it_first(tmp_path, capsys):
+    cli.setup_logging(quiet=True)  # the file keeps INFO lines the quiet console does not show
+    logger = logging.getLogger("tunecv.test")
+    logger.info("config checked")
+    logger.warning("an early warning")
+    cli.add_log_file(tmp_path / "run" / "train.log")
+    logger.info("epoch 1")
+    lines = (tmp_path / "run" / "train.log").read_text().splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == [
+        "INFO tunecv.test: config checked", "WARNING tunecv.test: an early warning", "INFO tunecv.test: epoch 1"]
+    assert "config checked" not in capsys.readouterr().err
+
+    cli.add_log_file(tmp_path / "other.log")  # a replacement starts empty: the early records went to the first
+    logger.info("epoch 2")
+    assert (tmp_path / "other.log").read_text().count("tunecv.test") == 1
+    assert "epoch 2" not in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_early_records_are_bounded_and_the_rest_counted(tmp_path):
+    early = cli._EarlyRecords(capacity=3)
+    logger = logging.getLogger("tunecv.test.bounded")
+    logger.addHandler(early)
+    try:
+        for i in range(5):
+            logger.warning("line %d", i)
+    finally:
+        logger.removeHandler(early)
+    kept = logging.handlers.BufferingHandler(10)
+    early.replay(kept)
+    assert [r.getMessage() for r in kept.buffer] == [
+        "line 0", "line 1", "line 2", "2 log lines from before this file was opened were not kept"]
+    assert early.buffer == []
+
+
+def test_early_records_go_nowhere_when_no_log_file_opens(tmp_path):
+    code = ("import logging; from tunecv import cli; cli.setup_logging(); "
+            "logging.getLogger('tunecv.x').info('only on the console')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == ["only on the console"] and proc.stdout == ""
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--learning-rate", "0.1"], "unknown config key 'learning_rate' (command line); 'learning_rate' is called 'lr' "
+                                 "here (the name in Hugging Face's Trainer and PaddleClas)"),
+    (["--sched", "cosine"], "unknown config key 'sched' (command line); 'sched' is called 'scheduler' here (the "
+                            "name in timm's train.py)"),
+])
+def test_other_tools_flags_are_one_error_line_naming_ours(capsys, tmp_path, argv, line):
+    assert finetune.main(["--data_dir", str(tmp_path), *argv]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"tunecv: error: {line}"]
+
+
+def test_hyphenated_flags_are_the_keys(capsys, tmp_path):
+    assert finetune.main(["--dataset", "digits", "--batch-size", "8", "--label-smoothing", "0.2",
+                          "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "batch_size: 8" in out and "label_smoothing: 0.2" in out
+
+
+def test_binary_config_file_is_one_error_line(capsys, tmp_path):
+    weights = tmp_path / "model.pth"
+    weights.write_bytes(b"PK\x03\x04\x14\x00\x00\x08\x08\x00\x9c\xff\xfe")
+    assert finetune.main(["--config", str(weights)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"tunecv: error: config file {weights} is not UTF-8 text (byte 0x9c at offset 10); give a YAML text file, "
+        "saved as UTF-8"]

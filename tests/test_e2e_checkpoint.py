@@ -107,4 +107,5 @@ def test_validate_refuses_a_code_running_pickle(saved, tmp_path):
     assert proc.returncode == 2 and not marker.exists()
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert err[0].startswith(f"tunecv: error: cannot load checkpoint {evil} safely")
+    assert err[0].startswith(f"tunecv: error: {evil} is not a readable checkpoint (it holds Python objects besides "
+                             "tensors, and unpickling those could run code)")

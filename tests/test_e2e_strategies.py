@@ -99,8 +99,8 @@ def test_freeze_epochs_unfreezes_and_restarts_the_schedule(data_dir, tmp_path):
     log = (out / "train.log").read_text()
     assert f"epochs 2-2 (unfrozen): {total:,} trainable parameters" in log
     classifier = 256 * len(CLASSES) + len(CLASSES)  # test_efficientnet: 256 features
-    assert f"{classifier:,} trainable / {total:,} total" in log
-    assert "epochs 1-1 classifier only; epochs 2-2 unfrozen" in log
+    assert f"trains     epoch 1 linear probe: {classifier:,} of {total:,} parameters train (the head)" in log
+    assert f"epoch 2 full: {total:,} of {total:,} parameters train" in log
     assert "unfrozen" in proc.stderr
 
     rows = _results(out)
@@ -197,4 +197,4 @@ def test_strategy_in_a_child_file_replaces_the_saved_keys(data_dir, tmp_path):
                                                   "epoch_size": 2, "ckpt_save_dir": str(tmp_path / "second")})
     _run("--config", str(child))
     log = (tmp_path / "second" / "train.log").read_text()
-    assert "epochs 1-1 classifier only; epochs 2-2 unfrozen" in log
+    assert "epoch 1 linear probe: " in log and "epoch 2 full: " in log

@@ -244,3 +244,30 @@ def test_command_line(tiny_image_folder: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"converted single_folder data: train 18, val 6 images, 3 classes, 24 hard links → {target}\n"
     assert len(_tree(target)) == 24
+
+
+@pytest.mark.parametrize("extra, needle", [(["--bogus"], "unrecognized arguments: --bogus"),
+                                           (["--split", "abc"], "argument --split: invalid float value: 'abc'"),
+                                           (["--seed", "1.5"], "argument --seed: invalid int value")])
+def test_bad_flags_are_one_line(tiny_image_folder: Path, tmp_path: Path, capsys, extra: list[str],
+                                needle: str) -> None:
+    assert main([str(tiny_image_folder / "train"), str(tmp_path / "out"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tunecv: error: ") and needle in err and err.count("\n") == 1 and "usage:" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_target_is_one_line_before_writing(tiny_image_folder: Path, tmp_path: Path) -> None:
+    blocker = _write(tmp_path / "a_file", "x")
+    done = subprocess.run([sys.executable, "-m", "tools.make_imagefolder", str(tiny_image_folder / "train"),
+                           str(blocker / "out"), "--split", "0.25", "--bogus_flag_after"], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    assert "unrecognized arguments: --bogus_flag_after" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "tools.make_imagefolder", str(tiny_image_folder / "train"),
+                           str(blocker / "out"), "--split", "0.25"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr == (f"tunecv: error: cannot create TARGET {blocker / 'out'}: {blocker} is a file, not a "
+                           "folder; choose another TARGET\n")
+    assert blocker.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "images"]

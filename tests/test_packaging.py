@@ -61,6 +61,22 @@ def test_installed_package_is_a_copy_with_its_configs(installed, tmp_path):
         {p.relative_to(package) for p in package.rglob("*.py")}  # every module shipped (pyproject lists packages)
 
 
+def test_installed_script_finds_bundled_configs_by_name(installed, tmp_path):
+    """`tunecv-finetune --config demo.yaml` from any folder reads the config inside the installed package; a
+    bundled config's relative data_dir is from the working directory, never a path into site-packages."""
+    for name in ("demo.yaml", "configs/demo.yaml"):
+        proc = subprocess.run([str(installed / "bin" / "tunecv-finetune"), "--config", name, "--print_config"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "dataset: digits" in proc.stdout
+    code = ("from tunecv.config import load_config; from tunecv.config.files import BUNDLED_CONFIGS as b; "
+            "print(load_config('seeds/hymenoptera_full.yaml').data.data_dir); print(b); "
+            "print(load_config(b / 'hymenoptera.yaml').data.data_dir)")
+    data_dir, bundled, by_path = subprocess.run([str(installed / "bin" / "python"), "-c", code], cwd=tmp_path,
+                                                capture_output=True, text=True, check=True).stdout.splitlines()
+    assert bundled.startswith(str(installed)) and data_dir == by_path == "../shared/data/hymenoptera_data"
+
+
 def test_extras_are_declared(installed):
     code = "from importlib.metadata import metadata; print(metadata('tunecv').get_all('Provides-Extra'))"
     extras = subprocess.run([str(installed / "bin" / "python"), "-c", code], capture_output=True, text=True,

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import CLASSES
 from tunecv.config import UserError, load_config
-from tunecv.resolve import resolve
+from tunecv.finetune.phases import Phase
+from tunecv.resolve import check_phases_kept, resolve
 from tunecv.tasks.classification import Classification
 
 
@@ -136,3 +137,27 @@ def test_a_resolved_config_resolves_to_itself(tiny_overrides):
     run = _run(tiny_overrides, strategy="lp_ft", epoch_size=2, cache_images="none")
     again = resolve(load_config(None, run.cfg.to_flat()), Classification(), new_run=False)
     assert again.cfg == run.cfg and again.phases == run.phases and again.classes == run.classes
+
+
+class _Halves:
+    """A task whose two phases split the run at its middle (as gradual unfreezing moves with epoch_size)."""
+
+    def plan_phases(self, cfg, num_classes):
+        half = cfg.train.epoch_size // 2
+        return [Phase(1, half, frozenset({"backbone"})), Phase(half + 1, cfg.train.epoch_size, frozenset())]
+
+
+class _ProbeFirst:
+    def plan_phases(self, cfg, num_classes):
+        return [Phase(1, 1, frozenset({"backbone"})), Phase(2, cfg.train.epoch_size, frozenset())]
+
+
+def test_an_extended_run_keeps_the_phases_it_has_begun():
+    checkpoint = {"config": {"epoch_size": 4}, "epoch": 2, "epoch_progress": None}
+    longer = load_config(None, {"epoch_size": 6, "dataset": "digits"})
+    with pytest.raises(UserError, match="with epoch_size 6 instead of 4, this run's phases would move "
+                                        r"\(epoch 3 would train other layers\); keep epoch_size 4"):
+        check_phases_kept(_Halves(), longer, 2, _Halves().plan_phases(longer, 2), checkpoint)
+    check_phases_kept(_ProbeFirst(), longer, 2, _ProbeFirst().plan_phases(longer, 2), checkpoint)
+    same = load_config(None, {"epoch_size": 4, "dataset": "digits"})
+    check_phases_kept(_Halves(), same, 2, _Halves().plan_phases(same, 2), checkpoint)

@@ -8,10 +8,14 @@ the two equal.
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from pathlib import Path
 
+from tools.tool_cli import ToolParser, run_tool
 from tunecv.config import KEYS, SECTIONS
+from tunecv.errors import UserError
 from tunecv.utils.fileio import atomic_write_text
 
 START, END = "<!-- keys:start -->", "<!-- keys:end -->"
@@ -38,17 +42,47 @@ def key_table() -> str:
     return "\n".join(lines)
 
 
-def update(doc: Path = CONFIG_DOC) -> None:
-    text = doc.read_text(encoding="utf-8")
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = ToolParser(prog="python -m tools.config_keys", description=__doc__, allow_abbrev=False,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("doc", nargs="?", type=Path, help="a Markdown file with the keys:start / keys:end markers")
+    target.add_argument("--write", action="store_true", help=f"rewrite this checkout's {CONFIG_DOC.name}")
+    return parser.parse_args(argv)
+
+
+def read_doc(doc: Path) -> str:
+    """The file's text, once it is known to hold both markers and to be writable."""
+    if not doc.is_file():
+        raise UserError(f"{doc} is not a file; give the Markdown file that carries the key table, e.g. docs/config.md")
+    try:
+        text = doc.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {doc} ({err}); give a UTF-8 Markdown file") from None
     if START not in text or END not in text:
-        raise SystemExit(f"{doc}: no {START} ... {END} markers to replace the key table between")
-    head, _, rest = text.partition(START)
+        raise UserError(f"{doc} has no {START} ... {END} markers; add them where the key table goes")
+    if not os.access(doc.parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot rewrite {doc}: its folder is not writable; check its permissions")
+    return text
+
+
+def update(doc: Path = CONFIG_DOC) -> None:
+    """Replace the table between the markers (atomically: a failed write leaves the file as it was)."""
+    head, _, rest = read_doc(doc).partition(START)
     _, _, tail = rest.partition(END)
     atomic_write_text(doc, f"{head}{START}\n\n{key_table()}\n{END}{tail}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        args = parse_args(argv)
+        if args.doc is None and not args.write:
+            print(key_table(), end="")
+        else:
+            update(CONFIG_DOC if args.write else args.doc)
+        return 0
+    return run_tool(body)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        update(CONFIG_DOC if sys.argv[1] == "--write" else Path(sys.argv[1]))
-    else:
-        print(key_table(), end="")
+    sys.exit(main())

@@ -18,11 +18,11 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+from tools.tool_cli import ToolParser, check_can_create, replace_folder, run_tool
 from tunecv.config import DataConfig
 from tunecv.data import layouts
 from tunecv.data.datasets import IMAGE_EXTENSIONS, read_split
@@ -37,8 +37,8 @@ OPTIONS = (*DATA_KEYS, "split", "seed", "copy")  # with the source and the file 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = DataConfig()
-    parser = argparse.ArgumentParser(prog="python -m tools.make_imagefolder", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToolParser(prog="python -m tools.make_imagefolder", description=__doc__, allow_abbrev=False,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", metavar="SOURCE", help="the data_dir: list/CSV, FGVC-Aircraft or <class>/<image>")
     parser.add_argument("target", metavar="TARGET", help="the ImageFolder to write: <split>/<class>/<image>")
     parser.add_argument("--layout", choices=LAYOUTS, default="auto")
@@ -167,20 +167,12 @@ def write_tree(planned: list[list[str]], tree: Path, copy: bool) -> Counter:
 
 
 def install(manifest: dict, target: Path, copy: bool) -> Counter:
-    """Build the tree in a temp folder beside TARGET, then swap it in: a failure never leaves half a TARGET."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        tree = scratch / "tree"  # made with the user's umask (mkdtemp's own folder is 0700)
-        tree.mkdir()
+    """Build the tree beside TARGET, then swap it in (--force was checked): a failure never leaves half a TARGET."""
+    def fill(tree: Path) -> Counter:
         modes = write_tree(manifest["files"], tree, copy)
         (tree / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        if target.exists():
-            target.rename(scratch / "old")  # only TARGET's previous contents; --force was checked
-        tree.rename(target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return modes
+        return modes
+    return replace_folder(target, fill)
 
 
 def _previous(path: Path) -> dict | None:
@@ -204,6 +196,7 @@ def convert(args: argparse.Namespace) -> str:
             return f"already converted: {target}"
         if not args.force:
             raise UserError(f"{args.target} is not empty; pass --force to replace it")
+    check_can_create(target)
     modes = install(manifest, target, args.copy)
     counts = Counter(relative.split("/", 1)[0] for relative, _ in planned)
     classes = {relative.split("/")[1] for relative, _ in planned}
@@ -213,13 +206,10 @@ def convert(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        print(convert(args))
-    except UserError as err:
-        print(f"tunecv: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    def body() -> int:
+        print(convert(parse_args(argv)))
+        return 0
+    return run_tool(body)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ detection path's test and benchmark data (no COCO images or weights are reachabl
 
 Writes TARGET/train/*.png, TARGET/val/*.png and TARGET/annotations/instances_{train,val}.json (polygon masks, xywh
 boxes, areas). Category ids are not contiguous (11, 21, 31, ...), as in COCO, so loaders must remap them.
+A non-empty TARGET is replaced only with --force; the folder is built beside TARGET and renamed into place.
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
+from tools.tool_cli import ToolParser, check_writable_folder, int_between, replace_folder, run_tool
+from tunecv.errors import UserError
+
 SHAPES = ("circle", "square", "triangle", "star", "cross", "hexagon")
 CATEGORY_ID_STEP = 10  # category ids 11, 21, 31, ...: a loader that assumes contiguous ids fails visibly
+MIN_SIZE = 32  # the smallest detection min_size tunecv accepts (tunecv/config/rules.py); smaller shapes vanish
+MAX_SIZE = 4096  # far past any detector's max_size, and well inside PIL's decompression-bomb limit
 
 
 def polygon(kind: str, cx: float, cy: float, radius: float, angle: float) -> list[tuple[float, float]]:
@@ -125,26 +131,44 @@ def make_shapes(target: str | Path, classes: list[str], train: int = 60, val: in
     unknown = [c for c in classes if c not in SHAPES]
     if unknown or not classes:
         raise ValueError(f"unknown shape(s) {unknown}; choose from {SHAPES}")
+    if min(train, val, max_shapes) < 1 or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"train, val, max_shapes must be >= 1 and size in [{MIN_SIZE}, {MAX_SIZE}]; got "
+                         f"{train}, {val}, {max_shapes}, {size}")
     rng = random.Random(seed)
     return {split: write_split(Path(target), split, count, size, list(classes), max_shapes, rng)
             for split, count in (("train", train), ("val", val))}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.make_shapes", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", help="folder to write (created)")
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = ToolParser(prog="python -m tools.make_shapes", description=__doc__, allow_abbrev=False,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", help="folder to write (created; a non-empty one only with --force)")
     parser.add_argument("--classes", nargs="+", default=["circle", "square", "triangle"], choices=SHAPES)
-    parser.add_argument("--train", type=int, default=60, help="training images")
-    parser.add_argument("--val", type=int, default=20, help="validation images")
-    parser.add_argument("--size", type=int, default=160, help="image side in px")
-    parser.add_argument("--max_shapes", type=int, default=3, help="shapes per image, at most")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train", type=int_between(1), default=60, help="training images")
+    parser.add_argument("--val", type=int_between(1), default=20, help="validation images")
+    parser.add_argument("--size", type=int_between(MIN_SIZE, MAX_SIZE, f" px: detection's min_size is at least "
+                                                    f"{MIN_SIZE} px"), default=160, help="image side in px")
+    parser.add_argument("--max_shapes", type=int_between(1), default=3, help="shapes per image, at most")
+    parser.add_argument("--seed", type=int_between(0), default=0)
+    parser.add_argument("--force", action="store_true", help="replace a non-empty TARGET")
     args = parser.parse_args(argv)
-    written = make_shapes(args.target, args.classes, args.train, args.val, args.size, args.max_shapes, args.seed)
-    for split, path in written.items():
-        print(f"{split}: {path}")
-    return 0
+    repeated = sorted({name for name in args.classes if args.classes.count(name) > 1})
+    if repeated:
+        raise UserError(f"--classes names {', '.join(repeated)} more than once; give each shape once")
+    check_writable_folder(Path(args.target).resolve(), args.force)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        args = parse_args(argv)
+        target = Path(args.target).resolve()
+        written = replace_folder(target, lambda tree: make_shapes(tree, args.classes, args.train, args.val,
+                                                                  args.size, args.max_shapes, args.seed))
+        for split, path in written.items():
+            print(f"{split}: {target / path.relative_to(path.parents[1])}")
+        return 0
+    return run_tool(body)
 
 
 if __name__ == "__main__":

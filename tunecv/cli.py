@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import functools
 import logging
+import logging.handlers
 import os
 import sys
 import typing
@@ -19,18 +20,18 @@ from tunecv.config import KEYS, SECTIONS, key_type
 from tunecv.errors import UserError, write_failure
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad command line as one UserError line instead of a usage block."""
 
     def error(self, message: str) -> typing.NoReturn:
-        raise UserError(f"{message} (see {self.prog} --help)")
+        raise UserError(f"{message}; see {self.prog} --help")
 
 
 def build_parser(prog: str, description: str, exclude: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """A parser with `--config` and one flag per config key (but `exclude`), grouped by section, values as text.
     `prog`: the script's name (`finetune.py`); a console script (`tunecv-finetune`) goes by its own."""
     invoked = Path(sys.argv[0]).name
-    parser = _Parser(prog=invoked if invoked.startswith("tunecv-") else prog, description=description,
+    parser = OneLineParser(prog=invoked if invoked.startswith("tunecv-") else prog, description=description,
                      allow_abbrev=False)
     parser.add_argument("-c", "--config", help="YAML config file (MindCV keys, _base_ inheritance); flags override it")
     loudness = parser.add_mutually_exclusive_group()
@@ -61,15 +62,31 @@ def build_parser(prog: str, description: str, exclude: tuple[str, ...] = ()) -> 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None,
                script_flags: tuple[str, ...]) -> tuple[argparse.Namespace, dict[str, Any]]:
-    """(script options, config overrides). Flags that are no known key go to the config layer, which maps
-    other tools' names (`--class_num`), ignores MindCV system keys, or rejects them with the closest key."""
-    args, rest = parser.parse_known_args(_attach_negative_numbers(sys.argv[1:] if argv is None else argv))
+    """(script options, config overrides). `--batch-size` is `--batch_size`. Flags that are no known key go to the
+    config layer, which maps other tools' names (`--class_num`), ignores MindCV system keys, or rejects them with
+    the closest key (or ours for another tool's name: `--learning_rate`)."""
+    argv = _underscored_flags(sys.argv[1:] if argv is None else argv, parser)
+    args, rest = parser.parse_known_args(_attach_negative_numbers(argv))
     # one token stays text (`--scale 0.5,1.0`, `--freeze_patterns 're:a,b'`); several stay a list of items
     overrides = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in vars(args).items() if k in KEYS}
     overrides.update(_parse_rest(rest))
     for flag in script_flags:
         overrides.pop(flag, None)
     return args, overrides
+
+
+def _underscored_flags(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`--batch-size 8` as `--batch_size 8` (timm's and torchvision's spelling): hyphens and underscores in a
+    flag's name are one; a flag the parser spells otherwise (`--cfg-options`) keeps its own spelling."""
+    spelled = {option.replace("-", "_"): option for option in parser._option_string_actions if option[:2] == "--"}
+    out = []
+    for token in argv:
+        name, eq, value = token.partition("=")
+        if name.startswith("--") and len(name) > 2:
+            underscored = "--" + name[2:].replace("-", "_")
+            token = spelled.get(underscored, underscored) + eq + value
+        out.append(token)
+    return out
 
 
 def _is_number(token: str) -> bool:
@@ -111,6 +128,7 @@ def _parse_rest(tokens: list[str]) -> dict[str, str]:
     return parsed
 
 
+EARLY_RECORDS = 10_000  # log records held until the run's log file opens (a few MB at most)
 _COLOURS = {logging.WARNING: "33", logging.ERROR: "31", logging.CRITICAL: "31"}  # yellow, red
 
 
@@ -135,9 +153,18 @@ class _BareInfo(logging.Formatter):
 
 
 class _Console(logging.StreamHandler):
-    """stderr through tqdm.write: a log line goes above any progress bar instead of through it."""
+    """stderr through tqdm.write: a log line goes above any progress bar instead of through it. `hold`: lines
+    below WARNING wait for `release_console` (the start-up checks passed); a command that fails before prints its
+    one error line alone (`failure_exit` drops them; train.log keeps them when the run gets that far)."""
+
+    def __init__(self, stream: typing.TextIO, hold: bool = False) -> None:
+        super().__init__(stream)
+        self.held: list[logging.LogRecord] | None = [] if hold else None
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.held is not None and record.levelno < logging.WARNING:
+            self.held.append(record)
+            return
         try:
             tqdm.write(self.format(record), file=self.stream)
         except Exception:  # logging's own policy: report, never raise
@@ -159,24 +186,66 @@ class LogFile(logging.FileHandler):
         logging.getLogger(__name__).warning("stopped writing %s: %s", self.baseFilename, failure.strerror or failure)
 
 
-def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+class _EarlyRecords(logging.handlers.BufferingHandler):
+    """What was logged before the run folder exists, held for train.log (`add_log_file`): the first `capacity`
+    records, then a count of those left out; never flushed anywhere else, so a run that opens no log file writes
+    none."""
+
+    def __init__(self, capacity: int = EARLY_RECORDS) -> None:
+        super().__init__(capacity)
+        self.left_out = 0
+
+    def shouldFlush(self, record: logging.LogRecord) -> bool:
+        return False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.buffer) < self.capacity:
+            self.buffer.append(record)
+        else:
+            self.left_out += 1
+
+    def replay(self, handler: logging.Handler) -> None:
+        """Write the held records through `handler` (their own times and levels), then forget them."""
+        for record in self.buffer:
+            handler.handle(record)
+        if self.left_out:
+            handler.handle(logging.makeLogRecord({
+                "name": __name__, "levelno": logging.WARNING, "levelname": "WARNING",
+                "msg": "%d log lines from before this file was opened were not kept", "args": (self.left_out,)}))
+        self.buffer.clear()
+
+
+def setup_logging(quiet: bool = False, verbose: bool = False, hold: bool = False) -> None:
     """The console: INFO lines bare on stderr; `quiet`: warnings and errors only, and no progress bars
-    (`progress_bar` follows this handler's level); `verbose`: debug lines too."""
+    (`progress_bar` follows this handler's level); `verbose`: tunecv's debug lines too (other libraries' stay
+    hidden: PIL and matplotlib write one per file they open), as they come; `hold`: INFO lines wait for
+    `release_console`. Records are also held for `add_log_file`."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    root.setLevel(min(level, logging.INFO))  # the log file gets INFO even when the console does not
-    console = _Console(sys.stderr)
+    root.setLevel(logging.INFO)  # the log file gets INFO even when the console does not
+    logging.getLogger("tunecv").setLevel(logging.DEBUG if verbose else logging.NOTSET)
+    console = _Console(sys.stderr, hold=hold and not verbose)
     console.setLevel(level)
     console.setFormatter(_BareInfo(sys.stderr))
     root.addHandler(console)
+    root.addHandler(_EarlyRecords())
+
+
+def release_console(drop: bool = False) -> None:
+    """The console lines held so far go out (`drop`: are forgotten), and the next ones as they come."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _Console) and handler.held is not None:
+            held, handler.held = handler.held, None
+            for record in [] if drop else held:
+                handler.emit(record)
 
 
 def add_log_file(log_file: str | Path) -> None:
-    """The run's log file (replacing an earlier one): what the root logger passes, INFO up (DEBUG when verbose),
-    with timestamps, whatever the console shows."""
+    """The run's log file (replacing an earlier one): what the root logger passes, INFO up (tunecv's DEBUG when
+    verbose), with timestamps, whatever the console shows; it starts with the records logged before it opened."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, LogFile)]:
         root.removeHandler(handler)
@@ -190,6 +259,10 @@ def add_log_file(log_file: str | Path) -> None:
             raise
         raise UserError(message) from None
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for early in [h for h in root.handlers if isinstance(h, _EarlyRecords)]:
+        early.replay(file_handler)
+        root.removeHandler(early)
+        early.close()
     root.addHandler(file_handler)
 
 
@@ -207,16 +280,26 @@ def closes_quietly_on_broken_pipe(main: Callable[..., int]) -> Callable[..., int
     return wrapped
 
 
+def handled_exit(err: BaseException) -> int:
+    """failure_exit's code for `err`, or `err` raised again (not the user's to fix: its traceback)."""
+    code = failure_exit(err)
+    if code is None:
+        raise err
+    return code
+
+
 def failure_exit(err: BaseException, batch_size: int | None = None, task: str = "classification") -> int | None:
     """One line on stderr and the exit code for a failure the user can act on: bad input (2), CUDA out of memory
     or a full disk (2), Ctrl-C (130); None for anything else, which the caller re-raises."""
     from tunecv.errors import UserError, runtime_failure
 
     if isinstance(err, KeyboardInterrupt):
+        release_console(drop=True)
         print("tunecv: interrupted", file=sys.stderr)
         return 130
     message = str(err) if isinstance(err, UserError) else runtime_failure(err, batch_size, task)
     if message is None:
         return None
+    release_console(drop=True)  # the start-up lines before it: the one line says what went wrong
     print(_colour(f"tunecv: error: {message}", logging.ERROR, sys.stderr), file=sys.stderr)
     return 2

@@ -20,6 +20,7 @@ from tunecv.finetune.phases import Phase
 from tunecv.optim.optimizers import auto_scaled_lr
 from tunecv.train.lr_find import START_LR
 from tunecv.train.resume import find_last, training_checkpoint, with_run_dir
+from tunecv.train.state import check_epochs_left, trained_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ def resolve(cfg: Config, task: Resolvable, *, world_size: int = 1, new_run: bool
     alone rather than refused. `range_test`: finds the lr of `lr: auto` on a run resolved but for its lr."""
     resume_path = find_last(cfg.train.resume, cfg.train.ckpt_save_dir, cfg.model.model) if cfg.train.resume else None
     checkpoint = training_checkpoint(resume_path) if resume_path else None
+    if checkpoint is not None:
+        check_epochs_left(checkpoint, cfg.train.epoch_size, resume_path)
     cfg = with_run_dir(cfg, resume_path, refuse=new_run)
     cfg, classes = task.resolve_data(task.resolve_config(cfg))
     if cfg.model.num_classes is not None and cfg.model.num_classes != len(classes):
@@ -77,10 +80,31 @@ def resolve(cfg: Config, task: Resolvable, *, world_size: int = 1, new_run: bool
     cfg = replace(cfg, model=replace(cfg.model, num_classes=len(classes)),
                   train=replace(cfg.train, best_metric=metric, resume=None, resume_force=False, overwrite=False))
     phases = task.plan_phases(cfg, len(classes))
+    if checkpoint is not None:
+        check_phases_kept(task, cfg, len(classes), phases, checkpoint)
     features, images = task.resolve_caches(cfg, phases, world_size)
     run = Run(cfg, tuple(classes), tuple(phases), features, images, checkpoint, resume_force, world_size)
     lr = resolve_lr(run, range_test)
     return replace(run, cfg=replace(cfg, optim=replace(cfg.optim, lr=lr, auto_scale_lr=None)))
+
+
+def check_phases_kept(task: Resolvable, cfg: Config, num_classes: int, phases: list[Phase],
+                      checkpoint: dict[str, Any]) -> None:
+    """A run extended (or shortened) by a new epoch_size keeps the phases it has begun: a gradual unfreezing planned
+    over more epochs would freeze other layers at the epoch it goes on from."""
+    planned = checkpoint["config"].get("epoch_size")
+    if planned is None or planned == cfg.train.epoch_size:
+        return
+    before = task.plan_phases(replace(cfg, train=replace(cfg.train, epoch_size=planned)), num_classes)
+    resumed = trained_epochs(checkpoint) + 1
+
+    def begun(plan: list[Phase]) -> list[tuple[int, frozenset[str], bool]]:
+        return [(phase.start, phase.frozen, phase.restart) for phase in plan if phase.start <= resumed]
+
+    if begun(before) != begun(phases):
+        raise UserError(f"with epoch_size {cfg.train.epoch_size} instead of {planned}, this run's phases would move "
+                        f"(epoch {resumed} would train other layers); keep epoch_size {planned}, or start a new run "
+                        "from its weights with --ckpt_path <its _last.pth>")
 
 
 def resolve_lr(run: Run, range_test: Callable[[Run], float] | None) -> float:

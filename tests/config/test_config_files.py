@@ -228,7 +228,8 @@ def test_yaml_python_tag_is_refused_in_one_line(tmp_path, monkeypatch):
                                "that build Python objects or run code are not allowed, write a plain value")
     assert not (tmp_path / "MARKER").exists()
     (tmp_path / "broken.yaml").write_text("lr: [0.1\n")
-    with pytest.raises(UserError, match=r"^config file .*broken.yaml is not valid YAML: [^\n]*$"):
+    with pytest.raises(UserError, match=r'^config file .*broken.yaml:1:5 is not valid YAML \(.*\): "lr: \[0.1"; '
+                                        r"fix that line$"):
         read_config_file(tmp_path / "broken.yaml")
 
 

@@ -388,7 +388,12 @@ def test_aircraft_missing_split_file(tmp_path):
     root = write_aircraft(tmp_path)
     with pytest.raises(UserError) as info:
         create_dataset(DataConfig(dataset="aircraft", data_dir=str(root)), "trainval", None)
-    assert "images_variant_trainval.txt" in _error(info)
+    assert _error(info) == (f"{root / 'data' / 'images_variant_trainval.txt'} is missing, and annotation_level "
+                            "variant needs it for the trainval split; check data_dir, or set another "
+                            "annotation_level (variant, family, manufacturer)")
+    with pytest.raises(UserError) as info:
+        create_dataset(DataConfig(dataset="aircraft", data_dir=str(root)), "holdout", None)
+    assert "has the splits train, val, trainval, test, not 'holdout'" in _error(info)
 
 
 # --------------------------------------------------------------------------- single folder

@@ -58,8 +58,23 @@ def test_absent_dataset_is_one_clear_error(tmp_path, name):
     with pytest.raises(UserError) as info:
         create_dataset(DataConfig(dataset=name, data_dir=str(tmp_path)), "train", None)
     message = str(info.value)
-    assert message.startswith(f"{name} not found in {tmp_path}") and "dataset_download: true" in message
-    assert "<data_dir>/" in message  # says where the files go when placed by hand
+    assert message.startswith(f"{name} not found in {tmp_path}; set dataset_download: true to fetch it there")
+    assert "download=True" not in message and "You can use" not in message  # torchvision's words, not our keys
+    assert "download it and place " in message and f"{tmp_path}/" in message  # where the files go by hand
+    assert "\n" not in message and message.count(". ") == 0  # one sentence
+
+
+def test_aircraft_without_the_annotation_level_file_names_that_file(tmp_path):
+    data = tmp_path / "fgvc-aircraft-2013b" / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "variants.txt").write_text("A320\n")
+    (data / "images_variant_train.txt").write_text("0001 A320\n")
+    cfg = DataConfig(dataset="fgvc_aircraft", data_dir=str(tmp_path), annotation_level="family")
+    with pytest.raises(UserError) as info:
+        create_dataset(cfg, "train", None)
+    assert str(info.value) == (f"{data / 'families.txt'} is missing, and annotation_level family needs it; extract "
+                               f"the whole fgvc-aircraft-2013b.tar.gz into {tmp_path} again, or set another "
+                               "annotation_level (variant, family, manufacturer)")
 
 
 def _online() -> bool:
@@ -72,7 +87,7 @@ def _online() -> bool:
 
 @pytest.mark.skipif(_online(), reason="the network is reachable: the download would really run")
 def test_download_offline_fails_clearly(tmp_path):
-    with pytest.raises(UserError, match="cifar10 not found .*the download failed"):
+    with pytest.raises(UserError, match=f"downloading cifar10 into {tmp_path} failed .*check the internet"):
         create_dataset(DataConfig(dataset="cifar10", data_dir=str(tmp_path), dataset_download=True), "train", None)
 
 

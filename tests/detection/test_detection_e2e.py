@@ -170,7 +170,7 @@ def test_bad_input_is_one_line(trained, shapes, tmp_path):
                                                         "--mixup", "0.2")
     ckpt = str(trained / f"{MODEL}_best.pth")
     shutil.copy(trained / f"{MODEL}_last.pth", tmp_path / f"{MODEL}_last.pth")  # a run folder of its own
-    assert "the resumed run trained other parameters" in _error(
+    assert "other parameters would train (trainable_backbone_layers None -> 2)" in _error(
         "finetune.py", "--data_dir", str(shapes), *ARGS, "--epoch_size", "3", "--trainable_backbone_layers", "2",
         "--resume", str(tmp_path / f"{MODEL}_last.pth"))
     assert "--calibrate fits a classifier's temperature" in _error("validate.py", "--ckpt_path", ckpt, "--calibrate")

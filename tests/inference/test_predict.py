@@ -100,3 +100,67 @@ def test_output_piped_into_a_closed_reader_exits_without_a_traceback(trained):
                             stderr=subprocess.PIPE, text=True)
     proc.stdout.close()  # like `| head -0`: the reader is gone before the first line
     assert proc.wait(timeout=300) == 141 and "Traceback" not in proc.stderr.read()
+
+
+def _predict_error(capsys, *argv: str) -> str:
+    from tunecv.scripts import predict
+
+    assert predict.main(list(argv)) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("tunecv: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_not_one_readable_image_is_an_error_not_an_empty_prediction(trained, tmp_path, capsys):
+    _, ckpt = trained
+    broken, notes, empty = tmp_path / "broken.png", tmp_path / "notes.txt", tmp_path / "empty.jpg"
+    broken.write_bytes(b"not a png")
+    notes.write_text("a note\n")
+    empty.write_bytes(b"")
+    out = tmp_path / "preds.csv"
+    line = _predict_error(capsys, "--ckpt_path", str(ckpt), str(broken), str(notes), str(empty), "--output", str(out),
+                          "--num_parallel_workers", "0")
+    assert line == (f"tunecv: error: none of the 3 files could be read as an image (e.g. {broken}); give image files "
+                    "(e.g. .jpg, .png)")
+    assert not out.exists()
+    line = _predict_error(capsys, "--ckpt_path", str(ckpt), str(notes), "--num_parallel_workers", "0")
+    assert line == f"tunecv: error: {notes} could not be read as an image; give image files (e.g. .jpg, .png)"
+
+
+def test_empty_folder_and_folder_without_images_are_one_line(trained, tmp_path, capsys):
+    _, ckpt = trained
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("no pictures here\n")
+    for folder in ("empty", "docs"):
+        line = _predict_error(capsys, "--ckpt_path", str(ckpt), str(tmp_path / folder))
+        assert line.startswith(f"tunecv: error: no image files in {tmp_path / folder} (folders are searched for "
+                               ".jpg, .png"), line
+
+
+def test_check_some_read_lets_partial_failures_through(tmp_path):
+    from tunecv.inference.predict import check_some_read
+
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    check_some_read(paths, [str(paths[0])])  # one of two decoded: predict the rest, warn about the other
+    check_some_read(paths, [])
+    with pytest.raises(UserError, match="none of the 2 files"):
+        check_some_read(paths, [str(p) for p in paths])
+
+
+def test_validation_reads_the_training_runs_scan_cache(trained_checkpoint, caplog):
+    """validate.py decodes no image the run already scanned (and writes nothing in its folder)."""
+    import logging
+
+    from tunecv.inference.predict import split_dataset
+    from tunecv.inference.trained import load_trained
+
+    _, ckpt = trained_checkpoint
+    cache = ckpt.parent / "scan_cache.json"
+    before = cache.read_bytes()
+    trained = load_trained(str(ckpt), None, {"device": "cpu"})
+    with caplog.at_level(logging.DEBUG, logger="tunecv"):
+        dataset = split_dataset(trained, "val")
+    assert f"({len(dataset)} from cache)" in caplog.text
+    assert cache.read_bytes() == before

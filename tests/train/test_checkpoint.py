@@ -53,7 +53,11 @@ def test_load_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path / "missing.pth")
     plain = tmp_path / "plain.pth"
     torch.save(nn.Linear(2, 2).state_dict(), plain)
-    with pytest.raises(UserError, match=r"not a tunecv checkpoint \(no model, config, classes\)"):
+    with pytest.raises(UserError, match=r"plain.pth is not a tunecv checkpoint \(a plain state_dict, without the "
+                       r"config and classes finetune.py saves\); give a <model>_best.pth written by finetune.py"):
+        load_checkpoint(plain)
+    torch.save({"model": nn.Linear(2, 2).state_dict(), "epoch": 3}, plain)
+    with pytest.raises(UserError, match=r"not a tunecv checkpoint \(no config, classes\)"):
         load_checkpoint(plain)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"\x80\x02junk")
@@ -234,7 +238,8 @@ def test_damaged_safetensors_is_a_user_error(tmp_path):
     saver = _st_saver(tmp_path)
     saver.save(nn.Linear(2, 2), epoch=1, metrics={}, is_best=True)
     saver.best_path.write_bytes(b"not safetensors")
-    with pytest.raises(UserError, match="not a readable safetensors file"):
+    with pytest.raises(UserError, match=r"net_best.safetensors is not a readable checkpoint \(a text file, not a "
+                       r"safetensors file\)"):
         load_checkpoint(saver.best_path)
 
 

@@ -21,6 +21,7 @@ from tunecv.tasks.classification import Classification
 from tunecv.train.checkpoint import CheckpointSaver, load_checkpoint
 from tunecv.train.engine import Compute, NonFiniteLoss, create_trainer, evaluate, train_one_epoch
 from tunecv.train.loop import Pipeline, fit
+from tunecv.train.state import start_state
 
 CPU = torch.device("cpu")
 
@@ -118,8 +119,9 @@ def _train(model: nn.Module, loader, train_cfg: TrainConfig = TrainConfig(), epo
 
 def _fit(model, train_loader, val_loader, plan, cfg: TrainConfig, saver, results, trainer):
     """The shared train loop on a classifier, its best chosen by top-1 (the resolved best_metric)."""
-    pipeline = Pipeline(model, model, None, None, train_loader, val_loader, trainer, "")
-    return fit(Classification(), pipeline, plan, dataclasses.replace(cfg, best_metric="top1"), saver, results)
+    pipeline = Pipeline(model, model, None, None, train_loader, val_loader, trainer, "", "")
+    state = start_state(None, model, trainer, plan, saver)
+    return fit(Classification(), pipeline, plan, dataclasses.replace(cfg, best_metric="top1"), saver, results, state)
 
 
 def _train_frozen(freeze_bn: bool):

@@ -5,6 +5,7 @@ nan loss stops the run without saving bad weights."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,10 +31,16 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(data_dir, tmp_path_factory) -> list[list[str]]:
+def whole_run(data_dir, tmp_path_factory) -> Path:
+    """The folder of a run trained all its epochs without a stop (copy it before changing it)."""
     out = tmp_path_factory.mktemp("whole") / "ckpt"
     _finetune(data_dir, "--ckpt_save_dir", str(out), "--num_parallel_workers", "0")
-    return _columns(out / "results.txt")
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(whole_run) -> list[list[str]]:
+    return _columns(whole_run / "results.txt")
 
 
 def _finetune(data_dir: Path, *extra: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
@@ -100,29 +107,14 @@ def test_signal_saves_exits_cleanly_and_prints_the_resume_command(data_dir, unin
     assert _columns(run_dir / "results.txt") == uninterrupted
 
 
-def test_an_earlier_run_is_never_overwritten_silently(data_dir, tmp_path):
+def test_overwrite_replaces_an_earlier_run(data_dir, whole_run, tmp_path):
+    """Without --overwrite the folder is refused (tests/test_user_mistakes.py); with it, the run starts afresh."""
     out = tmp_path / "ckpt"
-    _finetune(data_dir, "--ckpt_save_dir", str(out), "--epoch_size", "1", "--num_parallel_workers", "0")
+    shutil.copytree(whole_run, out)
     before = (out / LAST).stat().st_mtime_ns
-    proc = _finetune(data_dir, "--ckpt_save_dir", str(out), "--epoch_size", "1", check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"tunecv: error: {out} holds an earlier run")
-    assert "--resume auto" in proc.stderr and "--overwrite" in proc.stderr
-    assert (out / LAST).stat().st_mtime_ns == before
     _finetune(data_dir, "--ckpt_save_dir", str(out), "--epoch_size", "1", "--num_parallel_workers", "0",
               "--overwrite")
-    assert (out / LAST).stat().st_mtime_ns != before
-
-
-def test_resuming_a_best_checkpoint_is_one_clear_line(data_dir, tmp_path):
-    out = tmp_path / "ckpt"
-    _finetune(data_dir, "--ckpt_save_dir", str(out), "--epoch_size", "1", "--num_parallel_workers", "0")
-    proc = _finetune(data_dir, "--ckpt_save_dir", str(out), "--resume", str(out / f"{TINY_MODEL}_best.pth"),
-                     check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "holds no training state to resume" in proc.stderr.strip().splitlines()[-1]
-    missing = _finetune(data_dir, "--ckpt_save_dir", str(tmp_path / "none"), "--resume", "auto", check=False)
-    assert missing.returncode == 2 and f"resume: auto found no {LAST}" in missing.stderr
+    assert (out / LAST).stat().st_mtime_ns != before and len(_columns(out / "results.txt")) == 3  # header, 1, best
 
 
 def test_a_nan_loss_stops_the_run_and_saves_no_bad_weights(data_dir, tmp_path):
@@ -251,3 +243,25 @@ def test_resuming_with_another_batch_size_is_refused(data_dir, tmp_path):
     proc = _finetune(data_dir, "--ckpt_save_dir", str(out), "--resume", "auto", "--batch_size", "8", check=False)
     assert proc.returncode == 2
     assert "batches differ: batch_size 8 (checkpoint: 4)" in proc.stderr.strip().splitlines()[-1]
+
+
+def _digest(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+
+
+def test_a_finished_run_is_left_as_it_is_and_trains_further_when_asked(data_dir, whole_run, uninterrupted,
+                                                                       tmp_path):
+    out = tmp_path / "ckpt"
+    shutil.copytree(whole_run, out)
+    before = _digest(out)
+    proc = _finetune(data_dir, "--ckpt_save_dir", str(out), "--num_parallel_workers", "0", "--resume", "auto")
+    assert proc.stdout.startswith(f"tunecv: the run in {out} finished at epoch 3, best top-1 ")
+    assert "--epoch_size" in proc.stdout and proc.stderr == ""
+    assert _digest(out) == before
+    # --epoch_size 4 goes on from epoch 3's weights and schedule step, with the schedule planned over 4 epochs
+    proc = _finetune(data_dir, "--ckpt_save_dir", str(out), "--num_parallel_workers", "0", "--resume", "auto",
+                     "--epoch_size", "4")
+    assert "extending the run from 3 to 4 epochs" in proc.stderr
+    rows = _columns(out / "results.txt")
+    assert rows[:4] == uninterrupted[:4] and rows[4][0] == "4"
+    assert "extending the run from 3 to 4 epochs" in (out / "train.log").read_text()

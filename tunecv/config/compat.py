@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tunecv.config.values import closest_hint, coerce
+from tunecv.config.foreign import unknown_key_hint
+from tunecv.config.values import coerce
 from tunecv.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ AUTO_AUGMENT_PREFIXES = (("autoaugr", "originalr"), ("autoaug", "original"), ("r
 
 def accept(key: str, value: Any, where: str, known: dict[str, Any]) -> tuple[str, Any] | None:
     """Map a raw (key, value) onto one of `known`, or None for a key that is accepted and ignored."""
+    key = underscored(key)
     if key in RENAMED_KEYS:
         logger.info("config: %s (%s) is read as %s", key, where, RENAMED_KEYS[key])
         key = RENAMED_KEYS[key]
@@ -69,10 +71,16 @@ def accept(key: str, value: Any, where: str, known: dict[str, Any]) -> tuple[str
         logger.info("config: key %s=%r ignored (it is the no-op value)", key, value)
         return None
     if key not in known:
-        raise UserError(f"unknown config key {key!r} ({where}){closest_hint(key, list(known) + list(RENAMED_KEYS))}")
+        raise UserError(f"unknown config key {key!r} ({where}){unknown_key_hint(key, known, RENAMED_KEYS)}")
     if isinstance(value, str) and not value.strip() and "" in VALUE_ALIASES.get(key, {}):
         value = VALUE_ALIASES[key][""]  # MindCV's `dataset: ""` (a custom folder)
     return key, value
+
+
+def underscored(key: str) -> str:
+    """`batch-size` as batch_size: hyphens and underscores in a key's name are one (timm's and torchvision's
+    flags have hyphens)."""
+    return key.replace("-", "_")
 
 
 def normalise(key: str, value: Any) -> Any:

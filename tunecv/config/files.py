@@ -5,6 +5,7 @@ Raw mappings only: typing, renaming and validation of the keys happen in `tunecv
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -13,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tunecv.config.compat import RENAMED_KEYS
+from tunecv.config.compat import RENAMED_KEYS, underscored
 from tunecv.errors import UserError
 from tunecv.finetune.strategies import drop_replaced_strategy_keys
 
@@ -21,14 +22,24 @@ logger = logging.getLogger(__name__)
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
-# where `_base_: presets/resnet.yaml` is also looked for when it is not beside the including file: the repo's
-# configs/, which `pip install .` puts inside the package
 _PACKAGE = Path(__file__).resolve().parents[1]
-BUNDLED_CONFIGS = next((p for p in (_PACKAGE / "configs", _PACKAGE.parent / "configs") if p.is_dir()),
-                       _PACKAGE.parent / "configs")
+
+
+def _bundled_configs() -> Path:
+    """The configs that ship with tunecv (`tunecv.configs`, package data): inside the installed package, the
+    repo's configs/ for an editable install, and the repo's configs/ when tunecv runs from a checkout."""
+    spec = importlib.util.find_spec("tunecv.configs")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).resolve()
+    return _PACKAGE.parent / "configs"
+
+
+# where `--config demo.yaml` and `_base_: presets/resnet.yaml` are also looked for
+BUNDLED_CONFIGS = _bundled_configs()
 # keys naming input files: a config file's relative value is relative to that file (see resolve_path)
 PATH_KEYS = frozenset({"data_dir", "train_list", "val_list", "image_root", "class_list", "ckpt_path"})
 _TAG = re.compile(r"tag '([^']+)'")
+_SHOWN_LINE = 80  # characters of the offending line a YAML error quotes
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -37,9 +48,14 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file {path} not found; check the --config path")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"config file {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                        f"{err.start}); give a YAML text file, saved as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise UserError(yaml_error(path, err)) from None
+        raise UserError(yaml_error(path, err, text)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -47,34 +63,98 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return canonical_keys(data, str(path))
 
 
-def yaml_error(path: Path, err: yaml.YAMLError) -> str:
-    """One line for a file safe_load refused; a tag (`!!python/object/apply:os.system`) was never run."""
+def yaml_error(path: Path, err: yaml.YAMLError, text: str = "") -> str:
+    """One line for a file safe_load refused, naming file:line:column and quoting the line; a tag
+    (`!!python/object/apply:os.system`) was never run."""
     tag = _TAG.search(str(getattr(err, "problem", None)))
     if isinstance(err, yaml.constructor.ConstructorError) and tag:
         mark = err.problem_mark
         where = f" line {mark.line + 1}" if mark else ""
         return (f"config file {path}{where} has the YAML tag {tag.group(1).replace('tag:yaml.org,2002:', '!!')}; "
                 "tags that build Python objects or run code are not allowed, write a plain value")
+    if isinstance(err, yaml.reader.ReaderError):  # a control character: a binary file, or text pasted with one
+        return (f"config file {path} is not YAML text (character #x{err.character:04x} at offset {err.position}); "
+                "give a YAML text file")
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        return _marked_yaml_error(path, err, text.splitlines())
     return f"config file {path} is not valid YAML: {str(err).splitlines()[0]}"
 
 
+def _marked_yaml_error(path: Path, err: yaml.MarkedYAMLError, lines: list[str]) -> str:
+    """`file:line:column is not valid YAML (problem): "the line"`; a problem that YAML found after the line where
+    the broken part began (an unclosed `[`) names that line too, and one found at the end of the file names only
+    that line."""
+    mark, began = err.problem_mark, err.context_mark
+    if began is not None and (mark.line >= len(lines) or not lines[mark.line].strip()):
+        mark, began = began, None
+    problem = err.problem or "invalid syntax"
+    if err.context and began is not None and began.line < mark.line:
+        problem += f", {err.context} that began on line {began.line + 1}"
+    elif err.context:
+        problem = f"{err.context}, {problem}"
+    line = lines[mark.line].rstrip() if mark.line < len(lines) else ""
+    if len(line) > _SHOWN_LINE:
+        line = line[:_SHOWN_LINE] + "..."
+    fix = f"fix that line or line {began.line + 1}" if began is not None and began.line < mark.line else \
+        "fix that line"
+    return f'config file {path}:{mark.line + 1}:{mark.column + 1} is not valid YAML ({problem}): "{line}"; {fix}'
+
+
 def canonical_keys(mapping: dict[str, Any], where: str) -> dict[str, Any]:
-    """Other tools' names (`epochs`, `class_num`) as ours before merging, so the later layer wins whatever the
-    spelling."""
-    for key in mapping:
-        if key in RENAMED_KEYS:
-            logger.info("config: %s (%s) is read as %s", key, where, RENAMED_KEYS[key])
-    return {RENAMED_KEYS.get(str(key), key): value for key, value in mapping.items()}
+    """Keys as ours before merging (`batch-size` as batch_size, other tools' `epochs`, `class_num` as epoch_size,
+    num_classes), so the later layer wins whatever the spelling."""
+    out = {}
+    for key, value in mapping.items():
+        name = underscored(str(key))
+        if name in RENAMED_KEYS:
+            logger.info("config: %s (%s) is read as %s", key, where, RENAMED_KEYS[name])
+        out[RENAMED_KEYS.get(name, name)] = value
+    return out
 
 
-def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+def find_config(path: str | os.PathLike) -> tuple[Path, bool]:
+    """The --config file and whether it is a bundled one: the path itself when it is a file here, else the config
+    tunecv ships under that name (`demo.yaml`, `configs/demo.yaml`, `presets/resnet.yaml`)."""
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given, _inside_package(given)
+    parts = given.parts[1:] if given.parts[:1] == ("configs",) else given.parts
+    bundled = BUNDLED_CONFIGS.joinpath(*parts) if parts and not given.is_absolute() else None
+    if bundled is not None and bundled.is_file():
+        logger.info("config: %s is the bundled %s", path, bundled)
+        return bundled, True
+    looked = str(given.resolve()) + (f" nor {bundled}" if bundled is not None else "")
+    raise UserError(f"config file {path} not found (not at {looked}); check the --config path, or name a bundled "
+                    f"config: {', '.join(bundled_names())}")
+
+
+def bundled_names() -> list[str]:
+    """The bundled configs by the names --config takes; the tutorials' seeds/ as a count."""
+    names = sorted(p.relative_to(BUNDLED_CONFIGS).as_posix() for p in BUNDLED_CONFIGS.rglob("*.yaml")
+                   if p.parent.name != "seeds")
+    seeds = len(list((BUNDLED_CONFIGS / "seeds").glob("*.yaml")))
+    return names + ([f"{seeds} more in seeds/"] if seeds else [])
+
+
+def _inside_package(path: Path) -> bool:
+    """A config inside the installed package (site-packages), however it was named."""
+    configs = BUNDLED_CONFIGS.resolve()
+    return _PACKAGE in configs.parents and configs in path.resolve().parents
+
+
+def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = (), *, bundled: bool = False
+                     ) -> dict[str, Any]:
     """A config file with its `_base_` files merged in: bases in order, then the file itself; later keys win
-    and mappings merge key by key (a mapping with `_delete_: true` replaces instead)."""
+    and mappings merge key by key (a mapping with `_delete_: true` replaces instead). `bundled`: one of the
+    configs tunecv ships, whose relative input paths (`data_dir`) are from the working directory, never from the
+    package's folder."""
     path = Path(path).resolve()
     if path in _chain:
         cycle = " -> ".join(p.name for p in (*_chain, path))
         raise UserError(f"config files include each other in a cycle ({cycle}); remove one _base_ entry")
-    data = resolve_paths(read_yaml(path), path.parent)
+    data = read_yaml(path)
+    if not bundled:
+        data = resolve_paths(data, path.parent)
     bases = data.pop(BASE_KEY, None) or []
     if isinstance(bases, str):
         bases = [bases]
@@ -82,7 +162,8 @@ def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> 
         raise UserError(f"{BASE_KEY} in {path} must be a file name or a list of file names")
     merged: dict[str, Any] = {}
     for base in bases:
-        merged = merge(merged, read_config_file(_find_base(base, path), (*_chain, path)))
+        base_path, base_bundled = _find_base(base, path)
+        merged = merge(merged, read_config_file(base_path, (*_chain, path), bundled=bundled or base_bundled))
     return merge(drop_replaced_strategy_keys(merged, data), data)
 
 
@@ -117,13 +198,14 @@ def resolve_path(value: Any, folder: Path) -> Any:
     return str(path) if path.exists() and not beside.exists() else str(beside)
 
 
-def _find_base(base: str, including: Path) -> Path:
+def _find_base(base: str, including: Path) -> tuple[Path, bool]:
+    """A `_base_` file and whether it is bundled: beside the including file, else among the bundled configs."""
     beside = including.parent / Path(base).expanduser()
     if beside.is_file():
-        return beside
+        return beside, _inside_package(beside)
     bundled = BUNDLED_CONFIGS / base
     if bundled.is_file():
-        return bundled
+        return bundled, True
     raise UserError(f"{BASE_KEY} file {base} (in {including}) not found beside it nor in {BUNDLED_CONFIGS}")
 
 
@@ -156,6 +238,7 @@ def parse_cfg_options(options: list[str], mapping_keys: set[str]) -> dict[str, A
         except yaml.YAMLError:
             value = text
         key, _, rest = path.partition(".")
+        key = underscored(key)
         key = RENAMED_KEYS.get(key, key)
         if not rest:
             out[key] = value

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from tunecv.config import compat, rules
-from tunecv.config.files import merge, parse_cfg_options, read_config_file
+from tunecv.config.files import find_config, merge, parse_cfg_options, read_config_file
 from tunecv.config.schema import KEYS, SECTIONS, Config
 from tunecv.config.values import closest_hint, coerce
 from tunecv.errors import UserError
@@ -40,8 +40,8 @@ def key_type(key: str) -> Any:
 def _validate(key: str, value: Any, where: str) -> None:
     choices = KEYS[key][1].metadata["choices"]
     if choices and value is not None and value not in choices:
-        raise UserError(f"{key} = {value!r} ({where}) is not one of {', '.join(choices)}"
-                        f"{closest_hint(str(value), choices)}")
+        raise UserError(f"{key} = {value!r} ({where}) is not a choice tunecv knows{closest_hint(str(value), choices)}; "
+                        f"choose one of {', '.join(choices)}")
 
 
 def config_from_dict(layers: list[tuple[dict[str, Any], str]], training: bool = True) -> Config:
@@ -85,7 +85,10 @@ def load_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None
     """Defaults < `base_layers` (a checkpoint's config) < the YAML file (with its `_base_` files, edited by
     `cfg_options`) < command-line flags → a validated Config."""
     layers: list[tuple[dict[str, Any], str]] = list(base_layers)
-    file_values = read_config_file(path) if path else {}
+    file_values: dict[str, Any] = {}
+    if path:
+        found, bundled = find_config(path)
+        file_values = read_config_file(found, bundled=bundled)
     if cfg_options:
         edits = parse_cfg_options(cfg_options, mapping_keys())
         file_values = merge(drop_replaced_strategy_keys(file_values, edits), edits)

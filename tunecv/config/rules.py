@@ -115,7 +115,7 @@ def _check_ranges(cfg: Config) -> None:
             continue
         if (low is not None and value < low) or (high is not None and value > high):
             bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-            raise UserError(f"{key} must be {bounds}, got {value}")
+            raise UserError(f"{key} must be {bounds}, got {value}; give {key} a value {bounds}")
 
 
 def _check_tensorboard() -> None:

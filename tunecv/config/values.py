@@ -16,8 +16,12 @@ from tunecv.errors import UserError
 NULLS = ("", "none", "null", "~")
 
 
+def closest_names(name: str, options: Iterable[str]) -> list[str]:
+    return difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
+
+
 def closest_hint(name: str, options: Iterable[str]) -> str:
-    matches = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
+    matches = closest_names(name, options)
     return f"; did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
 
 
@@ -30,11 +34,12 @@ def coerce(key: str, value: Any, hint: Any, where: str) -> Any:
         return None
     base = next(a for a in args if a is not type(None)) if optional else hint
     if value is None or text == "":
-        raise UserError(f"{key} ({where}) cannot be empty; give a {type_name(base)}")
+        raise UserError(f"{key} ({where}) cannot be empty; give {_with_article(type_name(base))}")
     try:
         return _convert(value, base)
     except (TypeError, ValueError, yaml.YAMLError):
-        raise UserError(f"{key} = {value!r} ({where}) is not a valid {type_name(base)}") from None
+        raise UserError(f"{key} = {value!r} ({where}) is not a valid {type_name(base)}; give {key} "
+                        f"{_with_article(type_name(base))}") from None
 
 
 def _convert(value: Any, base: Any) -> Any:
@@ -88,6 +93,10 @@ def _convert(value: Any, base: Any) -> Any:
 def _glued_colon(value: Any) -> bool:
     """A mapping (at any depth) with a key like `lr_mult:0.1` and no value: YAML read `a:b` without its space."""
     return isinstance(value, dict) and any((v is None and ":" in str(k)) or _glued_colon(v) for k, v in value.items())
+
+
+def _with_article(name: str) -> str:
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def type_name(base: Any) -> str:

@@ -14,8 +14,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from tunecv.config import DataConfig
-from tunecv.data import layouts, torchvision_sets
-from tunecv.data.scan import scan_images
+from tunecv.data import digits, layouts, pixels, torchvision_sets
+from tunecv.data.cache_file import file_stat
+from tunecv.data.scan import ScanCache, scan_images
 from tunecv.errors import CacheChanged, UserError
 from tunecv.utils.fileio import atomic_write_text
 
@@ -26,8 +27,6 @@ _NEEDS_PLUGIN = {"BUFR", "GRIB", "HDF5", "EPS", "MPEG", "WMF"}
 IMAGE_EXTENSIONS = tuple(sorted(ext for ext, fmt in Image.registered_extensions().items()
                                 if fmt in Image.OPEN and fmt not in _NEEDS_PLUGIN))
 UNREADABLE = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
-DIGITS_VAL_FRACTION = 0.2
-DIGITS_SPLIT_SEED = 0  # fixed, so every run and validate.py see the same digits split
 
 
 class ImageDataset(Dataset):
@@ -48,6 +47,9 @@ class ImageDataset(Dataset):
         self.bad_images: list[tuple[str, str]] = []  # (path, why) left out at the start-up scan
         self.sizes: dict[str, tuple[int, int]] = {}  # path → (width, height), from the scan
         self.hashes: dict[str, str] = {}  # path → content digest, from the scan
+        self.dhashes: dict[str, int] = {}  # path → perceptual hash, from the scan
+        self.scan_cache: ScanCache | None = None  # what the run writes to scan_cache.json once it starts
+        self.failed_since_scan: set[str] = set()  # passed the scan, failed later: warned once (per process)
         self.image_cache = None  # an ImageCache of the decoded pixels (tunecv.data.image_cache), when built
 
     def __len__(self) -> int:
@@ -71,9 +73,9 @@ class ImageDataset(Dataset):
                     image = image.crop((0, 0, image.width, image.height - crop))
                 image = ImageOps.exif_transpose(image)
                 if image.mode.startswith("I") or image.mode == "F":
-                    image = _to_8bit(image)
+                    image = pixels.to_8bit(image)
                 if image.mode in ("RGBA", "LA", "P") and self.image_mode == "RGB":
-                    image = _on_white(image)
+                    image = pixels.on_white(image)
                 return image.convert(self.image_mode)
         except UNREADABLE as err:
             raise unreadable(path, err) from None
@@ -81,6 +83,9 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int):
         """(image, label, index); None for a file that fails to decode mid-run when skipping unreadable files
         (the loader's collate drops it, so a truncated JPEG never kills an epoch)."""
+        path = self.samples[index][0]
+        if path in self.failed_since_scan:
+            return None
         try:
             image = self.load_image(index)
         except CacheChanged:
@@ -88,26 +93,23 @@ class ImageDataset(Dataset):
         except UserError as err:
             if not self.skip_unreadable:
                 raise
-            logger.warning("skipped: %s", err)
+            self.failed_since_scan.add(path)
+            # files no scan listed (predict's) are reported by their caller, all in one line
+            logger.log(logging.WARNING if self.scan_cache is not None else logging.DEBUG, "%s; %s", err,
+                       self._since_scan(path))
             return None
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[index], index
 
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """16/32-bit integer and float images: convert("RGB") would clip at 255 (all white); scale the range."""
-    pixels = np.asarray(image, dtype=np.float64)
-    peak = pixels.max(initial=0.0)
-    top = 65535.0 if image.mode.startswith("I;16") or peak > 255 else 1.0 if image.mode == "F" and peak <= 1 else 255.0
-    return Image.fromarray(np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8), "L")
-
-
-def _on_white(image: Image.Image) -> Image.Image:
-    """Composite transparency on white: transparent pixels often hold black, which is not the photo."""
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba)
+    def _since_scan(self, path: str) -> str:
+        """Why a file that passed the start-up scan fails now: usually it was rewritten or truncated since."""
+        entry = self.scan_cache.entries.get(path) if self.scan_cache is not None else None
+        if entry is None:  # not from a scanned listing (predict's files)
+            return "skipped"
+        if file_stat(path) == entry[:2]:
+            return "it passed the start-up scan's reduced-size decode, so it is skipped for the rest of the run"
+        return "it changed since the start-up scan, so it is skipped for the rest of the run"
 
 
 def create_dataset(cfg: DataConfig, split: str, transform: Callable | None, *,
@@ -128,7 +130,8 @@ def create_dataset(cfg: DataConfig, split: str, transform: Callable | None, *,
         logger.info("dataset_download: %s data needs no download; nothing fetched", cfg.dataset)
     if cfg.dataset == "digits":
         check_split(cfg, split)
-        dataset = _digits(cfg, split, transform, image_mode)
+        samples, arrays = digits.digits_split(split, training=split == cfg.train_split)
+        dataset = ImageDataset(samples, list(digits.CLASSES), transform, image_mode, arrays=arrays)
     elif cfg.dataset in torchvision_sets.DATASETS:
         labelled, arrays = torchvision_sets.load(cfg.dataset, cfg.data_dir or ".", split, cfg.dataset_download,
                                                  cfg.annotation_level)
@@ -152,7 +155,7 @@ def resolve_layout(cfg: DataConfig) -> DataConfig:
 def dataset_classes(cfg: DataConfig) -> list[str]:
     """The training split's class names in label order, read from the listing (no image is opened)."""
     if cfg.dataset == "digits":
-        return [str(d) for d in range(10)]
+        return list(digits.CLASSES)
     if cfg.dataset in torchvision_sets.DATASETS:
         labelled, _ = torchvision_sets.load(cfg.dataset, cfg.data_dir or ".", cfg.train_split, cfg.dataset_download,
                                             cfg.annotation_level)
@@ -237,7 +240,7 @@ def write_bad_images(directory: Path, datasets: list[ImageDataset]) -> Path | No
         return None
     target = directory / "bad_images.txt"
     atomic_write_text(target, "\n".join(rows) + "\n")
-    logger.warning("%d unreadable images skipped; listed in %s", len(rows), target)
+    logger.warning("%d unreadable image%s skipped; listed in %s", len(rows), "s" * (len(rows) > 1), target)
     return target
 
 
@@ -275,7 +278,8 @@ def _from_labelled(labelled: layouts.Labelled, transform: Callable | None, image
     dataset = ImageDataset(samples, list(classes), transform, image_mode, crop_bottom=labelled.crop_bottom,
                            skip_unreadable=on_bad_image == "skip")
     dataset.bad_images = sorted(scan.bad.items())
-    dataset.sizes, dataset.hashes = scan.sizes, scan.hashes
+    dataset.sizes, dataset.hashes, dataset.dhashes, dataset.scan_cache = scan.sizes, scan.hashes, scan.dhashes, \
+        scan.cache
     return dataset
 
 
@@ -292,20 +296,7 @@ def _relabel(dataset: ImageDataset, classes: list[str]) -> ImageDataset:
     samples = [(path, index[dataset.classes[label]]) for path, label in dataset.samples]
     relabelled = ImageDataset(samples, list(classes), dataset.transform, dataset.image_mode, dataset.arrays,
                               dataset.crop_bottom, dataset.skip_unreadable)
-    relabelled.bad_images, relabelled.sizes, relabelled.hashes = dataset.bad_images, dataset.sizes, dataset.hashes
+    for found_by_scan in ("bad_images", "sizes", "hashes", "dhashes", "scan_cache"):
+        setattr(relabelled, found_by_scan, getattr(dataset, found_by_scan))
     return relabelled
 
-
-def _digits(cfg: DataConfig, split: str, transform: Callable | None, image_mode: str) -> ImageDataset:
-    """scikit-learn's 1797 handwritten 8x8 digits, split 80/20 stratified with a fixed seed."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    indices = np.arange(len(images))
-    train_idx, val_idx = train_test_split(indices, test_size=DIGITS_VAL_FRACTION, random_state=DIGITS_SPLIT_SEED,
-                                          stratify=digits.target)
-    chosen = np.sort(train_idx if split == cfg.train_split else val_idx)
-    samples = [(f"digits/{split}/{i:04d}", int(digits.target[i])) for i in chosen]
-    return ImageDataset(samples, [str(d) for d in range(10)], transform, image_mode, arrays=images[chosen])

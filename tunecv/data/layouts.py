@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 LIST_NAMES = ("train_list.txt", "train.txt", "meta/train.txt")  # PaddleClas, MMPretrain
 CSV_NAMES = ("train.csv",)
+AIRCRAFT_SPLITS = ("train", "val", "trainval", "test")
 AIRCRAFT_LEVEL_FILES = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}
 AIRCRAFT_BANNER_PX = 20  # the copyright banner the dataset authors ask users to crop off
 SPLIT_SEED = 0  # fixed: every run and validate.py see the same split of a single folder
@@ -162,8 +163,12 @@ def read_aircraft(root: Path, split: str, level: str) -> Labelled:
     """FGVC-Aircraft: data/images/<id>.jpg + data/images_<level>_<split>.txt lines `<id> <class name>`."""
     data = root / "data" if (root / "data" / "images").is_dir() else root
     listing = data / f"images_{level}_{split}.txt"
+    if split not in AIRCRAFT_SPLITS:
+        raise UserError(f"FGVC-Aircraft has the splits {', '.join(AIRCRAFT_SPLITS)}, not {split!r}; set "
+                        "train_split/val_split")
     if not listing.is_file():
-        raise UserError(f"{listing} not found; FGVC-Aircraft splits are train, val, trainval and test")
+        raise UserError(f"{listing} is missing, and annotation_level {level} needs it for the {split} split; check "
+                        f"data_dir, or set another annotation_level ({', '.join(AIRCRAFT_LEVEL_FILES)})")
     pairs = []
     for number, line in _lines(listing):
         image_id, _, name = line.partition(" ")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunecv.data.layouts import Labelled
+from tunecv.data.layouts import AIRCRAFT_LEVEL_FILES, Labelled
 from tunecv.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -67,14 +67,38 @@ def load(name: str, root: str, split: str, download: bool, annotation_level: str
         kwargs["split"] = part
     if name == "fgvc_aircraft":
         kwargs["annotation_level"] = annotation_level
+        check_aircraft_files(Path(root), annotation_level, part)
     try:
         dataset = getattr(tv, source.cls)(**kwargs)
     except Exception as err:  # torchvision raises RuntimeError when missing, URLError/OSError when offline
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        how = "dataset_download: true fetches it (needs network)" if not download else "the download failed"
-        raise UserError(f"{name} not found in {Path(root).resolve()} ({reason}); {how}, or place {source.by_hand}"
-                        ) from None
+        raise UserError(not_found(name, Path(root).resolve(), download, err)) from None
     return _labelled(name, dataset)
+
+
+def not_found(name: str, root: Path, download: bool, err: Exception) -> str:
+    """One sentence: which dataset, the folder looked in, the fix. torchvision's own text ("You can use
+    download=True") names its argument, not our key, so it is only kept for a failed download (the network's
+    reason)."""
+    by_hand = DATASETS[name].by_hand.replace("<data_dir>", str(root))
+    if not download:
+        return (f"{name} not found in {root}; set dataset_download: true to fetch it there (needs internet), or on a "
+                f"machine with internet download it and place {by_hand}")
+    reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    return (f"downloading {name} into {root} failed ({reason}); check the internet connection, or on a machine with "
+            f"internet download it and place {by_hand}")
+
+
+def check_aircraft_files(root: Path, level: str, split: str) -> None:
+    """FGVC-Aircraft's class list and split list of the annotation level, when the dataset folder is there (an
+    absent folder is `not_found`'s)."""
+    data = root / "fgvc-aircraft-2013b" / "data"
+    if not data.is_dir():
+        return
+    for needed in (data / AIRCRAFT_LEVEL_FILES[level], data / f"images_{level}_{split}.txt"):
+        if not needed.is_file():
+            raise UserError(f"{needed} is missing, and annotation_level {level} needs it; extract the whole "
+                            f"fgvc-aircraft-2013b.tar.gz into {root.resolve()} again, or set another annotation_level "
+                            f"({', '.join(AIRCRAFT_LEVEL_FILES)})")
 
 
 def _labelled(name: str, dataset) -> tuple[Labelled, np.ndarray | None]:

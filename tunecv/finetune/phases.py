@@ -138,10 +138,3 @@ class Plan:
             logger.info("epochs %d-%d (%s): %s trainable parameters\n%s", phase.start, phase.end,
                         phase.label or "phase", f"{self.trainable:,}", self.table)
         return optimizer, scheduler
-
-    def describe(self) -> str:
-        """The phases in words: what trains when."""
-        if len(self.phases) == 1:
-            frozen = len(self.phases[0].frozen)
-            return f"{frozen} tensors frozen for the whole run" if frozen else "every layer trains"
-        return "; ".join(f"epochs {p.start}-{p.end} {p.label}" for p in self.phases)

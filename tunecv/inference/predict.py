@@ -25,10 +25,13 @@ logger = logging.getLogger(__name__)
 
 def split_dataset(trained: TrainedModel, split: str, uint8: bool = False) -> ImageDataset:
     """A split of the checkpoint's data (or the overridden data_dir) with its evaluation transform and classes.
-    `uint8`: tensors the GPU normalises (DevicePrefetcher)."""
+    `uint8`: tensors the GPU normalises (DevicePrefetcher). The training run's scan cache, where it still is, spares
+    decoding every image again (read only: validating writes nothing in the run folder)."""
     cfg = trained.cfg
+    run_dir = cfg.train.ckpt_save_dir
     return create_dataset(cfg.data, split, create_transforms(cfg.data, is_training=False, uint8=uint8),
                           classes=trained.classes, image_mode=image_mode(cfg.model.in_channels),
+                          scan_cache=Path(run_dir) / "scan_cache.json" if run_dir else None,
                           draft_size=draft_size(cfg.data, False))
 
 
@@ -57,7 +60,8 @@ def collect_images(inputs: list[str]) -> list[Path]:
             elif path.is_file():
                 found[path] = None
     if not found:
-        raise UserError(f"no image files in {' '.join(inputs)}; give image files, folders or patterns")
+        raise UserError(f"no image files in {' '.join(inputs)} (folders are searched for .jpg, .png and the other "
+                        "image extensions); give image files, folders or patterns")
     return list(found)
 
 
@@ -78,6 +82,17 @@ def predict(model: nn.Module, loader: DataLoader, compute: Compute, tta: bool = 
                 probs = (probs + (model(inputs.flip(-1)).float() / temperature).softmax(dim=1)) / 2
         probabilities.update(zip(batch[2].tolist(), probs.cpu()))
     return probabilities
+
+
+def check_some_read(paths: list[Path], bad: list[str]) -> None:
+    """Not one of the files decoded: an error, not an empty prediction (some unreadable ones are warned and
+    skipped)."""
+    if not paths or len(bad) < len(paths):
+        return
+    if len(bad) == 1:
+        raise UserError(f"{bad[0]} could not be read as an image; give image files (e.g. .jpg, .png)")
+    raise UserError(f"none of the {len(bad)} files could be read as an image (e.g. {bad[0]}); give image files "
+                    "(e.g. .jpg, .png)")
 
 
 def top_k(probs: torch.Tensor, classes: list[str], k: int) -> list[tuple[str, float]]:

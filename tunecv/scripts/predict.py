@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tunecv import cli
 from tunecv.config import UserError
-from tunecv.inference.predict import collect_images
+from tunecv.inference.predict import check_some_read, collect_images
 from tunecv.inference.trained import load_trained
 from tunecv.tasks.base import PredictOptions
 
@@ -43,19 +43,18 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--output {args.output}: give a .csv or .json file")
         if not 0 <= args.score_threshold <= 1:
             raise UserError("--score_threshold is a score between 0 and 1")
-        cli.setup_logging(args.quiet, args.verbose)
+        cli.setup_logging(args.quiet, args.verbose, hold=True)
         trained = load_trained(args.ckpt_path, args.config, overrides, args.cfg_options)
         paths = collect_images(args.inputs)
         draw_dir = Path(args.draw_dir) if args.draw_dir else Path(args.ckpt_path).parent / "predictions"
         options = PredictOptions(args.topk, args.tta, args.score_threshold, draw_dir)
         rows, bad = trained.task.predict(trained, paths, options)
+        check_some_read(paths, bad)
         if args.output:  # a full disk here is one line too
             trained.task.write_predictions(args.output, rows)
+        cli.release_console()  # the checks passed: the lines they held go out
     except (UserError, RuntimeError, OSError, KeyboardInterrupt) as err:  # one line, no traceback
-        code = cli.failure_exit(err)
-        if code is None:
-            raise
-        return code
+        return cli.handled_exit(err)
     for row in rows:
         print(trained.task.prediction_line(row))
     if bad:

@@ -32,15 +32,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="fit a temperature on this split (temperature scaling) and store it in the checkpoint")
     try:
         args, overrides = cli.parse_args(parser, argv, script_flags=("ckpt_path", "split", "output", "calibrate"))
-        cli.setup_logging(args.quiet, args.verbose)
+        cli.setup_logging(args.quiet, args.verbose, hold=True)
         trained = load_trained(args.ckpt_path, args.config, overrides, args.cfg_options)
         lines = trained.task.validate(trained, args.ckpt_path, args.split, args.output, args.calibrate,
                                       overrides.get("val_ann_file"))
+        cli.release_console()  # the checks passed: the lines they held go out
     except (UserError, RuntimeError, OSError, KeyboardInterrupt) as err:  # one line, no traceback
-        code = cli.failure_exit(err)
-        if code is None:
-            raise
-        return code
+        return cli.handled_exit(err)
     print("\n".join(lines))
     return 0
 

@@ -20,6 +20,7 @@ from tunecv.data.datasets import check_split, create_dataset, dataset_classes, r
 from tunecv.data.image_cache import attach_image_cache
 from tunecv.data.loader import class_counts, create_loader, create_mixup
 from tunecv.data.prefetch import on_device
+from tunecv.data.scan import write_scan_cache
 from tunecv.data.transforms import check_auto_augment, create_transforms, draft_size
 from tunecv.errors import UserError
 from tunecv.finetune.param_groups import build_param_groups
@@ -27,11 +28,12 @@ from tunecv.finetune.phases import Phase, Plan, apply_phase, plan_phases
 from tunecv.finetune.strategies import is_gradual
 from tunecv.inference.predict import predict_classes
 from tunecv.inference.validate import validate_classifier
-from tunecv.models.factory import count_params, create_model, data_defaults, fixed_input_size
+from tunecv.models.factory import create_model, data_defaults, fixed_input_size
 from tunecv.models.layer_map import layer_map
 from tunecv.models.weights import load_exact, load_initial_weights
 from tunecv.report.manifest import data_fingerprint
-from tunecv.report.results import ResultsWriter, run_summary, write_table
+from tunecv.report.results import ResultsWriter, reported_topk, write_table
+from tunecv.report.summary import phase_lines, run_summary
 from tunecv.resolve import Run
 from tunecv.tasks.base import PredictOptions, TrainedModel
 from tunecv.train import engine
@@ -103,11 +105,11 @@ class Classification:
 
     def create_loader(self, run: Run, dataset: Dataset | None, transform: Callable, is_training: bool,
                       compute: Compute) -> DataLoader | None:
-        """The dataset's loader with `transform`, its decoded images cached first (`cache_images`)."""
+        """The dataset's loader with `transform` (its decoded images are cached with the features, once the model
+        is built)."""
         if dataset is None:
             return None
         dataset.transform = transform
-        _cache_images(run, dataset, is_training)
         cfg, cuda = run.cfg, compute.device.type == "cuda"
         loader = create_loader(dataset, cfg.loader, is_training, seed=cfg.train.seed if is_training else 0,
                                pin_memory=cuda, rank=distributed.rank(), world_size=distributed.world_size())
@@ -123,7 +125,11 @@ class Classification:
                        val_set: Dataset | None, train_loader: DataLoader, val_loader: DataLoader | None
                        ) -> tuple[nn.Module, DataLoader, DataLoader | None]:
         """What batches go through and their loaders: the model on images, or (cache_features) its trained part on
-        the frozen part's outputs, computed once."""
+        the frozen part's outputs, computed once. The decoded images are cached first (cache_images): after the
+        model, so a run whose weights fail to load writes no cache."""
+        for dataset, is_training in ((train_set, True), (val_set, False)):
+            if dataset is not None:
+                _cache_images(run, dataset, is_training)
         if not run.cache_features:
             return model, train_loader, val_loader
         apply_phase(model, run.phases[0])
@@ -149,7 +155,8 @@ class Classification:
 
     def evaluate(self, model: nn.Module, loader: DataLoader, trainer: Trainer, desc: str) -> dict[str, Any]:
         result = engine.evaluate(model, loader, trainer.compute, trainer.num_classes, desc=desc)
-        return {"val_loss": result.loss, "top1": result.top1, "top5": result.top5,
+        top5 = result.top5 if reported_topk(trainer.num_classes) else None  # 100 % whatever the model with <= 5
+        return {"val_loss": result.loss, "top1": result.top1, "top5": top5,
                 "eval_images_per_s": result.images / max(result.seconds, 1e-9)}
 
     def row(self, epoch: int, stats: EpochProgress, scores: dict[str, Any] | None, seconds: float) -> dict[str, Any]:
@@ -168,13 +175,16 @@ class Classification:
 
     def create_results(self, run: Run) -> ResultsWriter:
         train = run.cfg.train
-        return ResultsWriter(run.out_dir, ema=train.ema, csv=train.log_csv, tensorboard=train.log_tensorboard)
+        return ResultsWriter(run.out_dir, ema=train.ema, csv=train.log_csv, tensorboard=train.log_tensorboard,
+                             topk=reported_topk(len(run.classes)))
 
     def write_data_reports(self, run: Run, datasets: list[Dataset | None]) -> None:
-        """bad_images.txt (the unreadable images left out) and data_report.json (the audit's findings)."""
+        """bad_images.txt (the unreadable images left out), data_report.json (the audit's findings) and
+        scan_cache.json (the start-up scan, which the next run over the same files reuses)."""
         present = [d for d in datasets if d is not None]
         write_bad_images(run.out_dir, present)
         write_report(audit(present[0], present[1] if len(present) > 1 else None), run.out_dir)
+        write_scan_cache([d.scan_cache for d in present])
 
     def describe(self, run: Run, pipeline: Pipeline, plan: Plan) -> str:
         """The block logged before training: what is about to run, in the user's terms."""
@@ -183,9 +193,11 @@ class Classification:
             batch = run.cfg.loader.batch_size
             compute += f"; {run.world_size} processes x batch {batch} = global batch {run.world_size * batch}"
         steps = optimizer_steps(len(pipeline.train_loader), run.cfg.train.gradient_accumulation_steps)
-        return run_summary(run.cfg, pipeline.train_set, pipeline.val_set, pipeline.weights,
-                           count_params(pipeline.model), type(plan.optimizer).__name__, plan, steps,
-                           pipeline.train_loader.num_workers, compute, _caches(pipeline))
+        model = pipeline.model
+        trains = phase_lines({name: p.numel() for name, p in model.named_parameters()}, layer_map(model), plan.phases)
+        return run_summary(run.cfg, pipeline.train_set, pipeline.val_set, pipeline.weights, trains,
+                           type(plan.optimizer).__name__, plan.table, steps, pipeline.train_loader.num_workers,
+                           compute, _caches(pipeline), _class_weights(pipeline.trainer))
 
     def load_model(self, cfg: Config, classes: list[str], state: dict[str, Any], source: str) -> nn.Module:
         model = create_model(cfg.model, num_classes=len(classes))
@@ -236,6 +248,13 @@ def input_settings(data: DataConfig, model: ModelConfig) -> DataConfig:
     return replace(data, mean=tuple(round(m, 6) for m in mean), std=tuple(round(s, 6) for s in std),
                    interpolation=data.interpolation or defaults["interpolation"],
                    crop_pct=data.crop_pct or defaults["crop_pct"])
+
+
+def _class_weights(trainer: Trainer) -> list[float] | None:
+    """The class weights the loss applies (class_weights: auto), or None."""
+    loss = trainer.loss_fn
+    weight = loss.weight if isinstance(loss, nn.CrossEntropyLoss) else None
+    return None if weight is None else weight.tolist()
 
 
 def _caches(pipeline: Pipeline) -> str:

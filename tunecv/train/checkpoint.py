@@ -20,7 +20,7 @@ from torch import nn
 
 from tunecv import __version__
 from tunecv.errors import UserError
-from tunecv.models.weights import load_checkpoint_file, load_safetensors_file
+from tunecv.models.weights import TUNECV_FIX, load_checkpoint_file, load_safetensors_file
 from tunecv.utils.fileio import atomic_target, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -68,21 +68,36 @@ def own_storage(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 FORMATS = {"pth": (".pth", save_checkpoint), "safetensors": (".safetensors", save_safetensors)}
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, *, fix: str = TUNECV_FIX) -> dict[str, Any]:
     """A tunecv checkpoint (weights, config, classes): a .pth loaded with weights_only=True, or a .safetensors
-    file with its .json sidecar, as the same dict."""
+    file with its .json sidecar, as the same dict. `fix`: what the error tells the user to give instead."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"checkpoint {path} not found; check --ckpt_path")
-    data = _load_safetensors_checkpoint(path) if path.suffix == ".safetensors" else load_checkpoint_file(path)
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise UserError(f"{path} is not a tunecv checkpoint (no {', '.join(missing)}); "
-                        "use a <model>_best.pth or _best.safetensors written by finetune.py")
+    if path.suffix == ".safetensors":
+        data = _load_safetensors_checkpoint(path, fix)
+    else:
+        data = load_checkpoint_file(path, fix)
+    problem = tunecv_problem(data)
+    if problem:
+        raise UserError(f"{path} is not a tunecv checkpoint ({problem}); {fix}")
     return data
 
 
-def _load_safetensors_checkpoint(path: Path) -> dict[str, Any]:
+def tunecv_problem(data: dict[str, Any]) -> str | None:
+    """What a loaded dict lacks of a tunecv checkpoint (weights, config and classes), or None."""
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing and all(isinstance(v, torch.Tensor) for v in data.values()):
+        return "a plain state_dict, without the config and classes finetune.py saves"
+    if missing:
+        return f"no {', '.join(missing)}"
+    kinds = {"model": dict, "config": dict, "classes": (list, tuple)}
+    wrong = [k for k, kind in kinds.items() if not isinstance(data[k], kind)]
+    return f"its {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} of another kind" if wrong else None
+
+
+def _load_safetensors_checkpoint(path: Path, fix: str) -> dict[str, Any]:
+    weights = load_safetensors_file(path, fix)  # first: a damaged weights file is the problem to name
     sidecar = sidecar_path(path)
     if not sidecar.is_file():
         raise UserError(f"{path} has no sidecar {sidecar} (its config and classes); "
@@ -95,7 +110,6 @@ def _load_safetensors_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(info, dict):
         raise UserError(f"sidecar {sidecar} holds a {type(info).__name__}, not a JSON object; "
                         "restore the file finetune.py wrote")
-    weights = load_safetensors_file(path)
     save_id = info.pop(SAVE_ID, None)
     if save_id is not None and save_id != _safetensors_metadata(path).get(SAVE_ID):
         raise UserError(f"sidecar {sidecar} was written with other weights than {path} (a save interrupted "

@@ -26,7 +26,7 @@ from tunecv.report.results import epoch_line
 from tunecv.train.checkpoint import CheckpointSaver
 from tunecv.train.engine import EpochProgress, NonFiniteLoss, Trainer
 from tunecv.train.resume import GracefulStop, RunStopped, batch_layout, random_state
-from tunecv.train.state import Best, RunState, restore, training_state
+from tunecv.train.state import Best, RunState, training_state
 from tunecv.utils import distributed
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class Pipeline:
     val_loader: DataLoader | None
     trainer: Trainer
     weights: str  # where the initial weights came from, in words
+    fingerprint: str  # the data's (a resumed run must be trained on the same)
 
 
 class Trainable(Protocol):
@@ -113,16 +114,13 @@ def _curves_drawn_on_exit(results: Results | None) -> Iterator[None]:
 
 
 def fit(task: Trainable, pipeline: Pipeline, plan: Plan, cfg: TrainConfig, saver: CheckpointSaver,
-        results: Results | None, resume: dict[str, Any] | None = None) -> FitResult:
-    """Train `cfg.epoch_size` epochs; validate, checkpoint, report. Each phase of `plan` (un)freezes layers and
-    brings its own optimizer and schedule. `resume`: a `_last` checkpoint to go on from. Distributed: every process
-    runs this; only the first writes files (`results` None on the others). SIGTERM/SIGINT stop after the current
-    step with `_last` written (RunStopped)."""
+        results: Results | None, state: RunState) -> FitResult:
+    """Train from `state` (a new run's first epoch, or where a resumed one stopped) to `cfg.epoch_size`;
+    validate, checkpoint, report. Each phase of `plan` (un)freezes layers and brings its own optimizer and schedule.
+    Distributed: every process runs this; only the first writes files (`results` None on the others).
+    SIGTERM/SIGINT stop after the current step with `_last` written (RunStopped)."""
     start = time.perf_counter()
     trainer, metric = pipeline.trainer, cfg.best_metric
-    state = RunState(best=Best(path=str(saver.best_path)))
-    if resume is not None:
-        state = restore(resume, pipeline.model, trainer, plan, saver, results)
     device, wrapped, phase, signum = trainer.compute.device, pipeline.forward_model, None, 0
     skipped = trainer.skipped_steps
 

@@ -4,6 +4,7 @@ and the run folder (never another run's, unless asked)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -33,6 +34,9 @@ def find_last(resume: str, ckpt_save_dir: str | None, model_name: str, runs_root
     the run folders under ./ckpt when ckpt_save_dir is left to its timestamped default."""
     if resume != "auto":
         path = Path(resume)
+        if path.is_dir():
+            raise UserError(f"resume: {path} is a folder; pass --resume auto --ckpt_save_dir {path}, or the path of "
+                            "its <model>_last.pth")
         if not path.is_file():
             raise UserError(f"resume: {path} not found; give a <model>_last.pth or resume: auto")
         return path
@@ -112,9 +116,27 @@ def batch_layout(batch_size: int | None, accumulation_steps: int) -> dict[str, i
             "gradient_accumulation_steps": accumulation_steps}
 
 
+# what decides which parameters train and in which optimizer groups: the `_last` optimizer state fits no other
+TRAINED_PARAMETER_KEYS = ("strategy", "freeze", "frozen_stages", "freeze_layers", "freeze_patterns",
+                          "unfreeze_patterns", "freeze_epochs", "unfreeze_schedule", "lr_scales", "paramwise_cfg",
+                          "head_lr_scale", "layer_decay", "weight_decay_filter", "trainable_backbone_layers", "opt")
+
+
+def changed_training_keys(saved: dict[str, Any], flat: dict[str, Any]) -> list[str]:
+    """`key a -> b` for each TRAINED_PARAMETER_KEYS value that differs from the checkpoint's config."""
+    def same(a: Any, b: Any) -> bool:  # a checkpoint's lists are the config's tuples
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+    return [f"{key} {saved[key]!r} -> {flat[key]!r}" for key in TRAINED_PARAMETER_KEYS
+            if key in saved and key in flat and not same(saved[key], flat[key])]
+
+
 def check_same_run(cfg: Config, checkpoint: dict, classes: list[str], fingerprint: str, force: bool = False) -> None:
     """A UserError naming each difference between this run and the checkpoint's (`force`: warnings instead)."""
     differences = run_differences(checkpoint, cfg.model.model, classes, fingerprint)
+    changed = changed_training_keys(checkpoint.get("config", {}), cfg.to_flat())
+    if changed:
+        differences.append(f"other parameters would train ({', '.join(changed)})")
     layout = batch_layout(cfg.loader.batch_size, cfg.train.gradient_accumulation_steps)
     if checkpoint.get("layout", layout) != layout:
         differences.append("batches differ: " + ", ".join(f"{key} {layout[key]} (checkpoint: {value})" for key, value
@@ -130,8 +152,11 @@ def check_same_run(cfg: Config, checkpoint: dict, classes: list[str], fingerprin
 RESUME_KEYS = ("global_step", "phase_start", "best", "ema_best", "history")
 
 
+RESUME_FIX = "resume from the <model>_last.pth of the run, or start a new run"
+
+
 def training_checkpoint(path: Path) -> dict:
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, fix=RESUME_FIX)
     if "optimizer" not in checkpoint or "rng" not in checkpoint:
         raise UserError(f"{path} holds no training state to resume (a _best or per-epoch checkpoint?); resume from "
                         "<model>_last.pth, or start a new run with --ckpt_path to load its weights")
@@ -140,7 +165,6 @@ def training_checkpoint(path: Path) -> dict:
         raise UserError(f"{path} was written by an older tunecv (its training state has no {', '.join(missing)}); "
                         "resume it with the version that wrote it, or start a new run with --ckpt_path to load its "
                         "weights")
-    logger.info("resuming from %s (epoch %d)", path, checkpoint["epoch"])
     return checkpoint
 
 
@@ -158,7 +182,8 @@ def with_run_dir(cfg: Config, resume_path: Path | None, refuse: bool = True) -> 
     if found and resume_path is None and refuse:
         if not cfg.train.overwrite:
             raise UserError(f"{out_dir} holds an earlier run ({', '.join(found[:3])}); pass --resume auto to continue "
-                            "it, --overwrite to replace it, or another --ckpt_save_dir")
+                            "it (with a larger --epoch_size to train a finished one further), --overwrite to replace "
+                            "it, or another --ckpt_save_dir")
         logger.warning("%s holds an earlier run; its results and checkpoints will be replaced (overwrite)", out_dir)
     return replace(cfg, train=replace(cfg.train, ckpt_save_dir=out_dir))
 

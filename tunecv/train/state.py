@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from tunecv.errors import UserError
 from tunecv.finetune.phases import Plan
@@ -20,12 +20,6 @@ from tunecv.train.resume import restore_random_state
 from tunecv.utils import distributed
 
 logger = logging.getLogger(__name__)
-
-
-class Replayable(Protocol):
-    """What takes a resumed run's rows back (the run's results writer)."""
-
-    def add(self, row: dict[str, Any], replayed: bool = False) -> None: ...
 
 
 @dataclass
@@ -62,8 +56,18 @@ def saved_best(saved: dict[str, Any]) -> Best:
     return Best(**{("value" if key == "top1" else key): value for key, value in saved.items()})
 
 
-def restore(checkpoint: dict[str, Any], model: nn.Module, trainer: Trainer, plan: Plan, saver: CheckpointSaver,
-            results: Replayable | None) -> RunState:
+def start_state(checkpoint: dict[str, Any] | None, model: nn.Module, trainer: Trainer, plan: Plan,
+                saver: CheckpointSaver) -> RunState:
+    """A new run at its first epoch, or a resumed one where its `_last` stopped (writes nothing: a resume that
+    fails here leaves the run folder as it was)."""
+    if checkpoint is None:
+        plan.enter(1)
+        return RunState(best=Best(path=str(saver.best_path)))
+    return restore(checkpoint, model, trainer, plan, saver)
+
+
+def restore(checkpoint: dict[str, Any], model: nn.Module, trainer: Trainer, plan: Plan,
+            saver: CheckpointSaver) -> RunState:
     """Put a `_last` checkpoint's weights, optimizer, schedule, scaler, EMA, step, reported rows and random state
     back; the run goes on where it stopped."""
     model.load_state_dict(checkpoint["model"])
@@ -82,20 +86,68 @@ def restore(checkpoint: dict[str, Any], model: nn.Module, trainer: Trainer, plan
                             "trainable_backbone_layers, freeze_bn or weight_decay_filter changed); resume with the "
                             "run's own values, or start a new run with --ckpt_path <its _last.pth>") from None
         scheduler.load_state_dict(checkpoint["scheduler"])
+        _follow_schedule(optimizer, scheduler)
     trainer.global_step = checkpoint["global_step"]
     if trainer.scaler is not None and checkpoint.get("scaler"):
         trainer.scaler.load_state_dict(checkpoint["scaler"])
     if trainer.ema is not None and "model_ema" in checkpoint:
         trainer.ema.module.load_state_dict(checkpoint["model_ema"])
     saver.kept = [(score, epoch_, Path(path)) for score, epoch_, path in checkpoint.get("kept", [])]
-    if results is not None:
-        for row in state.history:
-            results.add(row, replayed=True)
     states = checkpoint["rng"]  # one per process
     restore_random_state(states[distributed.rank() % len(states)])
     where = f"epoch {epoch} step {trainer.global_step}" if progress else f"the start of epoch {epoch}"
     logger.info("resumed at %s (global step %d)", where, trainer.global_step)
+    _log_extension(checkpoint, plan, epoch, optimizer)
     return state
+
+
+def _follow_schedule(optimizer: torch.optim.Optimizer, scheduler: LRScheduler) -> None:
+    """The lr of the step to come, by this run's schedule: the checkpoint's optimizer holds the one its own schedule
+    set, which differs when the run is extended (the same value otherwise)."""
+    if isinstance(scheduler, LambdaLR):
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
+
+
+def _log_extension(checkpoint: dict[str, Any], plan: Plan, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+    planned, epochs = checkpoint["config"].get("epoch_size"), plan.phases[-1].end
+    if planned is not None and epochs != planned:
+        logger.info("%s the run from %d to %d epochs: the schedule is planned again over %d epochs, as timm's "
+                    "train.py does, and goes on from its step at epoch %d (lr %.3g)",
+                    "extending" if epochs > planned else "shortening", planned, epochs, epochs, epoch,
+                    optimizer.param_groups[0]["lr"])
+
+
+def trained_epochs(checkpoint: dict[str, Any]) -> int:
+    """The epochs a `_last` has finished (one written mid-epoch is inside the next)."""
+    return checkpoint["epoch"] - 1 if checkpoint.get("epoch_progress") else checkpoint["epoch"]
+
+
+def check_epochs_left(checkpoint: dict[str, Any], epoch_size: int, path: Path) -> None:
+    """A resume with no epoch left to train ends here, before anything is written: RunFinished when the run has
+    trained exactly `epoch_size` epochs, a UserError when more."""
+    done = trained_epochs(checkpoint)
+    if done < epoch_size:
+        return
+    if done > epoch_size or checkpoint.get("epoch_progress"):
+        trained = f"{done} epochs" + (f" and part of epoch {done + 1}" if checkpoint.get("epoch_progress") else "")
+        raise UserError(f"{path} has trained {trained}, more than epoch_size {epoch_size}; pass --epoch_size "
+                        f"{done + 1} or more to train it further, or leave out --resume to start a new run")
+    best = best_words(checkpoint["config"].get("best_metric", "top1"), saved_best(checkpoint["best"]))
+    raise RunFinished(f"the run in {path.parent} finished at epoch {done}{best}; nothing to resume: to train "
+                      f"further, add --epoch_size N (more than {done}) to the command")
+
+
+class RunFinished(Exception):
+    """Resuming a run that has trained every epoch asked of it: nothing to do (exit 0, the folder untouched)."""
+
+
+def best_words(metric: str, best: Best) -> str:
+    """", best top-1 98.33 % at epoch 2" (empty without a validated epoch)."""
+    if best.value is None:
+        return ""
+    name, unit = ("top-1", " %") if metric == "top1" else (metric, "")
+    return f", best {name} {best.value:.2f}{unit} at epoch {best.epoch}"
 
 
 def best_so_far(history: list[dict[str, Any]], checkpoint: dict[str, Any], saver: CheckpointSaver) -> Best:
