@@ -45,8 +45,9 @@ def main() -> None:
     parser.add_argument("--image_resize", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    cfg = Classification().resolve_config(load_config(None, {"data_dir": args.data_dir,
-                                                             "image_resize": args.image_resize, "scale": "0.35,1.0"}))
+    task = Classification()
+    loaded = load_config(None, {"data_dir": args.data_dir, "image_resize": args.image_resize, "scale": "0.35,1.0"})
+    cfg, _ = task.resolve_data(task.resolve_config(loaded))  # the layout create_dataset needs
     plain = create_dataset(cfg.data, "train", None)
     paths = [path for path, _ in plain.samples]
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,8 @@ import logging
 from conftest import CLASSES, TINY_MODEL, TRAIN_PER_CLASS, VAL_PER_CLASS
 from tests.data.test_scan import truncated_jpeg
 from tunecv.config import DataConfig
-from tunecv.data.datasets import create_dataset, write_bad_images
+from tunecv.data.bad_images import write_bad_images
+from tunecv.data.datasets import create_dataset
 from tunecv.data.scan import forget_scans, scan_images
 from tunecv.scripts import finetune
 
@@ -31,16 +32,21 @@ def test_truncated_jpeg_left_out_of_the_split_and_listed_once(tiny_image_folder,
     assert len(listed) == 1 and listed[0].startswith(f"{bad}\t")
 
 
-def test_image_that_breaks_after_the_scan_is_warned_about_once(tiny_image_folder, caplog):
+def test_image_that_breaks_after_the_scan_is_warned_about_and_listed_once(tiny_image_folder, tmp_path, caplog):
     val = create_dataset(DataConfig(dataset="folder", data_dir=str(tiny_image_folder)), "val", None)
     index = 0
     path = val.samples[index][0]
     truncated_jpeg(tiny_image_folder / "cut.jpg")
     (tiny_image_folder / "cut.jpg").replace(path)  # the file changes under the run
+    write_bad_images(tmp_path, [val])  # the run folder opens: the scan found nothing to list
     with caplog.at_level(logging.WARNING):
         assert val[index] is None and val[index] is None
     warned = [r.getMessage() for r in caplog.records if path in r.getMessage()]
     assert len(warned) == 1 and "changed since the start-up scan" in warned[0]
+    val.failed_since_scan.clear()  # another loader worker, which fails on it too
+    assert val[index] is None
+    listed = (tmp_path / "bad_images.txt").read_text().splitlines()
+    assert len(listed) == 1 and listed[0].startswith(f"{path}\t")
 
 
 def test_run_lists_truncated_jpeg_once_and_counts_only_kept_images(tiny_image_folder, tmp_path, capsys):

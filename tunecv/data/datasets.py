@@ -15,10 +15,10 @@ from torch.utils.data import Dataset
 
 from tunecv.config import DataConfig
 from tunecv.data import digits, layouts, pixels, torchvision_sets
+from tunecv.data.bad_images import list_bad_image
 from tunecv.data.cache_file import file_stat
 from tunecv.data.scan import ScanCache, scan_images
 from tunecv.errors import CacheChanged, UserError
-from tunecv.utils.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class ImageDataset(Dataset):
         self.dhashes: dict[str, int] = {}  # path → perceptual hash, from the scan
         self.scan_cache: ScanCache | None = None  # what the run writes to scan_cache.json once it starts
         self.failed_since_scan: set[str] = set()  # passed the scan, failed later: warned once (per process)
+        self.bad_images_file: Path | None = None  # where such a file is listed, once the run folder is open
         self.image_cache = None  # an ImageCache of the decoded pixels (tunecv.data.image_cache), when built
 
     def __len__(self) -> int:
@@ -97,6 +98,7 @@ class ImageDataset(Dataset):
             # files no scan listed (predict's) are reported by their caller, all in one line
             logger.log(logging.WARNING if self.scan_cache is not None else logging.DEBUG, "%s; %s", err,
                        self._since_scan(path))
+            list_bad_image(self.bad_images_file, path, str(err))
             return None
         if self.transform is not None:
             image = self.transform(image)
@@ -231,17 +233,6 @@ def check_split(cfg: DataConfig, split: str, hint: str = "") -> None:
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         raise UserError(f"split folder {root / split} does not exist (found: {', '.join(found) or 'nothing'}); "
                         f"set train_split/val_split or check data_dir{suffix}")
-
-
-def write_bad_images(directory: Path, datasets: list[ImageDataset]) -> Path | None:
-    """bad_images.txt: `path<TAB>why` for every image left out at the scan (nothing written when none was)."""
-    rows = [f"{path}\t{why}" for dataset in datasets for path, why in dataset.bad_images]
-    if not rows:
-        return None
-    target = directory / "bad_images.txt"
-    atomic_write_text(target, "\n".join(rows) + "\n")
-    logger.warning("%d unreadable image%s skipped; listed in %s", len(rows), "s" * (len(rows) > 1), target)
-    return target
 
 
 def _from_arrays(labelled: layouts.Labelled, arrays: np.ndarray, transform: Callable | None,

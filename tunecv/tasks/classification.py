@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from tunecv.config import Config, DataConfig, ModelConfig
 from tunecv.data.audit import audit, write_report
-from tunecv.data.datasets import check_split, create_dataset, dataset_classes, resolve_layout, write_bad_images
+from tunecv.data.bad_images import write_bad_images
+from tunecv.data.datasets import check_split, create_dataset, dataset_classes, resolve_layout
 from tunecv.data.image_cache import attach_image_cache
 from tunecv.data.loader import class_counts, create_loader, create_mixup
 from tunecv.data.prefetch import on_device
