@@ -17,6 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from tunecv.config import KEYS, SECTIONS, key_type
+from tunecv.config.compat import underscored
 from tunecv.errors import UserError, write_failure
 
 
@@ -65,7 +66,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None,
     """(script options, config overrides). `--batch-size` is `--batch_size`. Flags that are no known key go to the
     config layer, which maps other tools' names (`--class_num`), ignores MindCV system keys, or rejects them with
     the closest key (or ours for another tool's name: `--learning_rate`)."""
-    argv = _underscored_flags(sys.argv[1:] if argv is None else argv, parser)
+    argv = _underscored_flags(sys.argv[1:] if argv is None else argv)
     args, rest = parser.parse_known_args(_attach_negative_numbers(argv))
     # one token stays text (`--scale 0.5,1.0`, `--freeze_patterns 're:a,b'`); several stay a list of items
     overrides = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in vars(args).items() if k in KEYS}
@@ -75,16 +76,14 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None,
     return args, overrides
 
 
-def _underscored_flags(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+def _underscored_flags(argv: list[str]) -> list[str]:
     """`--batch-size 8` as `--batch_size 8` (timm's and torchvision's spelling): hyphens and underscores in a
-    flag's name are one; a flag the parser spells otherwise (`--cfg-options`) keeps its own spelling."""
-    spelled = {option.replace("-", "_"): option for option in parser._option_string_actions if option[:2] == "--"}
+    flag's name are one (every flag of the programs has its underscored spelling)."""
     out = []
     for token in argv:
         name, eq, value = token.partition("=")
         if name.startswith("--") and len(name) > 2:
-            underscored = "--" + name[2:].replace("-", "_")
-            token = spelled.get(underscored, underscored) + eq + value
+            token = "--" + underscored(name[2:]) + eq + value
         out.append(token)
     return out
 
