@@ -27,7 +27,7 @@ from tunecv.resolve import Run, resolve
 from tunecv.tasks import create_task
 from tunecv.tasks.base import Task
 from tunecv.train.engine import optimizer_steps
-from tunecv.train.loop import FitResult, Pipeline, fit
+from tunecv.train.loop import EpochHook, FitResult, Pipeline, fit
 from tunecv.train.lr_find import lr_find, report
 from tunecv.train.resume import RunStopped, check_same_run, resume_command
 from tunecv.train.run_folder import create_saver, open_run_folder
@@ -38,14 +38,16 @@ from tunecv.utils.runtime import Compute, free_memory, resolve_device, seed_ever
 logger = logging.getLogger("tunecv")
 
 
-def run(cfg: Config, device: torch.device | None = None, argv: list[str] | None = None) -> FitResult:
-    """A whole run: a new one, or a stopped one resumed (`resume`). `argv`: the command line, for run.json."""
+def run(cfg: Config, device: torch.device | None = None, argv: list[str] | None = None,
+        on_epoch: EpochHook | None = None) -> FitResult:
+    """A whole run: a new one, or a stopped one resumed (`resume`). `argv`: the command line, for run.json;
+    `on_epoch`: called with each epoch's row (`tunecv.train.loop.fit`)."""
     task, resolved, pipeline, plan = prepare(cfg, device)
     saver = create_saver(task, resolved, pipeline)
     state = start_state(resolved.checkpoint, pipeline.model, pipeline.trainer, plan, saver)
     results = open_run_folder(task, resolved, pipeline, sys.argv[1:] if argv is None else argv, state.history)
     logger.info(task.describe(resolved, pipeline, plan))
-    return fit(task, pipeline, plan, resolved.cfg.train, saver, results, state)
+    return fit(task, pipeline, plan, resolved.cfg.train, saver, results, state, on_epoch)
 
 
 def prepare(cfg: Config, device: torch.device | None = None, *, new_run: bool = True

@@ -113,12 +113,16 @@ def _curves_drawn_on_exit(results: Results | None) -> Iterator[None]:
         raise
 
 
+EpochHook = Callable[[dict[str, Any]], None]
+
+
 def fit(task: Trainable, pipeline: Pipeline, plan: Plan, cfg: TrainConfig, saver: CheckpointSaver,
-        results: Results | None, state: RunState) -> FitResult:
+        results: Results | None, state: RunState, on_epoch: EpochHook | None = None) -> FitResult:
     """Train from `state` (a new run's first epoch, or where a resumed one stopped) to `cfg.epoch_size`;
     validate, checkpoint, report. Each phase of `plan` (un)freezes layers and brings its own optimizer and schedule.
     Distributed: every process runs this; only the first writes files (`results` None on the others).
-    SIGTERM/SIGINT stop after the current step with `_last` written (RunStopped)."""
+    SIGTERM/SIGINT stop after the current step with `_last` written (RunStopped). `on_epoch` sees each epoch's row
+    once it is saved (a recipe search prunes there by raising)."""
     start = time.perf_counter()
     trainer, metric = pipeline.trainer, cfg.best_metric
     device, wrapped, phase, signum = trainer.compute.device, pipeline.forward_model, None, 0
@@ -182,6 +186,8 @@ def fit(task: Trainable, pipeline: Pipeline, plan: Plan, cfg: TrainConfig, saver
                            best_top1=state.best.value, training_state=extra)
                 results.add(row)
             logger.info(epoch_line(row))
+            if on_epoch is not None:
+                on_epoch(row)
             signum = distributed.max_all(stop.signum or 0, device)
             if signum and epoch < cfg.epoch_size:
                 raise RunStopped(signum, saver.last_path, f"after epoch {epoch}")
