@@ -1,5 +1,6 @@
-"""`pip install .` in a fresh virtual environment gives the console scripts tunecv-finetune, -validate, -predict
-and -export (the top-level scripts' programs), the bundled configs, and the [export] and [tensorboard] extras."""
+"""`pip install .` in a fresh virtual environment gives the console scripts tunecv-finetune, -validate, -predict,
+-export and -sweep (the top-level scripts' programs), the bundled configs, and the [export], [tensorboard] and
+[sweep] extras."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("finetune", "validate", "predict", "export")
+SCRIPTS = ("finetune", "validate", "predict", "export", "sweep")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_extras_are_declared(installed):
     code = "from importlib.metadata import metadata; print(metadata('tunecv').get_all('Provides-Extra'))"
     extras = subprocess.run([str(installed / "bin" / "python"), "-c", code], capture_output=True, text=True,
                             check=True).stdout
-    assert "export" in extras and "tensorboard" in extras
+    assert "export" in extras and "tensorboard" in extras and "sweep" in extras
 
 
 def test_top_level_scripts_are_wrappers_with_the_programs_usage():

@@ -265,6 +265,17 @@ def add_log_file(log_file: str | Path) -> None:
     root.addHandler(file_handler)
 
 
+def next_run_log() -> None:
+    """The next run in this process starts a log file of its own (a recipe search runs its trials one after
+    another): the current run's log file closes, and what is logged from now on is held for the next
+    `add_log_file` (what was held before is dropped)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, (LogFile, _EarlyRecords))]:
+        root.removeHandler(handler)
+        handler.close()
+    root.addHandler(_EarlyRecords())
+
+
 def closes_quietly_on_broken_pipe(main: Callable[..., int]) -> Callable[..., int]:
     """`tunecv-validate ... | head` closes stdout early: exit as `cat` would (141: SIGPIPE), not with a traceback."""
 

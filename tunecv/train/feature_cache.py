@@ -28,6 +28,7 @@ from tunecv.models.factory import classifier_names, kept_modes, set_train_mode
 from tunecv.models.layer_map import LayerMap
 from tunecv.train import frozen_prefix
 from tunecv.train.feature_loader import FeatureLoader, cycle_views, flip_views
+from tunecv.train.feature_memo import features_key, remembered
 from tunecv.train.frozen_prefix import NotCacheable
 from tunecv.utils.progress import progress_bar
 from tunecv.utils.runtime import Compute
@@ -195,10 +196,14 @@ def create_feature_loaders(model: nn.Module, compute: Compute, cfg: Config, trai
             raise UserError(f"cache_features: true, but {err}; set cache_features: auto or false") from None
         logger.info("feature cache: off (%s)", err)
         return None
-    train = FeatureLoader(extractor, views, train_loader.batch_sampler, pick, cfg.train.seed + 1, "train")
+    # a recipe search's next trial on the same frozen layers and images reads these outputs instead
+    validated = val_set if val_loader is not None else None
+    kept = remembered(features_key(model, compute, cfg, [train_set, validated], [*transforms, getattr(
+        validated, "transform", None)], extractor.prefix))
+    train = FeatureLoader(extractor, views, train_loader.batch_sampler, pick, cfg.train.seed + 1, "train", kept)
     val = None
     if val_loader is not None:
-        val = FeatureLoader(extractor, [val_loader], val_loader.batch_sampler, cycle_views(1), 0, "val")
+        val = FeatureLoader(extractor, [val_loader], val_loader.batch_sampler, cycle_views(1), 0, "val", kept)
     what = f"the layers after {extractor.prefix.last}" if extractor.prefix else "the classifier"
     logger.info("feature cache: %s train%s on the frozen layers' outputs (%d view%s per training image)", what,
                 "" if extractor.prefix else "s", len(views), "s" if len(views) > 1 else "")

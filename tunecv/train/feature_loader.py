@@ -24,11 +24,14 @@ class FeatureLoader:
     """Batches of (features, labels, indices) like the image loader's: `views` image loaders, each run once on
     first use; `batch_sampler` (batches of the image loader's sampler: an EpochSampler for training) gives each epoch's
     batches of dataset indices, so shuffling, sampling, sharding and resuming match the uncached run; `pick`
-    draws a view per image and epoch, seeded by (seed, epoch)."""
+    draws a view per image and epoch, seeded by (seed, epoch). `kept`: outputs an earlier run in this process
+    computed under the same key (`tunecv.train.feature_memo`), read instead of computed, and filled otherwise."""
 
     def __init__(self, extractor: Extractor, views: list[DataLoader], batch_sampler: BatchSampler,
-                 pick: Callable[[int, int, torch.Generator], torch.Tensor], seed: int, desc: str) -> None:
+                 pick: Callable[[int, int, torch.Generator], torch.Tensor], seed: int, desc: str,
+                 kept: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None) -> None:
         self.extractor, self.views, self.batch_sampler, self.pick = extractor, views, batch_sampler, pick
+        self.kept = kept
         self.sampler, self.num_views, self.seed, self.desc = batch_sampler.sampler, len(views), seed, desc
         self.features: torch.Tensor | None = None  # (views, rows, dim)
         self.size, self.num_workers = len(views[0].dataset), views[0].num_workers
@@ -38,17 +41,24 @@ class FeatureLoader:
 
     def compute(self) -> None:
         start = time.perf_counter()
-        outputs = [self.extractor(loader, f"{self.desc} features {i + 1}/{len(self.views)}")
-                   for i, loader in enumerate(self.views)]
-        self.features = torch.stack([features for features, _, _ in outputs])
-        self.labels, self.indices = outputs[0][1], outputs[0][2]
+        earlier = self.kept.get(self.desc) if self.kept is not None else None
+        if earlier is not None:
+            self.features, self.labels, self.indices = earlier
+        else:
+            outputs = [self.extractor(loader, f"{self.desc} features {i + 1}/{len(self.views)}")
+                       for i, loader in enumerate(self.views)]
+            self.features = torch.stack([features for features, _, _ in outputs])
+            self.labels, self.indices = outputs[0][1], outputs[0][2]
+            if self.kept is not None:
+                self.kept[self.desc] = (self.features, self.labels, self.indices)
         self.views = []  # run once: their workers can go
         # dataset index -> feature row (-1: the image failed to decode and has no features, as it has no batch slot)
         self.row_of = torch.full((self.size,), -1, dtype=torch.long)
         self.row_of[self.indices.cpu()] = torch.arange(len(self.indices))
-        logger.info("feature cache: %s, %d view%s x %d images x %s features in %.1f s", self.desc, self.num_views,
+        logger.info("feature cache: %s, %d view%s x %d images x %s features %s", self.desc, self.num_views,
                     "s" if self.num_views > 1 else "", len(self.labels), "x".join(map(str, self.features.shape[2:])),
-                    time.perf_counter() - start)
+                    "kept from an earlier run in this process" if earlier is not None
+                    else f"in {time.perf_counter() - start:.1f} s")
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
         if self.features is None:

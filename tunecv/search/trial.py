@@ -1,0 +1,105 @@
+"""One trial of a recipe search: its values sampled (or, when they repeat a finished trial's, that trial's result
+reused), its run trained in <ckpt_save_dir>/trial_NNN by the function the entry script gives, and stopped between
+epochs (pruned) when it trails the median of the trials before it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from tunecv.errors import UserError
+from tunecv.search.space import Param
+from tunecv.search.study import held
+from tunecv.train.engine import NonFiniteLoss
+from tunecv.train.loop import EpochHook, FitResult
+
+# (the trial's values, its run folder, the hook that prunes it) → the finished run
+TrainTrial = Callable[[dict[str, Any], Path, EpochHook], FitResult]
+
+
+class Surplus(Exception):
+    """A trial asked for after the sweep's --trials were all taken (workers that asked at once): it trains
+    nothing and counts for nothing."""
+
+
+def suggest(trial: Trial, param: Param) -> Any:
+    if param.kind == "choice":
+        return trial.suggest_categorical(param.key, list(param.choices))
+    if param.kind == "int":
+        return trial.suggest_int(param.key, int(param.low), int(param.high), log=param.log)
+    return trial.suggest_float(param.key, param.low, param.high, log=param.log)
+
+
+def same_recipe(trials: list[FrozenTrial], params: dict[str, Any], number: int) -> FrozenTrial | None:
+    """The first COMPLETE trial that had exactly these values (a small categorical space repeats them)."""
+    return next((t for t in trials if t.number != number and t.state == TrialState.COMPLETE and t.params == params
+                 and t.value is not None), None)
+
+
+def trial_folder(out_dir: Path, number: int) -> Path:
+    return out_dir / f"trial_{number:03d}"
+
+
+@dataclass
+class Objective:
+    """What Optuna calls for each trial: the run's best `metric` (FitResult.best.value)."""
+
+    space: dict[str, Param]
+    trials: int
+    out_dir: Path
+    metric: str
+    train: TrainTrial
+    host: str = field(default_factory=socket.gethostname)
+    current: int | None = None  # the trial this process runs now (an interrupted one is queued again)
+
+    def __call__(self, trial: Trial) -> float:
+        self.current = trial.number
+        # who runs it: a trial left RUNNING by a dead process of this machine is found by its pid
+        trial.set_user_attr("host", self.host)
+        trial.set_user_attr("pid", os.getpid())
+        earlier = trial.study.get_trials(deepcopy=False)
+        if held(earlier, below=trial.number) >= self.trials:
+            trial.set_user_attr("surplus", True)
+            raise Surplus(f"trial {trial.number}: the sweep's {self.trials} trials are taken")
+        params = {key: suggest(trial, param) for key, param in self.space.items()}
+        twin = same_recipe(earlier, params, trial.number)
+        if twin is not None:  # not trained again: the same values train the same run
+            trial.set_user_attr("same_as", twin.number)
+            trial.set_user_attr("best_epoch", twin.user_attrs.get("best_epoch"))
+            trial.set_user_attr("time_s", 0.0)
+            return twin.value
+        folder = trial_folder(self.out_dir, trial.number)
+        trial.set_user_attr("folder", str(folder))
+        start = time.perf_counter()
+        try:
+            result = self.train(params, folder, lambda row: self.report_epoch(trial, row))
+        except NonFiniteLoss as err:  # a recipe that diverges is a poor one, not a broken sweep
+            trial.set_user_attr("diverged", str(err).split(";")[0])
+            raise optuna.TrialPruned(f"diverged: {err}") from None
+        finally:
+            trial.set_user_attr("time_s", round(time.perf_counter() - start, 1))
+        if result.best.value is None:
+            raise UserError(f"trial {trial.number} has no {self.metric} to compare (no validation epoch); keep "
+                            "val_while_train true and give a validation split")
+        trial.set_user_attr("best_epoch", result.best.epoch)
+        return result.best.value
+
+    def report_epoch(self, trial: Trial, row: dict[str, Any]) -> None:
+        """fit's on_epoch hook: the epoch's score to Optuna, and TrialPruned when the pruner says so (the run
+        folder keeps what the run wrote)."""
+        value = row.get(self.metric)
+        if value is None:  # an epoch that did not validate (val_interval)
+            return
+        epoch = row["epoch"]
+        trial.report(value, epoch)
+        if trial.should_prune():
+            trial.set_user_attr("pruned_epoch", epoch)
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
