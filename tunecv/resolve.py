@@ -3,7 +3,7 @@
 It owns the derived values: the run folder (or the resumed run's), the normalisation and the data layout (the
 task's `resolve_config` and `resolve_data`), the class list and num_classes, the metric `_best` is chosen by, the
 phases the strategy expands to, the cache decisions, and the learning rate (auto-scaled, the resumed run's, or found
-by the LR range test).
+by the LR range test), and what `strategy: auto` stands for (measured on the data).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any, Protocol
 
 from tunecv.config import Config
 from tunecv.errors import UserError
+from tunecv.finetune.auto import measuring_lr
 from tunecv.finetune.phases import Phase
+from tunecv.finetune.strategies import AUTO, strategy_keys
 from tunecv.optim.optimizers import auto_scaled_lr
 from tunecv.train.lr_find import START_LR
 from tunecv.train.resume import find_last, training_checkpoint, with_run_dir
@@ -62,10 +64,15 @@ class Resolvable(Protocol):
     def resolve_caches(self, cfg: Config, phases: list[Phase], world_size: int) -> tuple[bool, str]: ...
 
 
+StrategyTest = Callable[[Run, float], str]
+
+
 def resolve(cfg: Config, task: Resolvable, *, world_size: int = 1, new_run: bool = True,
-            range_test: Callable[[Run], float] | None = None) -> Run:
+            range_test: Callable[[Run], float] | None = None, strategy_test: StrategyTest | None = None) -> Run:
     """The run `cfg` describes. `new_run` False (--lr_find, --show_batch): an earlier run in ckpt_save_dir is left
-    alone rather than refused. `range_test`: finds the lr of `lr: auto` on a run resolved but for its lr."""
+    alone rather than refused. `range_test`: finds the lr of `lr: auto` on a run resolved but for its lr;
+    `strategy_test`: the strategy of `strategy: auto`, measured on a run resolved as strategy full (with the lr to
+    fine-tune at)."""
     resume_path = find_last(cfg.train.resume, cfg.train.ckpt_save_dir, cfg.model.model) if cfg.train.resume else None
     checkpoint = training_checkpoint(resume_path) if resume_path else None
     if checkpoint is not None:
@@ -79,6 +86,9 @@ def resolve(cfg: Config, task: Resolvable, *, world_size: int = 1, new_run: bool
     resume_force = checkpoint is not None and cfg.train.resume_force
     cfg = replace(cfg, model=replace(cfg.model, num_classes=len(classes)),
                   train=replace(cfg.train, best_metric=metric, resume=None, resume_force=False, overwrite=False))
+    if cfg.finetune.strategy == AUTO:
+        cfg = with_strategy(cfg, resolve_strategy(Run(with_strategy(cfg, "full"), tuple(classes), (),
+                                                      checkpoint=checkpoint, world_size=world_size), strategy_test))
     phases = task.plan_phases(cfg, len(classes))
     if checkpoint is not None:
         check_phases_kept(task, cfg, len(classes), phases, checkpoint)
@@ -105,6 +115,25 @@ def check_phases_kept(task: Resolvable, cfg: Config, num_classes: int, phases: l
         raise UserError(f"with epoch_size {cfg.train.epoch_size} instead of {planned}, this run's phases would move "
                         f"(epoch {resumed} would train other layers); keep epoch_size {planned}, or start a new run "
                         "from its weights with --ckpt_path <its _last.pth>")
+
+
+def with_strategy(cfg: Config, name: str) -> Config:
+    """`cfg` with strategy `name` and the keys it stands for."""
+    return replace(cfg, finetune=replace(cfg.finetune, **{**strategy_keys(name), "strategy": name}))
+
+
+def resolve_strategy(run: Run, strategy_test: StrategyTest | None) -> str:
+    """What `strategy: auto` stands for: the resumed run's choice, or the measurements' on this data."""
+    if run.checkpoint is not None:
+        return run.checkpoint["config"]["strategy"]  # the measurements' answer when the run began
+    if strategy_test is None:
+        raise UserError("strategy: auto is measured when finetune.py trains; for this command name a strategy "
+                        "(full, linear_probe, lp_ft, gradual, freeze:N)")
+    cfg = run.cfg
+    lr = measuring_lr(cfg.optim.opt) if cfg.optim.lr == "auto" else auto_scaled_lr(
+        cfg.optim.lr, cfg.optim.auto_scale_lr, cfg.loader.batch_size, cfg.train.gradient_accumulation_steps,
+        run.world_size)
+    return strategy_test(run, lr)
 
 
 def resolve_lr(run: Run, range_test: Callable[[Run], float] | None) -> float:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tunecv.config.schema import KEYS, SECTIONS, TASK_KEYS, TASK_METRICS, Config
+from tunecv.config.schema import KEYS, SECTIONS, TASK_KEYS, TASK_METRICS, Config, FinetuneConfig
 from tunecv.errors import TENSORBOARD_MISSING, UserError
-from tunecv.finetune.strategies import implied_by, is_gradual
+from tunecv.finetune.strategies import AUTO, implied_by, is_gradual
 
 # MMPretrain's paramwise_cfg: the parts tunecv reads (tunecv.finetune.param_groups)
 PARAMWISE_KEYS = {"custom_keys", "norm_decay_mult", "bias_decay_mult"}
@@ -144,6 +144,8 @@ def _check_caches(cfg: Config) -> None:
 
 def _check_finetune(cfg: Config) -> None:
     ft, epochs = cfg.finetune, cfg.train.epoch_size
+    if ft.strategy == AUTO:
+        _check_auto(cfg)
     via = implied_by(ft.strategy)
     if ft.freeze_epochs and ft.freeze_epochs >= epochs:
         raise UserError(f"freeze_epochs {ft.freeze_epochs} leaves no epoch to train unfrozen in epoch_size "
@@ -174,6 +176,19 @@ def _check_finetune(cfg: Config) -> None:
         if unknown or not isinstance(base, int) or isinstance(base, bool) or base < 1:
             raise UserError("auto_scale_lr takes {base_batch_size: <positive integer>} (and optionally enable: "
                             f"true/false), got {cfg.optim.auto_scale_lr}")
+
+
+# what strategy: auto decides itself; set beside it, they would be overwritten or make its measurement a lie
+AUTO_DECIDES = ("freeze", "frozen_stages", "freeze_layers", "freeze_patterns", "unfreeze_patterns", "freeze_epochs",
+                "unfreeze_schedule")
+
+
+def _check_auto(cfg: Config) -> None:
+    defaults = FinetuneConfig()
+    given = [k for k in AUTO_DECIDES if getattr(cfg.finetune, k) != getattr(defaults, k)]
+    if given:
+        raise UserError(f"strategy: auto decides which layers train, but {', '.join(given)} is set too; remove "
+                        f"{'it' if len(given) == 1 else 'them'}, or name a strategy instead of auto")
 
 
 def check_paramwise_cfg(cfg: dict[str, Any]) -> None:

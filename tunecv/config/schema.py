@@ -107,7 +107,9 @@ class OptimConfig:
 @dataclass(frozen=True)
 class FinetuneConfig:
     strategy: str = _key("full", "full | linear_probe | freeze:N (stem + N stages) | lp_ft (head first, then all) | "
-                                 "gradual (unfreeze top-down); the keys below refine or override it")
+                                 "gradual (unfreeze top-down) | auto (measured on a held-out slice of train: the "
+                                 "probe, a partial fine-tune, lp_ft or full; see docs/strategies.md); the keys below "
+                                 "refine or override it")
     freeze: str = _key("none", "all: train only the new classifier; head_only: the model's whole head group "
                                "(e.g. conv_head + classifier)", ("none", "all", "head_only"))
     frozen_stages: int = _key(-1, "MMPretrain: freeze the stem and the first N stages (-1: none; timm stage map)")

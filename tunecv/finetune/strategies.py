@@ -32,7 +32,9 @@ STRATEGIES: dict[str, Strategy] = {
     f"{FREEZE_N}N": Strategy(),  # listed for the names; lookup builds each N's entry
     "lp_ft": Strategy({"freeze_epochs": 1}),
     "gradual": Strategy(gradual=True),
+    "auto": Strategy(),  # measured and replaced by one of the above when the run resolves (tunecv.finetune.auto)
 }
+AUTO = "auto"
 
 
 def canonical(name: str) -> str:

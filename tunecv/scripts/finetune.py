@@ -32,6 +32,7 @@ from tunecv.train.lr_find import lr_find, report
 from tunecv.train.resume import RunStopped, check_same_run, resume_command
 from tunecv.train.run_folder import create_saver, open_run_folder
 from tunecv.train.state import RunFinished, start_state
+from tunecv.train.strategy_test import choose_strategy
 from tunecv.utils import distributed
 from tunecv.utils.runtime import Compute, free_memory, resolve_device, seed_everything
 
@@ -57,7 +58,8 @@ def prepare(cfg: Config, device: torch.device | None = None, *, new_run: bool = 
     device = device or resolve_device(cfg.train.device)
     task = create_task(cfg)
     resolved = resolve(cfg, task, world_size=distributed.world_size(), new_run=new_run,
-                       range_test=partial(lr_range_test, task, device))
+                       range_test=partial(lr_range_test, task, device),
+                       strategy_test=partial(choose_strategy, task, device))
     pipeline = build(task, resolved, device)
     steps = optimizer_steps(len(pipeline.train_loader), resolved.cfg.train.gradient_accumulation_steps)
     return task, resolved, pipeline, create_plan(task, resolved, pipeline.model, steps)
@@ -114,9 +116,9 @@ def lr_range_test(task: Task, device: torch.device, probe: Run) -> float:
 
 
 def show_batch(cfg: Config, task: Task) -> str:
-    """batch.png, written; the batch is the same whatever the lr: no range test for lr: auto."""
+    """batch.png, written; the batch is the same whatever the lr and strategy: nothing measured for auto."""
     run_cfg = resolve(replace(cfg, train=replace(cfg.train, resume=None)), task, new_run=False,
-                      range_test=lambda probe: probe.cfg.optim.lr).cfg
+                      range_test=lambda probe: probe.cfg.optim.lr, strategy_test=lambda run, lr: "full").cfg
     return str(write_batch_preview(run_cfg))
 
 

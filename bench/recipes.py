@@ -1,0 +1,107 @@
+"""The fixed recipes, `strategy: auto` and a recipe search, side by side on the offline data: ants/bees (ImageNet
+classes, the probe is already good) and the digits demo (far from ImageNet). Prints a markdown table per data set
+(best top-1 on the validation set, wall time of the whole command) and writes them to --json.
+
+    python -m bench.recipes --trials 12
+    python -m bench.recipes --data digits --trials 12 --out /tmp/recipes
+
+Every run is the command a user types (`finetune.py` / `sweep.py` in a subprocess), one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from bench import HYMENOPTERA, ROOT
+
+FIXED = ("linear_probe", "freeze:5", "lp_ft", "full")
+DATA = {  # name: (config, extra flags, the sweep's lr range around the config's lr)
+    "hymenoptera": ("configs/hymenoptera.yaml", ["--data_dir", HYMENOPTERA], "log:1e-3:3e-2"),
+    "digits": ("configs/demo.yaml", [], "log:3e-4:6e-3"),
+}
+
+
+def timed(command: list[str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def finetune(config: str, extra: list[str], out: Path, *flags: str) -> dict:
+    wall = timed(["finetune.py", "--config", config, *extra, "--ckpt_save_dir", str(out), *flags])
+    metrics = json.loads((out / "metrics.json").read_text())
+    chosen = yaml.safe_load((out / "config.yaml").read_text())["strategy"]
+    return {"top1": metrics["best_top1"], "wall_s": wall, "strategy": chosen}
+
+
+def sweep(config: str, extra: list[str], lr_range: str, trials: int, out: Path) -> dict:
+    search = [f"lr={lr_range}", f"strategy={','.join(FIXED)}", "label_smoothing=0:0.2"]
+    wall = timed(["sweep.py", "--config", config, *extra, "--search", *search, "--trials", str(trials),
+                  "--ckpt_save_dir", str(out)])
+    with open(out / "sweep.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["state"] == "complete" and r["top1"]]
+    best = max(rows, key=lambda r: float(r["top1"]))
+    return {"top1": float(best["top1"]), "wall_s": wall, "strategy": best["strategy"],
+            "recipe": {k: best[k] for k in ("lr", "strategy", "label_smoothing")}, "search": " ".join(search)}
+
+
+def bench(name: str, trials: int, root: Path) -> dict:
+    config, extra, lr_range = DATA[name]
+    rows = {s: finetune(config, extra, root / name / s.replace(":", ""), "--strategy", s) for s in FIXED}
+    rows["auto"] = finetune(config, extra, root / name / "auto", "--strategy", "auto")
+    if trials:
+        rows["sweep"] = sweep(config, extra, lr_range, trials, root / name / "sweep")
+    return rows
+
+
+def verdict(rows: dict) -> str:
+    fixed = {k: v for k, v in rows.items() if k in FIXED}
+    best = max(v["top1"] for v in fixed.values())
+    near = [v for v in fixed.values() if v["top1"] >= best - 1.0]
+    cheapest = min(v["wall_s"] for v in near)
+    auto = rows["auto"]
+    lines = [f"auto chose {auto['strategy']}: {auto['top1'] - best:+.2f} points from the best fixed recipe "
+             f"({best:.2f} %), in {auto['wall_s'] / cheapest:.2f}x the time of the fastest fixed recipe within a "
+             "point of it"]
+    if "sweep" in rows:
+        lines.append(f"the sweep's best: {rows['sweep']['top1'] - best:+.2f} points from the best fixed recipe")
+    return "; ".join(lines)
+
+
+def markdown(name: str, rows: dict) -> str:
+    lines = [f"### {name}", "", "| recipe | strategy | best top-1 (%) | wall time (s) |", "|---|---|---|---|"]
+    for key, row in rows.items():
+        label = f"`--strategy {key}`" if key in FIXED or key == "auto" else f"sweep.py, {row.get('search', '')}"
+        lines.append(f"| {label} | {row['strategy']} | {row['top1']:.2f} | {row['wall_s']:.0f} |")
+    return "\n".join([*lines, "", verdict(rows)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", nargs="+", choices=tuple(DATA), default=list(DATA))
+    parser.add_argument("--trials", type=int, default=12, help="the sweep's trials (0: no sweep)")
+    parser.add_argument("--out", default=None, help="where the runs go (default: a temporary folder)")
+    parser.add_argument("--json", default=None, help="write the figures here")
+    args = parser.parse_args()
+    root = Path(args.out or tempfile.mkdtemp(prefix="tunecv-recipes-"))
+    results = {}
+    for name in args.data:
+        results[name] = bench(name, args.trials, root)
+        print(markdown(name, results[name]), "\n", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
