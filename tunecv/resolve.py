@@ -130,10 +130,14 @@ def resolve_strategy(run: Run, strategy_test: StrategyTest | None) -> str:
         raise UserError("strategy: auto is measured when finetune.py trains; for this command name a strategy "
                         "(full, linear_probe, lp_ft, gradual, freeze:N)")
     cfg = run.cfg
-    lr = measuring_lr(cfg.optim.opt) if cfg.optim.lr == "auto" else auto_scaled_lr(
-        cfg.optim.lr, cfg.optim.auto_scale_lr, cfg.loader.batch_size, cfg.train.gradient_accumulation_steps,
-        run.world_size)
-    return strategy_test(run, lr)
+    return strategy_test(run, measuring_lr(cfg.optim.opt) if cfg.optim.lr == "auto" else scaled_lr(run))
+
+
+def scaled_lr(run: Run) -> float:
+    """The number lr, scaled by auto_scale_lr for the run's global batch."""
+    cfg = run.cfg
+    return auto_scaled_lr(cfg.optim.lr, cfg.optim.auto_scale_lr, cfg.loader.batch_size,
+                          cfg.train.gradient_accumulation_steps, run.world_size)
 
 
 def resolve_lr(run: Run, range_test: Callable[[Run], float] | None) -> float:
@@ -141,8 +145,7 @@ def resolve_lr(run: Run, range_test: Callable[[Run], float] | None) -> float:
     suggestion."""
     cfg = run.cfg
     if cfg.optim.lr != "auto":
-        return auto_scaled_lr(cfg.optim.lr, cfg.optim.auto_scale_lr, cfg.loader.batch_size,
-                              cfg.train.gradient_accumulation_steps, run.world_size)
+        return scaled_lr(run)
     if run.checkpoint is not None:
         return run.checkpoint["config"]["lr"]  # the range test's answer when the run began
     if range_test is None:

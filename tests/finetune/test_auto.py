@@ -121,3 +121,13 @@ def test_the_measurements_get_the_runs_scaled_lr_or_a_usual_one_for_lr_auto():
     cfg = load_config(None, {"strategy": "auto", "data_dir": "x", "lr": "auto", "opt": "sgd"})
     resolve_strategy(Run(cfg, ("a", "b"), ()), measure)
     assert seen.lr == 0.01
+
+
+def test_too_few_held_out_images_decide_nothing_and_say_so():
+    decision = auto.too_few(4)
+    assert decision.strategy == "linear_probe" and f"({auto.MIN_HELD_OUT} needed)" in decision.reason
+
+
+def test_a_model_that_cannot_be_split_says_why_in_the_decision():
+    decision = auto.decide(_m(80.0), None, None, HELD, 5, (12, 11), unsplit="the model adds pos_embed")
+    assert decision.strategy == "lp_ft" and "(the model adds pos_embed)" in decision.reason

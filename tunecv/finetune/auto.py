@@ -11,7 +11,7 @@ on their stored outputs costs a fraction of an epoch.
    more, the lower layers matter too: lp_ft (every layer, after the head has converged; full when the run is one
    epoch). Otherwise the partial recipe that was measured, freeze:N, at the shallower depth that gains as much.
 
-Pure: the measurements themselves are `tunecv.train.strategy_test`'s.
+Pure: the measurements themselves are `tunecv.train.strategy_measure`'s.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 HOLDOUT_FRACTION = 0.2  # of each class's training images, held out to measure on
+MIN_HELD_OUT = 10  # fewer held-out images decide nothing: one image is over ten points
 MAX_IMAGES = 2500  # measured on at most this many training images (a stratified sample): the cost stays bounded
 MIN_GAIN_POINTS = 1.0  # fine-tuning must beat the probe by this much (and by one held-out image) to be chosen
 DEEP_GAIN_POINTS = 3.0  # the second stage's gain from which the whole backbone should move
@@ -88,16 +89,22 @@ def gains(probe: Measurement, partial: Measurement | None, held_out: int) -> boo
     return partial is not None and partial.top1 - probe.top1 >= needed_gain(held_out)
 
 
+def too_few(held_out: int) -> Decision:
+    return Decision("linear_probe", f"{held_out} held-out images are too few to measure on ({MIN_HELD_OUT} needed); "
+                                    "with so few images the linear probe is the safe recipe")
+
+
 def decide(probe: Measurement, top_two: Measurement | None, top_one: Measurement | None, held_out: int,
-           epochs: int, depths: tuple[int, int] | None) -> Decision:
+           epochs: int, depths: tuple[int, int] | None, unsplit: str | None = None) -> Decision:
     """`top_two`, `top_one`: the partial measurements (None: not measured); `epochs`: the run's (lp_ft needs two);
-    `depths`: partial_depths' (None: the model cannot be split, so a probe with room means lp_ft)."""
+    `depths`: partial_depths'; `unsplit`: why no partial fine-tune could be measured (then a probe with room
+    means lp_ft)."""
     needed = needed_gain(held_out)
     whole = "lp_ft" if epochs >= 2 else "full"
     if not probe_leaves_room(probe, held_out):
         return Decision("linear_probe", f"the probe leaves no room (at most one of {held_out} held-out images wrong)")
-    if depths is None or top_two is None:
-        return Decision(whole, "the probe leaves room and the model has no stages to fine-tune apart")
+    if unsplit is not None or depths is None or top_two is None:
+        return Decision(whole, f"the probe leaves room, and no partial fine-tune could be measured ({unsplit})")
     if not gains(probe, top_two, held_out):
         return Decision("linear_probe", f"the top two stages gained {top_two.top1 - probe.top1:+.2f} points over "
                                         f"the probe, under the {needed:.2f} that count")

@@ -32,7 +32,7 @@ from tunecv.train.lr_find import lr_find, report
 from tunecv.train.resume import RunStopped, check_same_run, resume_command
 from tunecv.train.run_folder import create_saver, open_run_folder
 from tunecv.train.state import RunFinished, start_state
-from tunecv.train.strategy_test import choose_strategy
+from tunecv.train.strategy_measure import choose_strategy
 from tunecv.utils import distributed
 from tunecv.utils.runtime import Compute, free_memory, resolve_device, seed_everything
 

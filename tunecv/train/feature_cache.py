@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -141,7 +140,7 @@ class FeatureExtractor:
         head agrees with anything) and training mode changes that input by a dropout at most."""
         captured: list[torch.Tensor] = []
         inputs = self.compute.inputs(images)
-        with _random_weights(self.classifier), kept_modes(self.model), torch.no_grad():
+        with frozen_prefix.random_weights(self.classifier), kept_modes(self.model), torch.no_grad():
             hook = self.classifier.register_forward_pre_hook(lambda _, args: captured.append(args[0].float()))
             try:
                 self.model.eval()
@@ -218,25 +217,14 @@ def _forward_model(model: nn.Module, compute: Compute, image: torch.Tensor,
     head = {id(p) for p in extractor.classifier.parameters()}
     if not any(p.requires_grad and id(p) not in head for p in model.parameters()):
         return FeatureHead(extractor.classifier, extractor.check(image)), extractor
-    inputs = compute.inputs(image)
-    prefix = frozen_prefix.find_prefix(model, inputs)
-    with _random_weights(extractor.classifier):  # a zero-initialised head would agree with anything
-        per_image = frozen_prefix.check(model, prefix, inputs).numel() * 4
-    budget = torch.cuda.mem_get_info(compute.device)[0] // 2 if compute.device.type == "cuda" else ram_budget(None)
+    prefix, per_image = frozen_prefix.checked_prefix(model, extractor.classifier, compute.inputs(image))
+    budget = stored_outputs_budget(compute)
     if per_image * images > budget:
         raise NotCacheable(f"the outputs of the layers up to {prefix.last} need {per_image * images / 2**30:.1f} GB, "
                            f"more than the {budget / 2**30:.1f} GB budget")
     return frozen_prefix.PrefixSkipped(model, prefix), FeatureExtractor(model, compute, prefix)
 
 
-@contextmanager
-def _random_weights(module: nn.Module) -> Iterator[None]:
-    state = copy.deepcopy(module.state_dict())
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator))
-    try:
-        yield
-    finally:
-        module.load_state_dict(state)
+def stored_outputs_budget(compute: Compute) -> int:
+    """Bytes the stored outputs of frozen layers may take: half the free GPU memory, or the RAM cache budget."""
+    return torch.cuda.mem_get_info(compute.device)[0] // 2 if compute.device.type == "cuda" else ram_budget(None)

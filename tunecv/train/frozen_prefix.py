@@ -9,6 +9,7 @@ check and are not cached.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,29 @@ class Prefix:
 
     roots: tuple[str, ...]
     last: str
+
+
+@contextmanager
+def random_weights(module: nn.Module) -> Iterator[None]:
+    """Inside, `module` has random weights (a zero-initialised head agrees with anything a check compares)."""
+    state = copy.deepcopy(module.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator))
+    try:
+        yield
+    finally:
+        module.load_state_dict(state)
+
+
+def checked_prefix(model: nn.Module, classifier: nn.Module, image: torch.Tensor) -> tuple[Prefix, int]:
+    """The frozen prefix found and checked on `image` (a batch of one, on the model's device) with random
+    classifier weights, and the bytes of its output per image; NotCacheable when the model does not resume from
+    it."""
+    prefix = find_prefix(model, image)
+    with random_weights(classifier):
+        return prefix, check(model, prefix, image).numel() * 4
 
 
 def _own_trainable(module: nn.Module) -> bool:

@@ -38,13 +38,13 @@ def _auto(data: Path, out: Path, *extra: str):
 
 
 def test_auto_measures_logs_records_and_resumes_its_choice(tmp_path):
-    data = _xor_images(tmp_path / "images", per_class=20)
+    data = _xor_images(tmp_path / "images", per_class=30)
     out = tmp_path / "run"
     proc = _auto(data, out)
     log = (out / "train.log").read_text()
     table = [line for line in log.splitlines() if "strategy auto:" in line]
     assert len(table) == 1, log[-2000:]
-    assert "measured on 8 training images held out (32 trained on)" in table[0]  # a fifth of each class's 20
+    assert "measured on 12 training images held out (48 trained on)" in table[0]  # a fifth of each class's 30
     assert "linear probe (logistic regression on the frozen features)" in log
     assert "the top two stages and the head" in log  # the tiny model splits into stages: a partial is measured
     assert "  decision: " in log and "strategy auto:" in proc.stderr + proc.stdout

@@ -31,7 +31,7 @@ from tunecv.optim.schedulers import create_scheduler
 from tunecv.resolve import Run, with_strategy
 from tunecv.tasks.base import Task
 from tunecv.train import frozen_prefix
-from tunecv.train.feature_cache import FeatureExtractor
+from tunecv.train.feature_cache import FeatureExtractor, stored_outputs_budget
 from tunecv.utils import distributed
 from tunecv.utils.runtime import Compute, free_memory, seed_everything
 
@@ -40,8 +40,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Stored:
-    """The training images after the frozen part (`inputs`; images themselves when nothing is split off), their
-    pooled features (the classifier's input), labels, and which rows fit and which are held out."""
+    """The training images' outputs of the frozen part (`inputs`: the pooled features themselves when the model is
+    not split), their pooled features (the classifier's input), labels, and which rows fit and which are held
+    out."""
 
     inputs: torch.Tensor
     features: torch.Tensor
@@ -53,29 +54,39 @@ class Stored:
 
 def choose_strategy(task: Task, device: torch.device, run: Run, lr: float) -> str:
     """The strategy `strategy: auto` stands for on this data (`run`: resolved as strategy full); the first process
-    measures, every process takes its answer. `lr`: the partial fine-tunes'."""
-    name = _measure_and_decide(task, device, run, lr) if distributed.is_main() else None
-    return distributed.broadcast(name)
+    measures, every process takes its answer (or its error). `lr`: the partial fine-tunes'."""
+    outcome = None
+    if distributed.is_main():
+        try:
+            outcome = ("strategy", _measure_and_decide(task, device, run, lr))
+        except UserError as err:
+            outcome = ("error", str(err))
+    kind, value = distributed.broadcast(outcome)
+    if kind == "error":
+        raise UserError(value)
+    return value
 
 
 def _measure_and_decide(task: Task, device: torch.device, run: Run, lr: float) -> str:
     cfg = run.cfg
     seed_everything(cfg.train.seed)
     compute = Compute.create(device, cfg.train.amp_level, cfg.train.channels_last)
+    run = replace(run, cfg=replace(cfg, train=replace(cfg.train, sync_bn=False)))  # one process: no peers to sync
     train_set = task.create_dataset(run, cfg.data.train_split)
     fit, held = auto.holdout_split(train_set.targets, seed=cfg.train.seed)
-    if not held or not fit:
-        raise UserError(f"strategy: auto holds out a fifth of each class to measure on, and {len(train_set)} "
-                        "training images leave nothing to hold out or to train on; name a strategy (linear_probe "
-                        "for a handful of images)")
+    if len(held) < auto.MIN_HELD_OUT:
+        return _decided(auto.too_few(len(held)), [], fit, held)
     model, _ = task.create_model(run, compute)
     depths = auto.partial_depths(len(layer_map(model).stages))
+    prefix, unsplit = _split(task, model, compute, run, train_set, fit + held, depths)
+    if prefix is not None:
+        fit, held = auto.holdout_split(train_set.targets, seed=cfg.train.seed,
+                                       max_images=min(auto.MAX_IMAGES, stored_outputs_budget(compute) // prefix[1]))
     start = time.perf_counter()
-    stored = _store(task, model, compute, run, train_set, fit, held, depths)
+    stored = _store(model, compute, run, train_set, fit, held, prefix[0] if prefix else None)
     probe = _probe(stored, time.perf_counter() - start)
-    measured = [probe]
-    top_two = top_one = None
-    if stored.prefix is not None and auto.probe_leaves_room(probe, len(held)):
+    measured, top_two, top_one = [probe], None, None
+    if prefix is not None and auto.probe_leaves_room(probe, len(held)):
         initial = copy.deepcopy(model.state_dict())
         top_two = _partial(task, model, run, stored, depths[1], lr, "the top two stages and the head")
         measured.append(top_two)
@@ -83,37 +94,49 @@ def _measure_and_decide(task: Task, device: torch.device, run: Run, lr: float) -
             model.load_state_dict(initial)
             top_one = _partial(task, model, run, stored, depths[0], lr, "the top stage and the head")
             measured.append(top_one)
-    decision = auto.decide(probe, top_two, top_one, len(held), cfg.train.epoch_size,
-                           depths if stored.prefix is not None else None)
-    logger.info(auto.decision_table(decision, measured, len(fit), len(held)))
+        del initial
+    decision = auto.decide(probe, top_two, top_one, len(held), cfg.train.epoch_size, depths, unsplit)
     del model, stored
     free_memory()
+    return _decided(decision, measured, fit, held)
+
+
+def _decided(decision: auto.Decision, measured: list[auto.Measurement], fit: list[int], held: list[int]) -> str:
+    logger.info(auto.decision_table(decision, measured, len(fit), len(held)))
     return decision.strategy
 
 
-def _store(task: Task, model: nn.Module, compute: Compute, run: Run, train_set: Dataset, fit: list[int],
-           held: list[int], depths: tuple[int, int] | None) -> Stored:
-    """One pass of the training images (evaluation transform) through the stages the partial fine-tunes keep
-    frozen, or through the whole model when it cannot be split."""
+def _split(task: Task, model: nn.Module, compute: Compute, run: Run, train_set: Dataset, indices: list[int],
+           depths: tuple[int, int] | None) -> tuple[tuple[frozen_prefix.Prefix, int] | None, str | None]:
+    """((the prefix the partial fine-tunes keep frozen, its output's bytes per image), None), or (None, why the
+    model cannot be split there)."""
+    if depths is None:
+        return None, f"{type(model).__name__} has too few stages to fine-tune its top apart"
+    apply_phase(model, _phase(task, run, depths[1]))
+    images = copy.copy(train_set)
+    images.transform = create_transforms(run.cfg.data, is_training=False)
+    sample = next((item for item in map(images.__getitem__, indices) if item), None)
+    if sample is None:
+        raise UserError("no training image decodes; check the files listed in bad_images.txt")
+    classifier = model.get_submodule(classifier_names(model)[0])
+    try:
+        return frozen_prefix.checked_prefix(model, classifier, compute.inputs(sample[0][None])), None
+    except frozen_prefix.NotCacheable as err:
+        return None, str(err)
+
+
+def _store(model: nn.Module, compute: Compute, run: Run, train_set: Dataset, fit: list[int], held: list[int],
+           prefix: frozen_prefix.Prefix | None) -> Stored:
+    """One pass of the training images (evaluation transform) through the frozen `prefix`, or through the whole
+    model when it cannot be split."""
     images = copy.copy(train_set)
     images.transform = create_transforms(run.cfg.data, is_training=False)
     chosen = sorted(set(fit) | set(held))
     loader = create_loader(_Rows(images, chosen), run.cfg.loader, is_training=False,
                            pin_memory=compute.device.type == "cuda", persistent=False)
-    prefix = None
-    if depths is not None:
-        apply_phase(model, _phase(task, run, depths[1]))
-        sample = next(item for item in map(images.__getitem__, chosen) if item)
-        try:
-            prefix = frozen_prefix.find_prefix(model, compute.inputs(sample[0][None]))
-            frozen_prefix.check(model, prefix, compute.inputs(sample[0][None]))
-        except frozen_prefix.NotCacheable as err:
-            logger.info("strategy auto: no partial fine-tune measured (%s)", err)
-            prefix = None
     inputs, labels, rows = FeatureExtractor(model, compute, prefix)(loader, "strategy auto: one backbone pass")
-    source = [chosen[r] for r in rows.tolist()]
     features = _pooled(model, compute, prefix, inputs) if prefix is not None else inputs
-    position = {index: row for row, index in enumerate(source)}
+    position = {chosen[row]: at for at, row in enumerate(rows.tolist())}
     as_rows = [torch.tensor([position[i] for i in part if i in position], dtype=torch.long) for part in (fit, held)]
     return Stored(inputs, features, labels, *as_rows, prefix)
 
