@@ -6,8 +6,9 @@ run in <ckpt_save_dir>/trial_NNN, and the best recipe is written as best.yaml.
     python finetune.py --config ckpt/sweep/best.yaml
 
 The same command run again goes on where the sweep stopped; copies of it with one --storage share its trials
-(docs/sweep.md). The pipeline: check_sweep (parse_space, each searched value through load_config) → run_search
-(open_study, then per trial: load_config with its values → finetune.run) → sweep.csv, sweep.png, best.yaml.
+(docs/sweep.md). The pipeline: check_sweep (parse_space; the data, each searched value and their combinations
+resolved) → run_search (open_study, then per trial: load_config with its values → finetune.run, one FeatureMemo
+shared by the trials) → sweep.csv, sweep.png, best.yaml.
 """
 
 import sys

@@ -128,13 +128,10 @@ def _one_torch_thread():
 
 @pytest.fixture(autouse=True)
 def _fresh_scans():
-    """Each test scans its images and computes its cached features itself (both are remembered for the rest of
-    the process)."""
+    """Each test scans its images itself (scans are remembered for the rest of the process)."""
     from tunecv.data.scan import forget_scans
-    from tunecv.train.feature_memo import forget_features
 
     forget_scans()
-    forget_features()
 
 
 @pytest.fixture(autouse=True)

@@ -1,10 +1,12 @@
 """The recipe search as a user runs it: sweep.py in a subprocess on tiny images, its reports and best.yaml (which
-finetune.py trains again), a sweep killed mid-trial and run again, two workers sharing one study; and its
-command-line mistakes, each one line with nothing written."""
+finetune.py trains again), each trial's run.json command (which trains it again), the checkpoints a trial keeps,
+a sweep killed mid-trial and run again, two workers sharing one study; and its command-line mistakes (data and
+combinations of values too), each one line with nothing written."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -85,6 +87,20 @@ def test_a_sweep_writes_its_trials_reports_and_a_best_config_that_trains(data_di
     assert best["lr"] == pytest.approx(float(best_row["lr"])) and best["strategy"] == best_row["strategy"]
     assert finetune.main(["--config", str(out / "best.yaml"), "-q"]) == 0  # the best recipe trains again
     assert (out / "best" / "results.txt").is_file()
+    for folder in (out / f"trial_{n:03d}" for n in range(3)):  # a finished trial keeps its _best, not its _last
+        assert [p.name for p in folder.glob("*.pth")] == [f"{TINY_MODEL}_best.pth"]
+
+    trial = out / "trial_001"  # its run.json holds the finetune.py command that trains it again
+    command = json.loads((trial / "run.json").read_text())["argv"]
+    assert command[0] == "finetune.py" and "--search" not in command and "--trials" not in command
+    assert command[-2:] == ["--ckpt_save_dir", str(trial)] and command.count("--ckpt_save_dir") == 1
+    assert float(command[command.index("--lr") + 1]) == float(rows[1]["lr"])
+    assert finetune.main([*command[1:], "--ckpt_save_dir", str(tmp_path / "again"), "-q"]) == 0
+    again = yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())
+    assert {**again, "ckpt_save_dir": None} == {**yaml.safe_load((trial / "config.yaml").read_text()),
+                                                "ckpt_save_dir": None}
+    trained = [json.loads((folder / "metrics.json").read_text())["best_top1"] for folder in (trial, tmp_path / "again")]
+    assert trained[0] == trained[1]
     capsys.readouterr()
 
     assert sweep.main(_args(data_dir, out)) == 0  # a finished sweep run again says so
@@ -163,6 +179,10 @@ def _one_error_line(capsys) -> str:
     ({"--ckpt_save_dir": None}, "sweep.py needs --ckpt_save_dir DIR"),
     ({"--search": None}, "sweep.py needs --search with the keys to search"),
     ({"--resume": ["auto"]}, "a stopped sweep goes on when its command runs again: drop --resume"),
+    ({"--data_dir": ["no/such/images"]}, "data_dir no/such/images does not exist"),
+    ({"--num_classes": ["5"]}, "num_classes is 5 but"),
+    ({"--search": ["strategy=linear_probe,full", "freeze_epochs=1:3"]},
+     "--search combines strategy=linear_probe freeze_epochs=1, which a trial would refuse: freeze_epochs 1"),
 ])
 def test_command_line_mistakes_are_one_line_and_write_nothing(data_dir, tmp_path, capsys, change, message):
     out = tmp_path / "sweep"

@@ -298,7 +298,10 @@ def test_cfg_options_flag_on_the_command_line(tmp_path, data_dir):
 
 # -------------------------------------------------------------------------------------------------- strategy
 
-NO_STRATEGY = {"freeze": "none", "frozen_stages": -1, "freeze_epochs": 0}
+NO_STRATEGY = {"freeze": "none", "frozen_stages": -1, "freeze_epochs": 0, "unfreeze_lr_scale": 1.0,
+               "unfreeze_bn": "train"}
+# lp_ft and gradual: the unfrozen layers keep their BatchNorm statistics, the stem at 1/100 of the head's lr
+UNFROZEN_SAFELY = {"unfreeze_lr_scale": 0.01, "unfreeze_bn": "eval"}
 
 
 @pytest.mark.parametrize("values, expected", [
@@ -307,12 +310,13 @@ NO_STRATEGY = {"freeze": "none", "frozen_stages": -1, "freeze_epochs": 0}
     ({"strategy": "linear_probe"}, {**NO_STRATEGY, "strategy": "linear_probe", "freeze": "all"}),
     ({"strategy": "freeze:3"}, {**NO_STRATEGY, "strategy": "freeze:3", "frozen_stages": 3}),
     ({"strategy": "Freeze: 2"}, {**NO_STRATEGY, "strategy": "freeze:2", "frozen_stages": 2}),
-    ({"strategy": "lp_ft"}, {**NO_STRATEGY, "strategy": "lp_ft", "freeze_epochs": 1}),
-    ({"strategy": "gradual"}, {**NO_STRATEGY, "strategy": "gradual"}),
+    ({"strategy": "lp_ft"}, {**NO_STRATEGY, **UNFROZEN_SAFELY, "strategy": "lp_ft", "freeze_epochs": 1}),
+    ({"strategy": "gradual"}, {**NO_STRATEGY, **UNFROZEN_SAFELY, "strategy": "gradual"}),
     ({"strategy": "linear_probe", "freeze": "head_only"}, {**NO_STRATEGY, "strategy": "linear_probe",
                                                            "freeze": "head_only"}),
     ({"strategy": "freeze:3", "frozen_stages": 1}, {**NO_STRATEGY, "strategy": "freeze:3", "frozen_stages": 1}),
-    ({"strategy": "lp_ft", "freeze_epochs": 3}, {**NO_STRATEGY, "strategy": "lp_ft", "freeze_epochs": 3}),
+    ({"strategy": "lp_ft", "freeze_epochs": 3}, {**NO_STRATEGY, **UNFROZEN_SAFELY, "strategy": "lp_ft",
+                                                 "freeze_epochs": 3}),
 ])
 def test_expand_strategy(values, expected):
     assert expand_strategy(values) == expected

@@ -1,12 +1,12 @@
 """The search space's syntax: choices typed as their key, ranges (int, float, log), and each mistake as one
-sentence that names the problem and the fix."""
+sentence that names the problem and the fix; the combinations of values checked up front."""
 
 from __future__ import annotations
 
 import pytest
 
 from tunecv.errors import UserError
-from tunecv.search.space import Param, check_not_flags, describe, format_value, parse_param, parse_space
+from tunecv.search.space import Param, check_not_flags, corners, describe, format_value, parse_param, parse_space
 
 
 def test_choices_are_typed_as_their_key():
@@ -88,3 +88,21 @@ def test_a_key_is_given_or_searched_not_both():
         check_not_flags(space, ["lr"])
     with pytest.raises(UserError, match="batch_size is both given"):
         check_not_flags(space, ["batch-size"])
+
+
+def test_corners_are_every_combination_of_choices_and_range_ends():
+    space = parse_space(["strategy=linear_probe,full", "freeze_epochs=1:3", "lr=log:1e-4:1e-1"])
+    combos = corners(space, limit=32)
+    assert len(combos) == 8 and combos[0] == {"strategy": "linear_probe", "freeze_epochs": 1, "lr": 1e-4}
+    assert combos[-1] == {"strategy": "full", "freeze_epochs": 3, "lr": 0.1}
+    assert {tuple(c.values()) for c in combos} == {(s, f, lr) for s in ("linear_probe", "full") for f in (1, 3)
+                                                   for lr in (1e-4, 0.1)}
+
+
+def test_a_large_space_checks_a_fixed_sample_of_its_corners():
+    space = parse_space([f"{key}=1,2,3,4,5" for key in ("batch_size", "epoch_size", "warmup_epochs", "seed")] +
+                        ["lr=0.1:0.2"])  # 1250 combinations
+    combos = corners(space, limit=32)
+    assert len(combos) == 32 and len({tuple(c.values()) for c in combos}) == 32
+    assert combos == corners(space, limit=32)  # the same sample every time
+    assert all(set(c) == set(space) and c["lr"] in (0.1, 0.2) for c in combos)

@@ -1,5 +1,6 @@
 """One trial: its values sampled and trained in trial_NNN, a repeat of a finished trial's values not trained
-again, pruning through fit's on_epoch hook, a diverging recipe pruned, a surplus trial training nothing."""
+again, pruning through fit's on_epoch hook (never at the last epoch), a diverging recipe pruned, refused values a
+failed trial, a surplus trial training nothing."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from tunecv.errors import UserError  # noqa: E402
 from tunecv.search.space import parse_space  # noqa: E402
-from tunecv.search.trial import Objective, Surplus  # noqa: E402
+from tunecv.search.trial import REFUSED_ALONE, Objective, Refused, Surplus  # noqa: E402
 from tunecv.train.engine import NonFiniteLoss  # noqa: E402
 
 
@@ -34,8 +35,10 @@ class FakeRuns:
         return SimpleNamespace(best=SimpleNamespace(value=best, epoch=self.scores.index(best) + 1 if known else 0))
 
 
-def _objective(tmp_path, train, specs=("lr=log:1e-4:1e-1",), trials=5) -> Objective:
-    return Objective(parse_space(list(specs)), trials, tmp_path, "top1", train)
+def _objective(tmp_path, train, specs=("lr=log:1e-4:1e-1",), trials=5, epochs=None) -> Objective:
+    """`epochs`: each trial's epoch count (by default, as many as the fake run reports)."""
+    last = epochs or len(getattr(train, "scores", [1]))
+    return Objective(parse_space(list(specs)), trials, tmp_path, "top1", train, lambda params: last)
 
 
 def test_a_trial_trains_in_its_folder_and_returns_its_best_score(tmp_path):
@@ -70,6 +73,17 @@ def test_a_trial_below_the_threshold_is_pruned_between_epochs(tmp_path):
     assert trial.intermediate_values == {1: 10.0}  # the run stopped after its first epoch's row
 
 
+def test_the_last_epoch_is_never_pruned(tmp_path):
+    pruner = optuna.pruners.ThresholdPruner(lower=50.0)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    study.optimize(_objective(tmp_path, FakeRuns([30.0, 10.0]), epochs=2), n_trials=1)
+    assert study.trials[0].state == TrialState.PRUNED and study.trials[0].user_attrs["pruned_epoch"] == 1
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    study.optimize(_objective(tmp_path, FakeRuns([10.0]), epochs=1), n_trials=1)
+    trial = study.trials[0]  # fully trained: a result, however poor
+    assert trial.state == TrialState.COMPLETE and trial.value == 10.0 and "pruned_epoch" not in trial.user_attrs
+
+
 def test_epochs_without_validation_are_not_reported(tmp_path):
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=50.0))
     study.optimize(_objective(tmp_path, FakeRuns([None, 80.0])), n_trials=1)
@@ -90,6 +104,39 @@ def test_a_run_without_a_score_stops_the_sweep(tmp_path):
     with pytest.raises(UserError, match="trial 0 has no top1 to compare"):
         study.optimize(_objective(tmp_path, FakeRuns([None])), n_trials=1)
     assert study.trials[0].state == TrialState.FAIL
+
+
+def _refusing(message: str):
+    """A train function that refuses values below lr 1e-2 (a combination the config rejects) and scores the rest."""
+    def train(params, folder, on_epoch):
+        if params["lr"] < 1e-2:
+            raise UserError(message)
+        on_epoch({"epoch": 1, "top1": 70.0})
+        return SimpleNamespace(best=SimpleNamespace(value=70.0, epoch=1))
+    return train
+
+
+def test_refused_values_are_a_failed_trial_and_the_search_goes_on(tmp_path):
+    message = "freeze_epochs 1 unfreezes the model after the head, but freeze: all keeps the backbone frozen"
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for lr in (1e-3, 5e-2, 2e-3, 1e-3, 3e-3):  # once a trial has trained, refusals never stop the search
+        study.enqueue_trial({"lr": lr})
+    study.optimize(_objective(tmp_path, _refusing(message)), n_trials=5, catch=(Refused,))
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL, TrialState.FAIL]
+    assert study.trials[0].user_attrs["refused"] == message and "refused" not in study.trials[1].user_attrs
+
+
+def test_a_search_whose_first_trials_are_all_refused_stops(tmp_path):
+    study = optuna.create_study(direction="maximize")
+    for lr in (1e-3, 2e-3, 3e-3):
+        study.enqueue_trial({"lr": lr})
+    objective = _objective(tmp_path, _refusing("strategy linear_probe sets freeze: all"))
+    study.optimize(objective, n_trials=REFUSED_ALONE - 1, catch=(Refused,))
+    assert [t.state for t in study.trials[:-1]] == [TrialState.FAIL] * (REFUSED_ALONE - 1)
+    with pytest.raises(UserError) as refused:
+        study.optimize(objective, n_trials=1, catch=(Refused,))
+    assert str(refused.value) == "trial_002 (lr=0.003): strategy linear_probe sets freeze: all"
 
 
 def test_a_trial_past_the_sweeps_count_trains_nothing(tmp_path):

@@ -128,6 +128,9 @@ class FinetuneConfig:
     freeze_epochs: int = _key(0, "fastai fine_tune: train the classifier alone for N epochs, then everything")
     unfreeze_lr_scale: float = _key(1.0, "after unfreezing, the first layer's lr relative to the head's "
                                          "(geometric in between: fastai's slice(lr*s, lr))")
+    unfreeze_bn: str = _key("train", "BatchNorm of the layers that unfreeze during the run: train: normalise by "
+                                     "each batch and update the running statistics; eval: keep the pretrained "
+                                     "statistics all run (its weight and bias still train)", ("train", "eval"))
     unfreeze_schedule: dict[int, tuple[str, ...]] | None = _key(None, "gradual unfreezing: {epoch: [patterns]}; "
                                                                       "starts from the classifier alone")
     cache_features: str = _key("auto", "train the classifier on the frozen backbone's outputs, computed once: "

@@ -38,6 +38,7 @@ from tunecv.resolve import Run
 from tunecv.tasks.base import PredictOptions, TrainedModel
 from tunecv.train import engine
 from tunecv.train.engine import EpochProgress, Trainer
+from tunecv.train.feature_memo import FeatureMemo
 from tunecv.train.loop import Pipeline
 from tunecv.utils.runtime import Compute
 
@@ -104,8 +105,10 @@ class Detection:
         return compute.prepare_model(model), weights
 
     def cache_features(self, run: Run, model: nn.Module, compute: Compute, train_set: CocoDetection,
-                       val_set: CocoDetection | None, train_loader: DataLoader, val_loader: DataLoader | None
-                       ) -> tuple[nn.Module, DataLoader, DataLoader | None]:
+                       val_set: CocoDetection | None, train_loader: DataLoader, val_loader: DataLoader | None,
+                       feature_memo: FeatureMemo | None = None) -> tuple[nn.Module, DataLoader, DataLoader | None]:
+        if feature_memo is not None:  # a detector caches no features: a recipe search's kept ones go
+            feature_memo.clear()
         return model, train_loader, val_loader
 
     def param_groups(self, run: Run, model: nn.Module, phase: Phase) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 class Phase:
     """Epochs `start`..`end` (1-based, inclusive) train with `frozen` fixed. `discriminative`: unfreeze_lr_scale
     applies; `restart`: the phase has an lr schedule of its own (fastai fine_tune's two fits), else the run's
-    schedule continues."""
+    schedule continues; `norm_eval`: the BatchNorm modules that train but keep their pretrained statistics
+    (unfreeze_bn: eval)."""
 
     start: int
     end: int
@@ -35,6 +36,7 @@ class Phase:
     discriminative: bool = False
     restart: bool = False
     label: str = ""
+    norm_eval: frozenset[str] = frozenset()
 
 
 def plan_phases(model: nn.Module, lmap: LayerMap, ft: FinetuneConfig, epochs: int) -> list[Phase]:
@@ -54,7 +56,24 @@ def plan_phases(model: nn.Module, lmap: LayerMap, ft: FinetuneConfig, epochs: in
         if set(names) <= phase.frozen:
             raise UserError(f"epochs {phase.start}-{phase.end}: every parameter is frozen; "
                             "check freeze, frozen_stages, freeze_layers and freeze_patterns")
+    if ft.unfreeze_bn == "eval":
+        if not (ft.freeze_epochs or ft.unfreeze_schedule or is_gradual(ft.strategy)):
+            raise UserError("unfreeze_bn applies to layers that unfreeze during the run; use it with freeze_epochs, "
+                            "unfreeze_schedule or strategy lp_ft/gradual (freeze_bn covers layers frozen all run)")
+        phases = _keep_norm_statistics(model, phases)
     return phases
+
+
+def _keep_norm_statistics(model: nn.Module, phases: list[Phase]) -> list[Phase]:
+    """Each phase's BatchNorm modules that were frozen in the first phase and train now. Kept in eval mode, they
+    normalise as in the first phase, where the head was fitted: in train mode a batch of 16 normalises by its own
+    statistics and the running ones drift to them, so the head sees other features (measured in
+    docs/strategies.md: the cause of the drop after the unfreeze, not the backbone's lr)."""
+    norms = {name: {f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)}
+             for name, module in model.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)}
+    started_frozen = {name: params for name, params in norms.items() if params and params <= phases[0].frozen}
+    return [replace(phase, norm_eval=frozenset(name for name, params in started_frozen.items()
+                                               if not params & phase.frozen)) for phase in phases]
 
 
 def _scheduled(model: nn.Module, names: list[str], start: set[str], base: set[str],
@@ -135,6 +154,8 @@ class Plan:
         self.trainable = count_params(self.model)[0]
         self.current, self.optimizer, self.scheduler = phase, optimizer, scheduler
         if len(self.phases) > 1 and phase.start > 1:
-            logger.info("epochs %d-%d (%s): %s trainable parameters\n%s", phase.start, phase.end,
-                        phase.label or "phase", f"{self.trainable:,}", self.table)
+            kept = f"\n  BatchNorm of {len(phase.norm_eval)} unfrozen layers keeps its pretrained statistics " \
+                   "(unfreeze_bn: eval)" if phase.norm_eval else ""
+            logger.info("epochs %d-%d (%s): %s trainable parameters\n%s%s", phase.start, phase.end,
+                        phase.label or "phase", f"{self.trainable:,}", self.table, kept)
         return optimizer, scheduler

@@ -13,7 +13,12 @@ from typing import Any
 from tunecv.errors import UserError
 
 # the keys `strategy` stands for; each strategy sets all of them, so a later layer's strategy replaces an earlier one
-STRATEGY_KEYS: dict[str, Any] = {"freeze": "none", "frozen_stages": -1, "freeze_epochs": 0}
+STRATEGY_KEYS: dict[str, Any] = {"freeze": "none", "frozen_stages": -1, "freeze_epochs": 0, "unfreeze_lr_scale": 1.0,
+                                 "unfreeze_bn": "train"}
+# after the unfreeze, the unfrozen layers keep the BatchNorm statistics the head was fitted on, and the stem trains at
+# 1/100 of the head's lr (fastai fine_tune's lr_mult): in eval mode BatchNorm no longer rescales what a large step
+# moves (measured in docs/strategies.md)
+UNFROZEN_SAFELY: dict[str, Any] = {"unfreeze_lr_scale": 0.01, "unfreeze_bn": "eval"}
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,8 @@ STRATEGIES: dict[str, Strategy] = {
     "full": Strategy(),
     "linear_probe": Strategy({"freeze": "all"}),
     f"{FREEZE_N}N": Strategy(),  # listed for the names; lookup builds each N's entry
-    "lp_ft": Strategy({"freeze_epochs": 1}),
-    "gradual": Strategy(gradual=True),
+    "lp_ft": Strategy({"freeze_epochs": 1, **UNFROZEN_SAFELY}),
+    "gradual": Strategy({**UNFROZEN_SAFELY}, gradual=True),
     "auto": Strategy(),  # measured and replaced by one of the above when the run resolves (tunecv.finetune.auto)
 }
 AUTO = "auto"
@@ -69,8 +74,8 @@ def expand_strategy(layer: dict[str, Any]) -> dict[str, Any]:
 
 
 def drop_replaced_strategy_keys(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
-    """A later `strategy` replaces the keys it stands for (freeze, frozen_stages, freeze_epochs) from earlier
-    files, as a strategy flag does; keys written beside it still win."""
+    """A later `strategy` replaces the keys it stands for (STRATEGY_KEYS) from earlier files, as a strategy flag
+    does; keys written beside it still win."""
     if "strategy" not in later:
         return earlier
     return {k: v for k, v in earlier.items() if k not in STRATEGY_KEYS or k in later}

@@ -9,7 +9,7 @@ import contextlib
 import difflib
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import timm
@@ -213,12 +213,15 @@ def frozen_modules(model: nn.Module) -> list[nn.Module]:
     return found
 
 
-def set_train_mode(model: nn.Module, keep_frozen_eval: bool = True) -> None:
-    """model.train(), with the frozen parts kept in eval mode (freeze_bn: BatchNorm statistics untouched)."""
+def set_train_mode(model: nn.Module, keep_frozen_eval: bool = True, keep_eval: Sequence[nn.Module] = ()) -> None:
+    """model.train(), with the frozen parts kept in eval mode (freeze_bn: BatchNorm statistics untouched), and
+    `keep_eval` too, though they train (unfreeze_bn: eval)."""
     model.train()
     if keep_frozen_eval:
         for module in frozen_modules(model):
             module.eval()
+    for module in keep_eval:
+        module.eval()
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from tunecv.resolve import Run, resolve
 from tunecv.tasks import create_task
 from tunecv.tasks.base import Task
 from tunecv.train.engine import optimizer_steps
+from tunecv.train.feature_memo import FeatureMemo
 from tunecv.train.loop import EpochHook, FitResult, Pipeline, fit
 from tunecv.train.lr_find import lr_find, report
 from tunecv.train.resume import RunStopped, check_same_run, resume_command
@@ -40,19 +41,22 @@ logger = logging.getLogger("tunecv")
 
 
 def run(cfg: Config, device: torch.device | None = None, argv: list[str] | None = None,
-        on_epoch: EpochHook | None = None) -> FitResult:
-    """A whole run: a new one, or a stopped one resumed (`resume`). `argv`: the command line, for run.json;
-    `on_epoch`: called with each epoch's row (`tunecv.train.loop.fit`)."""
-    task, resolved, pipeline, plan = prepare(cfg, device)
+        on_epoch: EpochHook | None = None, *, feature_memo: FeatureMemo | None = None,
+        program: str | None = None) -> FitResult:
+    """A whole run: a new one, or a stopped one resumed (`resume`). `argv`: the command line, for run.json (after
+    `program`, by default this process's); `on_epoch`: called with each epoch's row (`tunecv.train.loop.fit`);
+    `feature_memo`: frozen-layer outputs kept between the runs of a recipe search (`tunecv.train.feature_memo`)."""
+    task, resolved, pipeline, plan = prepare(cfg, device, feature_memo=feature_memo)
     saver = create_saver(task, resolved, pipeline)
     state = start_state(resolved.checkpoint, pipeline.model, pipeline.trainer, plan, saver)
-    results = open_run_folder(task, resolved, pipeline, sys.argv[1:] if argv is None else argv, state.history)
+    results = open_run_folder(task, resolved, pipeline, sys.argv[1:] if argv is None else argv, state.history,
+                              program=program)
     logger.info(task.describe(resolved, pipeline, plan))
     return fit(task, pipeline, plan, resolved.cfg.train, saver, results, state, on_epoch)
 
 
-def prepare(cfg: Config, device: torch.device | None = None, *, new_run: bool = True
-            ) -> tuple[Task, Run, Pipeline, Plan]:
+def prepare(cfg: Config, device: torch.device | None = None, *, new_run: bool = True,
+            feature_memo: FeatureMemo | None = None) -> tuple[Task, Run, Pipeline, Plan]:
     """The task chosen once, the run resolved, its data and model built, its phases planned. `new_run` False: an
     earlier run in ckpt_save_dir is no reason to stop (a benchmark, a test)."""
     device = device or resolve_device(cfg.train.device)
@@ -60,12 +64,12 @@ def prepare(cfg: Config, device: torch.device | None = None, *, new_run: bool = 
     resolved = resolve(cfg, task, world_size=distributed.world_size(), new_run=new_run,
                        range_test=partial(lr_range_test, task, device),
                        strategy_test=partial(choose_strategy, task, device))
-    pipeline = build(task, resolved, device)
+    pipeline = build(task, resolved, device, feature_memo)
     steps = optimizer_steps(len(pipeline.train_loader), resolved.cfg.train.gradient_accumulation_steps)
     return task, resolved, pipeline, create_plan(task, resolved, pipeline.model, steps)
 
 
-def build(task: Task, run: Run, device: torch.device) -> Pipeline:
+def build(task: Task, run: Run, device: torch.device, feature_memo: FeatureMemo | None = None) -> Pipeline:
     """The data and the model, in the design card's order (the optimizer comes with each phase)."""
     seed_everything(run.cfg.train.seed)
     train = run.cfg.train
@@ -80,7 +84,7 @@ def build(task: Task, run: Run, device: torch.device) -> Pipeline:
     model, weights = task.create_model(run, compute)
     cli.release_console()  # the start-up checks passed (the data, the same run, the weights): their lines go out
     forward_model, train_loader, val_loader = task.cache_features(run, model, compute, train_set, val_set,
-                                                                  train_loader, val_loader)
+                                                                  train_loader, val_loader, feature_memo)
     trainer = task.create_trainer(run, model, compute, train_set)
     return Pipeline(model, forward_model, train_set, val_set, train_loader, val_loader, trainer, weights,
                     fingerprint)

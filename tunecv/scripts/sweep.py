@@ -6,8 +6,9 @@ run in <ckpt_save_dir>/trial_NNN, and the best recipe is written as best.yaml.
     python finetune.py --config ckpt/sweep/best.yaml
 
 The same command run again goes on where the sweep stopped; copies of it with one --storage share its trials
-(docs/sweep.md). The pipeline: check_sweep (parse_space, each searched value through load_config) → run_search
-(open_study, then per trial: load_config with its values → finetune.run) → sweep.csv, sweep.png, best.yaml.
+(docs/sweep.md). The pipeline: check_sweep (parse_space; the data, each searched value and their combinations
+resolved) → run_search (open_study, then per trial: load_config with its values → finetune.run, one FeatureMemo
+shared by the trials) → sweep.csv, sweep.png, best.yaml.
 """
 
 from __future__ import annotations
@@ -24,15 +25,15 @@ import torch
 from tunecv import cli
 from tunecv.config import UserError
 from tunecv.scripts import finetune
-from tunecv.search.command import Command, check_sweep
-from tunecv.search.space import describe
-from tunecv.train.engine import NonFiniteLoss
+from tunecv.search.command import Command, check_sweep, trial_argv
+from tunecv.train.feature_memo import FeatureMemo
 from tunecv.train.loop import EpochHook, FitResult
 from tunecv.utils.runtime import free_memory, resolve_device
 
 OPTUNA_MISSING = ('the recipe search needs Optuna; pip install "tunecv[sweep]" (or pip install -r '
                   'requirements-sweep.txt)')
-SCRIPT_FLAGS = ("search", "trials", "study_name", "storage")
+SCRIPT_FLAGS = ("search", "trials", "study_name", "storage", "keep_checkpoints")
+KEEP_CHECKPOINTS = ("best", "all", "none")  # tunecv.search.run.drop_checkpoints
 
 
 def parse(argv: list[str]):
@@ -47,23 +48,25 @@ def parse(argv: list[str]):
     parser.add_argument("--study_name", default="sweep", help="the study in the storage (default: sweep)")
     parser.add_argument("--storage", help="Optuna storage URL that workers share: postgresql://user:pass@host/db, "
                                           "mysql://..., sqlite:///path (default: sqlite:///<ckpt_save_dir>/sweep.db)")
+    parser.add_argument("--keep_checkpoints", choices=KEEP_CHECKPOINTS, default="best",
+                        help="checkpoints a finished trial keeps: best (its _best; _last, which only resumes, is "
+                             "deleted), all, or none (default: best)")
     return cli.parse_args(parser, argv, script_flags=SCRIPT_FLAGS)
 
 
-def train_trial(command: Command, argv: list[str], device: torch.device, params: dict[str, Any], folder: Path,
-                on_epoch: EpochHook) -> FitResult:
-    """One trial: the command's config with the trial's values as flags, trained as finetune.py trains it; its
-    log lines go to its own train.log."""
+def train_trial(command: Command, argv: list[str], device: torch.device, memo: FeatureMemo, params: dict[str, Any],
+                folder: Path, on_epoch: EpochHook) -> FitResult:
+    """One trial: the command's config with the trial's values as flags, trained as finetune.py trains it (run.json
+    records the finetune.py command that trains it again); its log lines go to its own train.log. `memo`: the
+    frozen layers' outputs the trials share."""
+    free_memory()  # the trial before's model and its CUDA blocks, before this one measures the memory left
     cli.next_run_log()
     try:
-        return finetune.run(command.load({**params, "ckpt_save_dir": str(folder)}), device, argv, on_epoch=on_epoch)
-    except NonFiniteLoss:  # a diverging recipe: the search prunes it
-        raise
-    except UserError as err:
-        raise UserError(f"{folder.name} ({describe(params)}): {err}") from None
+        return finetune.run(command.load({**params, "ckpt_save_dir": str(folder)}), device,
+                            trial_argv(argv, SCRIPT_FLAGS, params, folder), on_epoch=on_epoch, feature_memo=memo,
+                            program=finetune_program())
     finally:
         cli.next_run_log()
-        free_memory()
 
 
 class _Once(logging.Filter):
@@ -89,6 +92,14 @@ def setup_console(verbose: bool) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.addFilter(_Once())
+
+
+def finetune_program() -> str:
+    """What trains one trial again: tunecv-finetune for tunecv-sweep, else finetune.py beside sweep.py."""
+    program = Path(sys.argv[0])
+    if program.name.startswith("tunecv-"):
+        return "tunecv-finetune"
+    return str(program.with_name("finetune.py")) if program.name == "sweep.py" else "finetune.py"
 
 
 def continue_command(argv: list[str]) -> str:
@@ -120,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         studies.quiet_optuna(args.verbose)
         device = resolve_device(base.train.device)
         settings = search.Search(space, args.trials, Path(base.train.ckpt_save_dir), metric, base.train.seed,
-                                 args.study_name, args.storage, continue_command(argv))
+                                 args.study_name, args.storage, continue_command(argv), args.keep_checkpoints)
         try:
-            summary = search.run_search(settings, partial(train_trial, command, argv, device),
+            summary = search.run_search(settings, partial(train_trial, command, argv, device, FeatureMemo()),
                                         lambda params: command.load(params).to_flat(),
                                         lambda line: print(line, flush=True))
         except search.Stopped as stopped:  # Ctrl-C or a signal: what finished is kept, and how to go on

@@ -81,7 +81,7 @@ def csv_columns(space: dict[str, Param], metric: str) -> list[str]:
 def trial_line(trial: FrozenTrial, space: dict[str, Param], metric: str, best: FrozenTrial | None,
                counts: tuple[int, int]) -> str:
     """The console's line for a trial that ended: `trial 3 [4/12]: lr=0.0031 strategy=full: top-1 97.50 % (best
-    98.10 %, trial 1) 41 s`, or how it was pruned."""
+    98.10 %, trial 1) 41 s`, or how it was pruned, or why its values were refused."""
     attrs = trial.user_attrs
     # queued again by this sweep (retry_of), or by Optuna's heartbeat for another machine's dead worker
     retry_of = attrs.get("retry_of", trial.system_attrs.get("failed_trial"))
@@ -96,6 +96,8 @@ def trial_line(trial: FrozenTrial, space: dict[str, Param], metric: str, best: F
         return f"{head} {score(metric, trial.value)}{lead} {seconds}"
     if "diverged" in attrs:
         return f"{head} diverged ({attrs['diverged']}) {seconds}"
+    if "refused" in attrs:
+        return f"{head} refused: {attrs['refused']}"
     if trial.state == TrialState.PRUNED:
         return f"{head} pruned at epoch {attrs.get('pruned_epoch')} ({score(metric, trial_score(trial, metric)[0])}) " \
                f"{seconds}"

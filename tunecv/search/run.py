@@ -1,6 +1,7 @@
 """A recipe search from start to end: the study opened (or joined), the trials a dead process left queued again,
-trials run until the study holds --trials finished ones, the reports rewritten after each trial (a killed sweep
-leaves them current), a summary at the end. An interrupted sweep keeps what finished and says how to go on."""
+trials run until the study holds --trials finished ones, each finished trial's checkpoints thinned and the reports
+rewritten after it (a killed sweep leaves them current), a summary at the end. An interrupted sweep keeps what
+finished and says how to go on."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tunecv.search import report
 from tunecv.search import study as studies
 from tunecv.search.plot import plot_sweep
 from tunecv.search.space import Param, describe
-from tunecv.search.trial import Objective, Surplus, TrainTrial
+from tunecv.search.trial import Objective, Refused, Surplus, TrainTrial
 from tunecv.train.resume import RunStopped
 
 
@@ -34,6 +35,7 @@ class Search:
     study_name: str
     storage: str | None  # None: sqlite in out_dir
     command: str  # this command line: running it again goes on
+    keep_checkpoints: str = "best"  # a finished trial's checkpoints kept (KEEP_CHECKPOINTS, drop_checkpoints)
 
 
 class Stopped(Exception):
@@ -44,25 +46,30 @@ class Stopped(Exception):
         self.code = code
 
 
-def run_search(search: Search, train: TrainTrial, fallback_config: Callable[[dict[str, Any]], dict[str, Any]],
+def run_search(search: Search, train: TrainTrial, trial_config: Callable[[dict[str, Any]], dict[str, Any]],
                say: Callable[[str], None]) -> str:
-    """Run the search's trials (`train` trains one); `say` gets a line per trial; returns the closing summary."""
+    """Run the search's trials (`train` trains one); `trial_config`: the flat config of a trial's values (its epoch
+    count; best.yaml when the best trial's folder is on another machine); `say` gets a line per trial; returns the
+    closing summary."""
     search.out_dir.mkdir(parents=True, exist_ok=True)
     url = search.storage or studies.default_storage(search.out_dir)
     study = studies.open_study(url, search.study_name, {"search": {k: p.spec() for k, p in search.space.items()},
                                                         "metric": search.metric}, search.seed, search.trials)
     for number in studies.retry_dead_trials(study, socket.gethostname()):
         say(f"tunecv: trial {number} was left running by a process that is gone; its values run again")
-    write = partial(write_reports, study, search, fallback_config)
+    write = partial(write_reports, study, search, trial_config)
     trials = study.get_trials(deepcopy=False)
     if studies.finished(trials) >= search.trials:
         write()
         return f"tunecv: the search in {search.out_dir} is finished ({studies.finished(trials)} trials, --trials " \
                f"{search.trials}); {best_words(trials, search)}; raise --trials to search further"
-    objective = Objective(search.space, search.trials, search.out_dir, search.metric, train)
+    objective = Objective(search.space, search.trials, search.out_dir, search.metric, train,
+                          lambda params: trial_config(params)["epoch_size"])
 
     def after_trial(study: Study, trial: FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)
+        if trial.state in studies.FINISHED and "folder" in trial.user_attrs:
+            drop_checkpoints(Path(trial.user_attrs["folder"]), search.keep_checkpoints)
         if not trial.user_attrs.get("surplus"):
             best = studies.best_trial(trials, search.metric)
             say(report.trial_line(trial, search.space, search.metric, best,
@@ -73,9 +80,11 @@ def run_search(search: Search, train: TrainTrial, fallback_config: Callable[[dic
 
     try:
         if studies.busy(trials) < search.trials:
-            study.optimize(objective, callbacks=[after_trial], catch=(Surplus,), gc_after_trial=False)
+            # gc after each trial: a pruned trial's exception, which Optuna keeps in a reference cycle, holds the
+            # frames of its run, and so its model and data, until the collector runs
+            study.optimize(objective, callbacks=[after_trial], catch=(Surplus, Refused), gc_after_trial=True)
     except (KeyboardInterrupt, RunStopped) as stop:
-        raise Stopped(interrupted(study, objective.current, search, fallback_config), _exit_code(stop)) from None
+        raise Stopped(interrupted(study, objective.current, search, trial_config), _exit_code(stop)) from None
     write()
     return summary(study.get_trials(deepcopy=False), search)
 
@@ -85,7 +94,7 @@ def _exit_code(stop: BaseException) -> int:
 
 
 def interrupted(study: Study, number: int | None, search: Search,
-                fallback_config: Callable[[dict[str, Any]], dict[str, Any]]) -> str:
+                trial_config: Callable[[dict[str, Any]], dict[str, Any]]) -> str:
     """The interrupted trial (FAIL, counting for nothing) queued again, the reports written; what to say."""
     trials = study.get_trials(deepcopy=False)
     current = next((t for t in trials if t.number == number), None)
@@ -93,13 +102,13 @@ def interrupted(study: Study, number: int | None, search: Search,
     if current is not None and current.state == TrialState.FAIL and not current.user_attrs.get("surplus"):
         studies.retry(study, current)
         again = f"; trial {number} did not finish and runs again"
-    write_reports(study, search, fallback_config)
+    write_reports(study, search, trial_config)
     done = studies.finished(trials)
     return f"tunecv: interrupted; the study keeps its {done} finished trial{'' if done == 1 else 's'}{again}; " \
            f"continue with the same command: {search.command}"
 
 
-def write_reports(study: Study, search: Search, fallback_config: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+def write_reports(study: Study, search: Search, trial_config: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
     """sweep.csv, sweep.png and best.yaml in the sweep folder, from every trial of the study so far (other
     workers' too)."""
     trials = study.get_trials(deepcopy=False)
@@ -109,8 +118,23 @@ def write_reports(study: Study, search: Search, fallback_config: Callable[[dict[
     plot_sweep(rows, search.space, search.metric, out / "sweep.png")
     best = studies.best_trial(trials, search.metric)
     if best is not None:
-        values = report.best_config(best, trials, out, fallback_config)
+        values = report.best_config(best, trials, out, trial_config)
         report.write_best_yaml(values, best, search.space, search.metric, out / "best.yaml")
+
+
+def drop_checkpoints(folder: Path, keep: str) -> None:
+    """A finished trial's checkpoints that `keep` does not keep, deleted. best: `_last` goes (it only resumes a run,
+    and a trial is never resumed: an interrupted one runs again from its start); none: every checkpoint goes;
+    all: none goes. config.yaml, the results and train.log stay (best.yaml is made from them)."""
+    if keep == "all":
+        return
+    if keep == "best":
+        doomed = list(folder.glob("*_last.pth"))
+    else:
+        weights = list(folder.glob("*.safetensors"))
+        doomed = [*folder.glob("*.pth"), *weights, *(path.with_suffix(".json") for path in weights)]  # + sidecars
+    for path in doomed:
+        path.unlink(missing_ok=True)
 
 
 def best_words(trials: list[FrozenTrial], search: Search) -> str:

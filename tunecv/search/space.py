@@ -8,6 +8,7 @@ flag meets applies to a searched value too.
 from __future__ import annotations
 
 import math
+import random
 import re
 import typing
 from dataclasses import dataclass
@@ -168,6 +169,22 @@ def check_not_flags(space: dict[str, Param], flags: list[str]) -> None:
         if key in space:
             raise UserError(f"{key} is both given (--{flag}) and searched (--search {key}={space[key].spec()}); "
                             "drop one of them")
+
+
+def corners(space: dict[str, Param], limit: int) -> list[dict[str, Any]]:
+    """The combinations of each key's choices and range ends, in order: all of them, or `limit` of them drawn with
+    a fixed seed when there are more (a search over many keys)."""
+    axes = [(key, param.choices or (param.low, param.high)) for key, param in space.items()]
+    total = math.prod(len(values) for _, values in axes)
+    picks = range(total) if total <= limit else sorted(random.Random(0).sample(range(total), limit))
+    combos = []
+    for index in picks:  # the index's digits in the mixed radix of the axes' sizes, the last key fastest
+        digits = []
+        for _, values in reversed(axes):
+            index, digit = divmod(index, len(values))
+            digits.append(digit)
+        combos.append({key: values[digit] for (key, values), digit in zip(axes, reversed(digits))})
+    return combos
 
 
 def format_value(value: Any) -> str:

@@ -1,6 +1,7 @@
 """One trial of a recipe search: its values sampled (or, when they repeat a finished trial's, that trial's result
 reused), its run trained in <ckpt_save_dir>/trial_NNN by the function the entry script gives, and stopped between
-epochs (pruned) when it trails the median of the trials before it."""
+epochs (pruned) when it trails the median of the trials before it. Values the config refuses together make a
+failed trial, and the search goes on."""
 
 from __future__ import annotations
 
@@ -16,18 +17,24 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from tunecv.errors import UserError
-from tunecv.search.space import Param
-from tunecv.search.study import held
+from tunecv.search.space import Param, describe
+from tunecv.search.study import FINISHED, held
 from tunecv.train.engine import NonFiniteLoss
 from tunecv.train.loop import EpochHook, FitResult
 
 # (the trial's values, its run folder, the hook that prunes it) → the finished run
 TrainTrial = Callable[[dict[str, Any], Path, EpochHook], FitResult]
+REFUSED_ALONE = 3  # refused trials, with none trained, that stop the sweep: the search space is the mistake
 
 
 class Surplus(Exception):
     """A trial asked for after the sweep's --trials were all taken (workers that asked at once): it trains
     nothing and counts for nothing."""
+
+
+class Refused(Exception):
+    """A trial whose values the config refuses together (a combination the up-front check did not draw): a failed
+    trial that counts for nothing; the search goes on."""
 
 
 def suggest(trial: Trial, param: Param) -> Any:
@@ -48,15 +55,24 @@ def trial_folder(out_dir: Path, number: int) -> Path:
     return out_dir / f"trial_{number:03d}"
 
 
+def refused_alone(trials: list[FrozenTrial], number: int) -> bool:
+    """Whether trial `number`, refused, makes REFUSED_ALONE refused trials while none has finished."""
+    if any(t.state in FINISHED for t in trials):
+        return False
+    return 1 + sum(1 for t in trials if t.number != number and "refused" in t.user_attrs) >= REFUSED_ALONE
+
+
 @dataclass
 class Objective:
-    """What Optuna calls for each trial: the run's best `metric` (FitResult.best.value)."""
+    """What Optuna calls for each trial: the run's best `metric` (FitResult.best.value). `epochs`: the epochs a
+    trial's values train (its last epoch is never pruned: the run is whole)."""
 
     space: dict[str, Param]
     trials: int
     out_dir: Path
     metric: str
     train: TrainTrial
+    epochs: Callable[[dict[str, Any]], int]
     host: str = field(default_factory=socket.gethostname)
     current: int | None = None  # the trial this process runs now (an interrupted one is queued again)
 
@@ -80,10 +96,16 @@ class Objective:
         trial.set_user_attr("folder", str(folder))
         start = time.perf_counter()
         try:
-            result = self.train(params, folder, lambda row: self.report_epoch(trial, row))
+            last = self.epochs(params)
+            result = self.train(params, folder, lambda row: self.report_epoch(trial, row, last))
         except NonFiniteLoss as err:  # a recipe that diverges is a poor one, not a broken sweep
             trial.set_user_attr("diverged", str(err).split(";")[0])
             raise optuna.TrialPruned(f"diverged: {err}") from None
+        except UserError as err:  # values that do not go together: this recipe fails, the search goes on
+            trial.set_user_attr("refused", str(err))
+            if refused_alone(trial.study.get_trials(deepcopy=False), trial.number):
+                raise UserError(f"{folder.name} ({describe(params)}): {err}") from None
+            raise Refused(str(err)) from None
         finally:
             trial.set_user_attr("time_s", round(time.perf_counter() - start, 1))
         if result.best.value is None:
@@ -92,14 +114,14 @@ class Objective:
         trial.set_user_attr("best_epoch", result.best.epoch)
         return result.best.value
 
-    def report_epoch(self, trial: Trial, row: dict[str, Any]) -> None:
-        """fit's on_epoch hook: the epoch's score to Optuna, and TrialPruned when the pruner says so (the run
-        folder keeps what the run wrote)."""
+    def report_epoch(self, trial: Trial, row: dict[str, Any], last: int) -> None:
+        """fit's on_epoch hook: the epoch's score to Optuna, and TrialPruned when the pruner says so before the
+        `last` epoch (the run folder keeps what the run wrote)."""
         value = row.get(self.metric)
         if value is None:  # an epoch that did not validate (val_interval)
             return
         epoch = row["epoch"]
         trial.report(value, epoch)
-        if trial.should_prune():
+        if epoch < last and trial.should_prune():
             trial.set_user_attr("pruned_epoch", epoch)
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")

@@ -19,6 +19,7 @@ from tunecv.config import Config
 from tunecv.finetune.phases import Phase, Plan
 from tunecv.resolve import Resolvable, Run
 from tunecv.train.engine import Trainer
+from tunecv.train.feature_memo import FeatureMemo
 from tunecv.train.loop import Pipeline, Results, Trainable
 from tunecv.utils.runtime import Compute
 
@@ -63,9 +64,10 @@ class Task(Resolvable, Trainable, Protocol):
         """The model with its configured weights on its device, and where the weights came from, in words."""
 
     def cache_features(self, run: Run, model: nn.Module, compute: Compute, train_set: Dataset,
-                       val_set: Dataset | None, train_loader: DataLoader, val_loader: DataLoader | None
-                       ) -> tuple[nn.Module, DataLoader, DataLoader | None]:
-        """What batches go through, and their loaders (a classifier's head on its frozen backbone's outputs)."""
+                       val_set: Dataset | None, train_loader: DataLoader, val_loader: DataLoader | None,
+                       feature_memo: FeatureMemo | None = None) -> tuple[nn.Module, DataLoader, DataLoader | None]:
+        """What batches go through, and their loaders (a classifier's head on its frozen backbone's outputs);
+        `feature_memo`: a recipe search's outputs kept between its trials, emptied by a run that does not use it."""
 
     def param_groups(self, run: Run, model: nn.Module, phase: Phase) -> list[dict[str, Any]]: ...
 

@@ -40,6 +40,7 @@ from tunecv.tasks.base import PredictOptions, TrainedModel
 from tunecv.train import engine
 from tunecv.train.engine import EpochProgress, Trainer, optimizer_steps
 from tunecv.train.feature_cache import create_feature_loaders, use_feature_cache
+from tunecv.train.feature_memo import FeatureMemo
 from tunecv.train.loop import Pipeline
 from tunecv.utils import distributed
 from tunecv.utils.runtime import Compute, image_mode
@@ -123,18 +124,25 @@ class Classification:
         return compute.prepare_model(distributed.sync_batchnorm(model, run.cfg.train.sync_bn, compute.device)), weights
 
     def cache_features(self, run: Run, model: nn.Module, compute: Compute, train_set: Dataset,
-                       val_set: Dataset | None, train_loader: DataLoader, val_loader: DataLoader | None
-                       ) -> tuple[nn.Module, DataLoader, DataLoader | None]:
+                       val_set: Dataset | None, train_loader: DataLoader, val_loader: DataLoader | None,
+                       feature_memo: FeatureMemo | None = None) -> tuple[nn.Module, DataLoader, DataLoader | None]:
         """What batches go through and their loaders: the model on images, or (cache_features) its trained part on
-        the frozen part's outputs, computed once. The decoded images are cached first (cache_images): after the
-        model, so a run whose weights fail to load writes no cache."""
+        the frozen part's outputs, computed once (or read from `feature_memo`, a recipe search's). The decoded
+        images are cached first (cache_images): after the model, so a run whose weights fail to load writes no
+        cache."""
+        if feature_memo is not None and (not run.cache_features or run.checkpoint is not None):
+            # an earlier trial's outputs go before this run's caches; a resumed run's weights load after the
+            # memo's key would be taken from them, so it reads none
+            feature_memo.clear()
+            feature_memo = None
         for dataset, is_training in ((train_set, True), (val_set, False)):
             if dataset is not None:
                 _cache_images(run, dataset, is_training)
         if not run.cache_features:
             return model, train_loader, val_loader
         apply_phase(model, run.phases[0])
-        cached = create_feature_loaders(model, compute, run.cfg, train_set, val_set, train_loader, val_loader)
+        cached = create_feature_loaders(model, compute, run.cfg, train_set, val_set, train_loader, val_loader,
+                                        feature_memo)
         return cached if cached is not None else (model, train_loader, val_loader)
 
     def param_groups(self, run: Run, model: nn.Module, phase: Phase) -> list[dict[str, Any]]:
@@ -145,9 +153,11 @@ class Classification:
 
     def create_trainer(self, run: Run, model: nn.Module, compute: Compute, train_set: Dataset) -> Trainer:
         cfg, num_classes = run.cfg, len(run.classes)
+        kept = sorted(set().union(*(phase.norm_eval for phase in run.phases)))  # unfreeze_bn: eval
         return engine.create_trainer(model, cfg.train, compute,
                                      create_mixup(cfg.loader, num_classes, cfg.train.label_smoothing),
-                                     class_counts(train_set.targets, num_classes), freeze_bn=cfg.finetune.freeze_bn)
+                                     class_counts(train_set.targets, num_classes), freeze_bn=cfg.finetune.freeze_bn,
+                                     norm_eval=tuple(model.get_submodule(name) for name in kept))
 
     def train_one_epoch(self, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                         scheduler: LRScheduler, trainer: Trainer, epoch: int, progress: EpochProgress | None,

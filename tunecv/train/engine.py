@@ -48,20 +48,23 @@ class Trainer:
     scaler: torch.amp.GradScaler | None = None
     log_interval: int = 100
     freeze_bn: bool = True
+    norm_eval: tuple[nn.Module, ...] = ()  # BatchNorm kept in eval mode though it trains (unfreeze_bn: eval)
     global_step: int = 0
     skipped_steps: int = 0  # fp16 steps the GradScaler skipped for inf/nan gradients
     batch_loss: Callable[[nn.Module, Any, Trainer], tuple[torch.Tensor, int, dict[str, torch.Tensor]]] | None = None
 
 
 def create_trainer(model: nn.Module, cfg: TrainConfig, compute: Compute, mixup: Mixup | None,
-                   class_counts: list[int], freeze_bn: bool = True) -> Trainer:
+                   class_counts: list[int], freeze_bn: bool = True, norm_eval: tuple[nn.Module, ...] = ()
+                   ) -> Trainer:
     """The model must already be on its device (the EMA copies it). `class_counts`: training images per class."""
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
     loss_fn = create_loss(cfg, mixup is not None, class_counts).to(compute.device)
     return Trainer(loss_fn=loss_fn, compute=compute, num_classes=len(class_counts),
                    accumulation_steps=cfg.gradient_accumulation_steps,
                    clip_norm=cfg.clip_value if cfg.clip_grad else None, mixup=mixup, ema=ema,
-                   scaler=compute.scaler(), log_interval=cfg.log_interval, freeze_bn=freeze_bn)
+                   scaler=compute.scaler(), log_interval=cfg.log_interval, freeze_bn=freeze_bn,
+                   norm_eval=norm_eval)
 
 
 @dataclass
@@ -100,7 +103,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     """A pass over `loader` (the rest of an epoch resumed at `progress`); the scheduler steps after every
     optimizer update. `after_step(snapshot, last_step)` runs after each update and returns True to stop the epoch there;
     `snapshot()` gives the totals so far (a device sync) and raises NonFiniteLoss after a NaN/inf loss."""
-    set_train_mode(model, keep_frozen_eval=trainer.freeze_bn)
+    set_train_mode(model, keep_frozen_eval=trainer.freeze_bn, keep_eval=trainer.norm_eval)
     device = trainer.compute.device
     progress = progress or EpochProgress(lr=base_lr(optimizer))
     params = [p for g in optimizer.param_groups for p in g["params"]]

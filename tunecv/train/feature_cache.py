@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from tunecv.models.factory import classifier_names, kept_modes, set_train_mode
 from tunecv.models.layer_map import LayerMap
 from tunecv.train import frozen_prefix
 from tunecv.train.feature_loader import FeatureLoader, cycle_views, flip_views
-from tunecv.train.feature_memo import features_key, remembered
+from tunecv.train.feature_memo import FeatureMemo, features_key
 from tunecv.train.frozen_prefix import NotCacheable
 from tunecv.utils.progress import progress_bar
 from tunecv.utils.runtime import Compute
@@ -162,11 +162,48 @@ class FeatureExtractor:
 
 
 def create_feature_loaders(model: nn.Module, compute: Compute, cfg: Config, train_set, val_set,
-                           train_loader: DataLoader, val_loader: DataLoader | None
+                           train_loader: DataLoader, val_loader: DataLoader | None, memo: FeatureMemo | None = None
                            ) -> tuple[FeatureHead, FeatureLoader, FeatureLoader | None] | None:
     """The classifier as a module of its own, and loaders of the frozen model's outputs for it, batched as the
     image loaders are (`val_loader`: the evaluation image loader, run once); None when the model turns out not
-    to allow it (`cache_features: auto`). The first phase's freezing must be applied."""
+    to allow it (`cache_features: auto`). The first phase's freezing must be applied. `memo`: the outputs an
+    earlier run of this process kept (a recipe search's trials), read when they are this run's, else released
+    before this run measures its memory, and filled with this run's."""
+    views, transforms, pick = _view_loaders(cfg, compute, train_set)
+    # the first training image that decodes (a file truncated mid-way passes the start-up scan)
+    first_view = views[0].dataset.dataset  # the image dataset inside SeededSamples: read by index
+    sample = next((item for item in map(first_view.__getitem__, range(len(train_set))) if item), None)
+    sizes = len(train_set) * len(views) + (len(val_set) if val_loader is not None else 0)
+    validated = val_set if val_loader is not None else None
+    try:
+        if sample is None:
+            raise NotCacheable("no training image decodes")
+        forward_model, extractor, per_image = _forward_model(model, compute, sample[0][None])
+        kept = None
+        if memo is not None:  # the frozen weights and every file hashed: only where a next run may read them
+            kept = memo.outputs_for(features_key(model, compute, cfg, [train_set, validated], [*transforms, getattr(
+                validated, "transform", None)], extractor.prefix))
+        _check_budget(compute, per_image * sizes - (memo.nbytes() if memo is not None else 0), extractor)
+    except NotCacheable as err:
+        if memo is not None:
+            memo.clear()
+        if cfg.finetune.cache_features == "true":
+            raise UserError(f"cache_features: true, but {err}; set cache_features: auto or false") from None
+        logger.info("feature cache: off (%s)", err)
+        return None
+    train = FeatureLoader(extractor, views, train_loader.batch_sampler, pick, cfg.train.seed + 1, "train", kept)
+    val = None
+    if val_loader is not None:
+        val = FeatureLoader(extractor, [val_loader], val_loader.batch_sampler, cycle_views(1), 0, "val", kept)
+    what = f"the layers after {extractor.prefix.last}" if extractor.prefix else "the classifier"
+    logger.info("feature cache: %s train%s on the frozen layers' outputs (%d view%s per training image)", what,
+                "" if extractor.prefix else "s", len(views), "s" if len(views) > 1 else "")
+    return forward_model, train, val
+
+
+def _view_loaders(cfg: Config, compute: Compute, train_set) -> tuple[list[DataLoader], list[Callable], Callable]:
+    """One in-order loader of the training images per view (a flip combination, or one of N augmented copies),
+    their transforms, and the picker of each image's view per epoch."""
     data = cfg.data
     if data.no_aug:
         combos, pick = flip_views(data.hflip, data.vflip)
@@ -182,47 +219,31 @@ def create_feature_loaders(model: nn.Module, compute: Compute, cfg: Config, trai
         in_order.set_epoch(view + 1)  # each view its own augmentation seeds
         views.append(create_loader(dataset, cfg.loader, is_training=False, sampler=in_order,
                                    pin_memory=compute.device.type == "cuda", persistent=False))
-    # the first training image that decodes (a file truncated mid-way passes the start-up scan)
-    first_view = views[0].dataset.dataset  # the image dataset inside SeededSamples: read by index
-    sample = next((item for item in map(first_view.__getitem__, range(len(train_set))) if item), None)
-    sizes = len(train_set) * len(views) + (len(val_set) if val_loader is not None else 0)
-    try:
-        if sample is None:
-            raise NotCacheable("no training image decodes")
-        forward_model, extractor = _forward_model(model, compute, sample[0][None], sizes)
-    except NotCacheable as err:
-        if cfg.finetune.cache_features == "true":
-            raise UserError(f"cache_features: true, but {err}; set cache_features: auto or false") from None
-        logger.info("feature cache: off (%s)", err)
-        return None
-    # a recipe search's next trial on the same frozen layers and images reads these outputs instead
-    validated = val_set if val_loader is not None else None
-    kept = remembered(features_key(model, compute, cfg, [train_set, validated], [*transforms, getattr(
-        validated, "transform", None)], extractor.prefix))
-    train = FeatureLoader(extractor, views, train_loader.batch_sampler, pick, cfg.train.seed + 1, "train", kept)
-    val = None
-    if val_loader is not None:
-        val = FeatureLoader(extractor, [val_loader], val_loader.batch_sampler, cycle_views(1), 0, "val", kept)
-    what = f"the layers after {extractor.prefix.last}" if extractor.prefix else "the classifier"
-    logger.info("feature cache: %s train%s on the frozen layers' outputs (%d view%s per training image)", what,
-                "" if extractor.prefix else "s", len(views), "s" if len(views) > 1 else "")
-    return forward_model, train, val
+    return views, transforms, pick
 
 
-def _forward_model(model: nn.Module, compute: Compute, image: torch.Tensor,
-                   images: int) -> tuple[nn.Module, FeatureExtractor]:
-    """The classifier alone (with the dropout on its input) when only it trains; else the model with its frozen
-    prefix skipped. NotCacheable when neither stands for the model, or the stored outputs would not fit."""
+def _forward_model(model: nn.Module, compute: Compute, image: torch.Tensor
+                   ) -> tuple[nn.Module, FeatureExtractor, int]:
+    """The classifier alone (with the dropout on its input) when only it trains, else the model with its frozen
+    prefix skipped; and the bytes of the stored output per image (0: the classifier's inputs are not counted).
+    NotCacheable when neither stands for the model."""
     extractor = FeatureExtractor(model, compute)
     head = {id(p) for p in extractor.classifier.parameters()}
     if not any(p.requires_grad and id(p) not in head for p in model.parameters()):
-        return FeatureHead(extractor.classifier, extractor.check(image)), extractor
+        return FeatureHead(extractor.classifier, extractor.check(image)), extractor, 0
     prefix, per_image = frozen_prefix.checked_prefix(model, extractor.classifier, compute.inputs(image))
+    return frozen_prefix.PrefixSkipped(model, prefix), FeatureExtractor(model, compute, prefix), per_image
+
+
+def _check_budget(compute: Compute, needed: int, extractor: FeatureExtractor) -> None:
+    """NotCacheable when `needed` bytes of new stored outputs exceed the budget (measured once an earlier run's
+    outputs that this run does not read are released; the ones it reads need nothing new)."""
+    if needed <= 0:
+        return
     budget = stored_outputs_budget(compute)
-    if per_image * images > budget:
-        raise NotCacheable(f"the outputs of the layers up to {prefix.last} need {per_image * images / 2**30:.1f} GB, "
+    if needed > budget:
+        raise NotCacheable(f"the outputs of the layers up to {extractor.prefix.last} need {needed / 2**30:.1f} GB, "
                            f"more than the {budget / 2**30:.1f} GB budget")
-    return frozen_prefix.PrefixSkipped(model, prefix), FeatureExtractor(model, compute, prefix)
 
 
 def stored_outputs_budget(compute: Compute) -> int:

@@ -25,7 +25,8 @@ class FeatureLoader:
     first use; `batch_sampler` (batches of the image loader's sampler: an EpochSampler for training) gives each epoch's
     batches of dataset indices, so shuffling, sampling, sharding and resuming match the uncached run; `pick`
     draws a view per image and epoch, seeded by (seed, epoch). `kept`: outputs an earlier run in this process
-    computed under the same key (`tunecv.train.feature_memo`), read instead of computed, and filled otherwise."""
+    computed under the same key (a `tunecv.train.feature_memo.FeatureMemo`'s), read instead of computed, and
+    filled otherwise."""
 
     def __init__(self, extractor: Extractor, views: list[DataLoader], batch_sampler: BatchSampler,
                  pick: Callable[[int, int, torch.Generator], torch.Tensor], seed: int, desc: str,

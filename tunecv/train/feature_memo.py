@@ -1,10 +1,11 @@
-"""The frozen layers' outputs kept for the next run in this process: a recipe search's frozen-backbone trials
-(another lr, another label smoothing) run the backbone once between them, so each costs milliseconds an epoch.
+"""The frozen layers' outputs kept from one run for the next in the same process: a recipe search's frozen-backbone
+trials (another lr, another label smoothing) run the backbone once between them, so each costs milliseconds an epoch.
 
-Only the latest run's outputs are kept (they may fill much of the GPU). Their key holds everything the outputs
-depend on: the frozen weights and buffers themselves, which parameters train, the model, data and loader settings,
-the transforms, the files (content digests from the start-up scan, else size and mtime), device, dtype and memory
-format; what the key cannot vouch for (a dataset of an unknown kind) is computed again.
+The search owns a `FeatureMemo` and hands it to each trial (`tunecv.scripts.finetune.run(..., feature_memo=)`); a
+run without one computes no key. The memo keeps one run's outputs (they may fill much of the GPU) under a key that
+holds everything they depend on: the frozen weights and buffers themselves, which parameters train, the model, data
+and loader settings, the transforms, the files (content digests from the start-up scan, else size and mtime),
+device, dtype and memory format; what the key cannot vouch for (a dataset of an unknown kind) is computed again.
 """
 
 from __future__ import annotations
@@ -25,30 +26,44 @@ from tunecv.utils.runtime import Compute
 
 # (features, labels, dataset indices) of a FeatureLoader, by its description ("train", "val")
 Outputs = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-_LATEST: dict[str, Any] = {"key": None, "outputs": {}}
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # a default repr's object address: not part of what it does
 
 
-def remembered(key: str | None) -> Outputs | None:
-    """The outputs kept under `key`, for the run's FeatureLoaders to read and fill: empty for another key (the
-    ones kept before are dropped first, before the new run computes its own); None when `key` is None."""
-    if _LATEST["key"] != key:
-        forget_features()
-    if key is None:
-        return None
-    _LATEST["key"] = key
-    return _LATEST["outputs"]
+class FeatureMemo:
+    """One run's frozen-layer outputs, by their key, for the next run of the process that has the same key."""
 
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.outputs: Outputs = {}
 
-def forget_features() -> None:
-    """The next cached run computes its features again (a benchmark's cold run, a test's)."""
-    _LATEST["key"], _LATEST["outputs"] = None, {}
+    def outputs_for(self, key: str | None) -> Outputs | None:
+        """The outputs kept under `key`, for the run's FeatureLoaders to read and fill: empty for another key (the
+        ones kept before are released first, before the new run measures its memory or computes its own); None
+        when `key` is None (a dataset the key cannot describe)."""
+        if key != self.key:
+            self.clear()
+        if key is None:
+            return None
+        self.key = key
+        return self.outputs
+
+    def clear(self) -> None:
+        """Release the kept outputs (a run that does not use them, or other ones)."""
+        on_cuda = any(tensor.is_cuda for kept in self.outputs.values() for tensor in kept)
+        self.key, self.outputs = None, {}
+        if on_cuda:  # freed blocks stay with PyTorch's allocator: hand them back, so free memory counts them
+            torch.cuda.empty_cache()
+
+    def nbytes(self) -> int:
+        """The memory the kept outputs take."""
+        return sum(tensor.nbytes for kept in self.outputs.values() for tensor in kept)
 
 
 def features_key(model: nn.Module, compute: Compute, cfg: Config, datasets: Sequence[Any],
                  transforms: Sequence[Callable | None], prefix: object) -> str | None:
     """A digest of what the frozen part's outputs on `datasets` through `transforms` depend on, or None when
-    a dataset is of a kind it cannot describe. Call it before training (the first phase's freezing applied)."""
+    a dataset is of a kind it cannot describe. Call it before training (the first phase's freezing applied), on
+    the weights the run computes its features with: a resumed run's load later, so a resumed run takes no memo."""
     digest = hashlib.sha256()
     settings = (cfg.model, cfg.data, cfg.loader, cfg.finetune.feature_views, cfg.train.seed, str(compute.device),
                 str(compute.dtype), compute.channels_last, compute.compile, _ADDRESS.sub("", repr(prefix)),

@@ -124,16 +124,10 @@ def fit(task: Trainable, pipeline: Pipeline, plan: Plan, cfg: TrainConfig, saver
     SIGTERM/SIGINT stop after the current step with `_last` written (RunStopped). `on_epoch` sees each epoch's row
     once it is saved (a recipe search prunes there by raising)."""
     start = time.perf_counter()
-    trainer, metric = pipeline.trainer, cfg.best_metric
+    trainer = pipeline.trainer
     device, wrapped, phase, signum = trainer.compute.device, pipeline.forward_model, None, 0
     skipped = trainer.skipped_steps
-
-    def last_state(progress: EpochProgress | None) -> dict[str, Any]:
-        """Called on every process (it gathers their random states), used by the first."""
-        return {**training_state(plan.optimizer, plan.scheduler, trainer), **state.to_dict(),
-                "epoch_progress": asdict(progress) if progress else None, "phase_start": plan.current.start,
-                "layout": batch_layout(_batch_size(pipeline.train_loader), trainer.accumulation_steps),
-                "rng": distributed.gather(random_state())}
+    records = _Records(task, pipeline, plan, cfg, saver, results, state)
 
     with GracefulStop() as stop, _curves_drawn_on_exit(results):
         for epoch in range(state.epoch, cfg.epoch_size + 1):
@@ -150,13 +144,7 @@ def fit(task: Trainable, pipeline: Pipeline, plan: Plan, cfg: TrainConfig, saver
                 signum = distributed.max_all(stop.signum or 0, device)
                 stopping = signum > 0
                 if stopping or (cfg.ckpt_save_steps and trainer.global_step % cfg.ckpt_save_steps == 0):
-                    done = snapshot()
-                    check_finite(pipeline.model, epoch, trainer.global_step)
-                    extra = last_state(done)
-                    if distributed.is_main():
-                        saver.save_last(pipeline.model, epoch=epoch, metrics={}, best_top1=state.best.value,
-                                        training_state=extra)
-                    logger.info("saved %s at epoch %d step %d", saver.last_path.name, epoch, trainer.global_step)
+                    records.save_last(epoch, snapshot())
                 return stopping
 
             epoch_start = time.perf_counter() - (progress.seconds if progress else 0.0)
@@ -169,23 +157,7 @@ def fit(task: Trainable, pipeline: Pipeline, plan: Plan, cfg: TrainConfig, saver
                 logger.warning("epoch %d: the AMP scaler skipped %d steps (fp16 overflow; it lowers its scale and "
                                "goes on)", epoch, trainer.skipped_steps - skipped)
             skipped = trainer.skipped_steps
-            row, ema_scores = _validated_row(task, pipeline, epoch, stats, cfg, epoch_start)
-            state.history.append(row)
-            no_val_set = pipeline.val_loader is None
-            improved = state.best.update(row.get(metric), epoch, no_val_set)
-            if trainer.ema is not None and state.ema_best.update(row.get(f"ema_{metric}"), epoch, no_val_set) \
-                    and distributed.is_main():
-                ema_row = task.row(epoch, stats, ema_scores, row["time_s"])
-                state.ema_best.path = str(saver.save_ema_best(trainer.ema.module, epoch=epoch,
-                                                              metrics=_measured(ema_row),
-                                                              best_top1=state.ema_best.value))
-            check_finite(pipeline.model, epoch, trainer.global_step)
-            extra = last_state(None)
-            if distributed.is_main():
-                saver.save(pipeline.model, epoch=epoch, metrics=_measured(row), is_best=improved,
-                           best_top1=state.best.value, training_state=extra)
-                results.add(row)
-            logger.info(epoch_line(row))
+            row = records.end_epoch(epoch, stats, epoch_start)
             if on_epoch is not None:
                 on_epoch(row)
             signum = distributed.max_all(stop.signum or 0, device)
@@ -195,8 +167,62 @@ def fit(task: Trainable, pipeline: Pipeline, plan: Plan, cfg: TrainConfig, saver
     if results is not None:
         results.finish(state.best.value, state.best.epoch,
                        (ema_best.value, ema_best.epoch) if ema_best is not None else None)
-    return FitResult(metric, state.history, state.best, str(saver.last_path),
+    return FitResult(cfg.best_metric, state.history, state.best, str(saver.last_path),
                      str(results.path) if results else "", time.perf_counter() - start, ema_best)
+
+
+@dataclass
+class _Records:
+    """What fit keeps of a run as it goes: the epochs' rows, `_last` (with all a resume needs), `_best` and the
+    EMA's best, results (files on the first process only)."""
+
+    task: Trainable
+    pipeline: Pipeline
+    plan: Plan
+    cfg: TrainConfig
+    saver: CheckpointSaver
+    results: Results | None
+    state: RunState
+
+    def last_state(self, progress: EpochProgress | None) -> dict[str, Any]:
+        """Called on every process (it gathers their random states), used by the first."""
+        plan, trainer = self.plan, self.pipeline.trainer
+        return {**training_state(plan.optimizer, plan.scheduler, trainer), **self.state.to_dict(),
+                "epoch_progress": asdict(progress) if progress else None, "phase_start": plan.current.start,
+                "layout": batch_layout(_batch_size(self.pipeline.train_loader), trainer.accumulation_steps),
+                "rng": distributed.gather(random_state())}
+
+    def save_last(self, epoch: int, progress: EpochProgress) -> None:
+        """`_last` in the middle of an epoch (`progress`: its totals so far)."""
+        model, step = self.pipeline.model, self.pipeline.trainer.global_step
+        check_finite(model, epoch, step)
+        extra = self.last_state(progress)
+        if distributed.is_main():
+            self.saver.save_last(model, epoch=epoch, metrics={}, best_top1=self.state.best.value,
+                                 training_state=extra)
+        logger.info("saved %s at epoch %d step %d", self.saver.last_path.name, epoch, step)
+
+    def end_epoch(self, epoch: int, stats: EpochProgress, epoch_start: float) -> dict[str, Any]:
+        """The epoch's row, validated, kept, saved with `_last` (and `_best` when it improves), written and logged."""
+        task, pipeline, cfg, saver, state = self.task, self.pipeline, self.cfg, self.saver, self.state
+        trainer, metric = pipeline.trainer, cfg.best_metric
+        row, ema_scores = _validated_row(task, pipeline, epoch, stats, cfg, epoch_start)
+        state.history.append(row)
+        no_val_set = pipeline.val_loader is None
+        improved = state.best.update(row.get(metric), epoch, no_val_set)
+        if trainer.ema is not None and state.ema_best.update(row.get(f"ema_{metric}"), epoch, no_val_set) \
+                and distributed.is_main():
+            ema_row = task.row(epoch, stats, ema_scores, row["time_s"])
+            state.ema_best.path = str(saver.save_ema_best(trainer.ema.module, epoch=epoch, metrics=_measured(ema_row),
+                                                          best_top1=state.ema_best.value))
+        check_finite(pipeline.model, epoch, trainer.global_step)
+        extra = self.last_state(None)
+        if distributed.is_main():
+            saver.save(pipeline.model, epoch=epoch, metrics=_measured(row), is_best=improved,
+                       best_top1=state.best.value, training_state=extra)
+            self.results.add(row)
+        logger.info(epoch_line(row))
+        return row
 
 
 def _validated_row(task: Trainable, pipeline: Pipeline, epoch: int, stats: EpochProgress, cfg: TrainConfig,

@@ -30,16 +30,17 @@ def create_saver(task: Task, run: Run, pipeline: Pipeline) -> CheckpointSaver:
 
 
 def open_run_folder(task: Task, run: Run, pipeline: Pipeline, argv: list[str],
-                    history: list[dict[str, Any]]) -> Results | None:
+                    history: list[dict[str, Any]], program: str | None = None) -> Results | None:
     """The run's first writes: train.log (with the lines logged so far), its records, and the results writer with
-    a resumed run's rows (`history`) written again (None on every process but the first)."""
+    a resumed run's rows (`history`) written again (None on every process but the first). `program`: run.json's
+    first word, when the command that reruns the run is not this process's (a recipe search's trial)."""
     if not distributed.is_main():
         return None
     cli.add_log_file(run.out_dir / "train.log")
     datasets = [pipeline.train_set, pipeline.val_set]
     task.write_data_reports(run, datasets)
     save_config(run.cfg, run.out_dir)
-    write_run_manifest(run.out_dir, run.cfg, list(run.classes), pipeline.fingerprint, [sys.argv[0], *argv],
+    write_run_manifest(run.out_dir, run.cfg, list(run.classes), pipeline.fingerprint, [program or sys.argv[0], *argv],
                        world_size=run.world_size)
     results = task.create_results(run)
     for row in history:

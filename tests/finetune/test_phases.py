@@ -1,0 +1,127 @@
+"""The unfrozen phases' defaults: lp_ft and gradual keep the pretrained BatchNorm statistics of the layers that
+unfreeze (unfreeze_bn: eval), the keys the strategies set, and what the train mode and the phase log do with them."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from conftest import TINY_MODEL, plan_for, write_yaml
+from tunecv.config import FinetuneConfig, load_config
+from tunecv.errors import UserError
+from tunecv.finetune.phases import apply_phase, plan_phases
+from tunecv.finetune.strategies import STRATEGY_KEYS, strategy_keys
+from tunecv.models.factory import set_train_mode
+from tunecv.models.layer_map import layer_map
+
+
+@pytest.fixture(scope="module")
+def effnet() -> nn.Module:
+    return timm.create_model(TINY_MODEL, pretrained=False, num_classes=3)
+
+
+def _norms(model: nn.Module, *prefixes: str) -> set[str]:
+    """BatchNorm module names, under `prefixes` when given."""
+    return {name for name, module in model.named_modules() if isinstance(module, nn.BatchNorm2d)
+            and (not prefixes or any(name == p or name.startswith(f"{p}.") for p in prefixes))}
+
+
+def _strategy(name: str, **keys) -> FinetuneConfig:
+    return FinetuneConfig(**{**strategy_keys(name), "strategy": name, **keys})
+
+
+# ---------------------------------------------------------------------------------------------- strategy keys
+
+def test_lp_ft_and_gradual_keep_the_pretrained_norm_statistics():
+    defaults = FinetuneConfig()
+    assert STRATEGY_KEYS == {key: getattr(defaults, key) for key in STRATEGY_KEYS}  # no strategy: the defaults
+    safely = {"unfreeze_lr_scale": 0.01, "unfreeze_bn": "eval"}
+    assert strategy_keys("lp_ft") == {**STRATEGY_KEYS, "freeze_epochs": 1, **safely}
+    assert strategy_keys("gradual") == {**STRATEGY_KEYS, **safely}
+    for name in ("full", "linear_probe", "freeze:2"):
+        assert (strategy_keys(name)["unfreeze_lr_scale"], strategy_keys(name)["unfreeze_bn"]) == (1.0, "train")
+
+
+def test_strategy_keys_reach_the_config_and_give_way_to_the_user(tmp_path):
+    data = str(tmp_path)
+    ft = load_config(None, {"data_dir": data, "strategy": "lp_ft"}).finetune
+    assert (ft.unfreeze_bn, ft.unfreeze_lr_scale) == ("eval", 0.01)
+    ft = load_config(None, {"data_dir": data, "strategy": "lp_ft", "unfreeze_bn": "train", "unfreeze_lr_scale": 1}
+                     ).finetune
+    assert (ft.unfreeze_bn, ft.unfreeze_lr_scale) == ("train", 1.0)
+    # a later strategy replaces them (full unfreezes nothing: keeping lp_ft's would be an error)
+    saved = write_yaml(tmp_path / "lp_ft.yaml", {"data_dir": data, "strategy": "lp_ft", "unfreeze_lr_scale": 0.01,
+                                                 "unfreeze_bn": "eval"})
+    ft = load_config(saved, {"strategy": "full"}).finetune
+    assert (ft.freeze_epochs, ft.unfreeze_bn, ft.unfreeze_lr_scale) == (0, "train", 1.0)
+    with pytest.raises(UserError, match="unfreeze_bn"):
+        load_config(None, {"data_dir": data, "strategy": "lp_ft", "unfreeze_bn": "frozen"})
+
+
+# ----------------------------------------------------------------------------------------------- plan_phases
+
+def test_lp_ft_keeps_every_norm_of_the_unfrozen_backbone_in_eval(effnet):
+    first, second = plan_phases(effnet, layer_map(effnet), _strategy("lp_ft"), 3)
+    assert first.norm_eval == frozenset()  # frozen: freeze_bn already keeps them in eval mode
+    assert second.norm_eval == _norms(effnet) and len(second.norm_eval) > 10
+
+
+def test_norms_frozen_all_run_are_left_to_freeze_bn(effnet):
+    phases = plan_phases(effnet, layer_map(effnet), _strategy("lp_ft", frozen_stages=1), 3)
+    assert phases[1].norm_eval == _norms(effnet) - _norms(effnet, "bn1", "blocks.0")
+
+
+def test_gradual_keeps_each_stage_s_norms_once_it_unfreezes(effnet):
+    phases = plan_phases(effnet, layer_map(effnet), _strategy("gradual"), 4)
+    assert phases[0].norm_eval == frozenset()
+    # bn2 is in the head group, which trains from the first epoch: its statistics move from the start
+    assert phases[-1].norm_eval == _norms(effnet) - {"bn2"}
+    for before, after in zip(phases, phases[1:]):
+        assert before.norm_eval <= after.norm_eval
+        trainable = {n for n, _ in effnet.named_parameters() if n not in after.frozen}
+        assert all(f"{name}.weight" in trainable for name in after.norm_eval)
+
+
+def test_unfreeze_bn_train_keeps_none(effnet):
+    phases = plan_phases(effnet, layer_map(effnet), _strategy("lp_ft", unfreeze_bn="train"), 3)
+    assert all(phase.norm_eval == frozenset() for phase in phases)
+
+
+@pytest.mark.parametrize("keys", [{"strategy": "full"}, {"strategy": "linear_probe", "freeze": "all"}])
+def test_unfreeze_bn_eval_without_an_unfreeze_is_user_error(effnet, keys):
+    with pytest.raises(UserError, match="unfreeze_bn applies to layers that unfreeze"):
+        plan_phases(effnet, layer_map(effnet), FinetuneConfig(**keys, unfreeze_bn="eval"), 3)
+
+
+# -------------------------------------------------------------------------------------------- train mode
+
+def test_kept_norms_train_their_weights_but_not_their_statistics():
+    model = timm.create_model(TINY_MODEL, pretrained=False, num_classes=3)
+    phases = plan_phases(model, layer_map(model), _strategy("lp_ft"), 2)
+    apply_phase(model, phases[1])
+    kept = [model.get_submodule(name) for name in sorted(phases[1].norm_eval)]
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in kept]
+    set_train_mode(model, keep_frozen_eval=True, keep_eval=kept)
+    assert model.training and model.classifier.training and not any(m.training for m in kept)
+    model(torch.randn(4, 3, 32, 32) * 3 + 1).logsumexp(1).sum().backward()
+    for module, (mean, var) in zip(kept, before):
+        assert torch.equal(module.running_mean, mean) and torch.equal(module.running_var, var)
+        assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0
+    set_train_mode(model, keep_frozen_eval=True)  # unfreeze_bn: train: every trainable norm in train mode
+    assert all(m.training for m in kept)
+
+
+def test_the_unfrozen_phase_log_says_which_norms_keep_their_statistics(tiny_overrides, caplog):
+    cfg = load_config(None, {**tiny_overrides, "strategy": "lp_ft", "epoch_size": 2})
+    model = timm.create_model(TINY_MODEL, pretrained=False, num_classes=3)
+    plan = plan_for(cfg, model, steps=2)
+    with caplog.at_level(logging.INFO, logger="tunecv.finetune.phases"):
+        plan.enter(1)
+        plan.enter(2)
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "tunecv.finetune.phases")
+    assert f"BatchNorm of {len(_norms(model))} unfrozen layers keeps its pretrained statistics (unfreeze_bn: eval)" \
+        in logged
