@@ -299,9 +299,9 @@ def test_cfg_options_flag_on_the_command_line(tmp_path, data_dir):
 # -------------------------------------------------------------------------------------------------- strategy
 
 NO_STRATEGY = {"freeze": "none", "frozen_stages": -1, "freeze_epochs": 0, "unfreeze_lr_scale": 1.0,
-               "unfreeze_bn": "train"}
-# lp_ft and gradual: the unfrozen layers keep their BatchNorm statistics, the stem at 1/100 of the head's lr
-UNFROZEN_SAFELY = {"unfreeze_lr_scale": 0.01, "unfreeze_bn": "eval"}
+               "unfreeze_head_lr_scale": 1.0, "unfreeze_bn": "train"}
+# lp_ft and gradual: the unfrozen layers keep their BatchNorm statistics and train at slice(lr/2/100, lr/2)
+UNFROZEN_SAFELY = {"unfreeze_lr_scale": 0.01, "unfreeze_head_lr_scale": 0.5, "unfreeze_bn": "eval"}
 
 
 @pytest.mark.parametrize("values, expected", [

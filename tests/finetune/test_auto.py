@@ -51,15 +51,19 @@ def test_a_gain_under_a_point_or_an_image_keeps_the_probe():
     assert decision.strategy == "linear_probe" and "+0.50" in decision.reason
 
 
-def test_a_second_stage_that_adds_a_lot_moves_every_layer():
-    deep = auto.DEEP_GAIN_POINTS
-    assert auto.decide(_m(80.0), _m(90.0 + deep), _m(90.0), HELD, 5, (6, 5)).strategy == "lp_ft"
-    assert auto.decide(_m(80.0), _m(90.0 + deep), _m(90.0), HELD, 1, (6, 5)).strategy == "full"
+def test_a_large_gain_of_the_top_stages_moves_every_layer_from_the_start():
+    gain = auto.FULL_GAIN_POINTS
+    decision = auto.decide(_m(80.0), _m(80.0 + gain), None, HELD, 5, (6, 5))
+    assert decision.strategy == "full" and "far from ImageNet" in decision.reason
+    assert not auto.moderate(_m(80.0), _m(80.0 + gain), HELD)
 
 
-def test_the_partial_recipe_measured_is_chosen_at_the_shallower_depth_that_gains_as_much():
-    assert auto.decide(_m(80.0), _m(90.0), _m(89.5), HELD, 5, (6, 5)).strategy == "freeze:6"
-    assert auto.decide(_m(80.0), _m(92.0), _m(90.0), HELD, 5, (6, 5)).strategy == "freeze:5"
+def test_a_moderate_gain_is_placed_by_the_top_stage_alone():
+    probe, top_two = _m(80.0), _m(81.5)
+    assert auto.moderate(probe, top_two, HELD)
+    assert auto.decide(probe, top_two, _m(80.0), HELD, 5, (6, 5)).strategy == "lp_ft"  # the second stage counts
+    assert auto.decide(probe, top_two, _m(80.0), HELD, 1, (6, 5)).strategy == "full"  # lp_ft needs two epochs
+    assert auto.decide(probe, top_two, _m(81.0), HELD, 5, (6, 5)).strategy == "freeze:5"
 
 
 def test_a_model_without_stages_to_split_gets_lp_ft_when_the_probe_leaves_room():

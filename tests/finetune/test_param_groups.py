@@ -106,6 +106,17 @@ def test_unfreeze_lr_scale_only_when_discriminative(model):
     assert set(_per_param(_groups(model, unfreeze_lr_scale=scale), "lr").values()) == {LR}
 
 
+def test_unfreeze_head_lr_scale_lowers_the_whole_slice(model):
+    """fastai fine_tune after the unfreeze: slice(lr/2 * 0.01, lr/2)."""
+    lrs = _per_param(_groups(model, unfreeze_lr_scale=0.01, unfreeze_head_lr_scale=0.5, discriminative=True), "lr")
+    last = len(LAYER_PREFIXES) - 1
+    assert lrs["classifier.weight"] == pytest.approx(LR * 0.5)
+    assert lrs["conv_stem.weight"] == pytest.approx(LR * 0.5 * 0.01)
+    for name, lr in lrs.items():
+        assert lr == pytest.approx(LR * 0.5 * 0.01 ** ((last - _layer(name)) / last)), name
+    assert set(_per_param(_groups(model, unfreeze_head_lr_scale=0.5), "lr").values()) == {LR}  # before it
+
+
 def test_weight_decay_filters(model):
     auto = _per_param(_groups(model), "weight_decay")
     for name, param in model.named_parameters():

@@ -1,5 +1,6 @@
 """The unfrozen phases' defaults: lp_ft and gradual keep the pretrained BatchNorm statistics of the layers that
-unfreeze (unfreeze_bn: eval), the keys the strategies set, and what the train mode and the phase log do with them."""
+unfreeze (unfreeze_bn: eval) and train them at fastai's slice (unfreeze_head_lr_scale, unfreeze_lr_scale); the keys
+the strategies set, and what the train mode, the optimizer and the phase log do with them."""
 
 from __future__ import annotations
 
@@ -39,25 +40,25 @@ def _strategy(name: str, **keys) -> FinetuneConfig:
 def test_lp_ft_and_gradual_keep_the_pretrained_norm_statistics():
     defaults = FinetuneConfig()
     assert STRATEGY_KEYS == {key: getattr(defaults, key) for key in STRATEGY_KEYS}  # no strategy: the defaults
-    safely = {"unfreeze_lr_scale": 0.01, "unfreeze_bn": "eval"}
+    safely = {"unfreeze_lr_scale": 0.01, "unfreeze_head_lr_scale": 0.5, "unfreeze_bn": "eval"}  # fastai's slice
     assert strategy_keys("lp_ft") == {**STRATEGY_KEYS, "freeze_epochs": 1, **safely}
     assert strategy_keys("gradual") == {**STRATEGY_KEYS, **safely}
     for name in ("full", "linear_probe", "freeze:2"):
-        assert (strategy_keys(name)["unfreeze_lr_scale"], strategy_keys(name)["unfreeze_bn"]) == (1.0, "train")
+        assert {k: strategy_keys(name)[k] for k in safely} == {k: STRATEGY_KEYS[k] for k in safely}
 
 
 def test_strategy_keys_reach_the_config_and_give_way_to_the_user(tmp_path):
     data = str(tmp_path)
     ft = load_config(None, {"data_dir": data, "strategy": "lp_ft"}).finetune
-    assert (ft.unfreeze_bn, ft.unfreeze_lr_scale) == ("eval", 0.01)
-    ft = load_config(None, {"data_dir": data, "strategy": "lp_ft", "unfreeze_bn": "train", "unfreeze_lr_scale": 1}
-                     ).finetune
-    assert (ft.unfreeze_bn, ft.unfreeze_lr_scale) == ("train", 1.0)
+    assert (ft.unfreeze_bn, ft.unfreeze_lr_scale, ft.unfreeze_head_lr_scale) == ("eval", 0.01, 0.5)
+    old = {"unfreeze_bn": "train", "unfreeze_lr_scale": 1, "unfreeze_head_lr_scale": 1}  # the defaults before
+    ft = load_config(None, {"data_dir": data, "strategy": "lp_ft", **old}).finetune
+    assert (ft.unfreeze_bn, ft.unfreeze_lr_scale, ft.unfreeze_head_lr_scale) == ("train", 1.0, 1.0)
     # a later strategy replaces them (full unfreezes nothing: keeping lp_ft's would be an error)
     saved = write_yaml(tmp_path / "lp_ft.yaml", {"data_dir": data, "strategy": "lp_ft", "unfreeze_lr_scale": 0.01,
-                                                 "unfreeze_bn": "eval"})
+                                                 "unfreeze_head_lr_scale": 0.5, "unfreeze_bn": "eval"})
     ft = load_config(saved, {"strategy": "full"}).finetune
-    assert (ft.freeze_epochs, ft.unfreeze_bn, ft.unfreeze_lr_scale) == (0, "train", 1.0)
+    assert (ft.freeze_epochs, ft.unfreeze_bn, ft.unfreeze_lr_scale, ft.unfreeze_head_lr_scale) == (0, "train", 1, 1)
     with pytest.raises(UserError, match="unfreeze_bn"):
         load_config(None, {"data_dir": data, "strategy": "lp_ft", "unfreeze_bn": "frozen"})
 
@@ -92,9 +93,16 @@ def test_unfreeze_bn_train_keeps_none(effnet):
 
 
 @pytest.mark.parametrize("keys", [{"strategy": "full"}, {"strategy": "linear_probe", "freeze": "all"}])
-def test_unfreeze_bn_eval_without_an_unfreeze_is_user_error(effnet, keys):
-    with pytest.raises(UserError, match="unfreeze_bn applies to layers that unfreeze"):
-        plan_phases(effnet, layer_map(effnet), FinetuneConfig(**keys, unfreeze_bn="eval"), 3)
+@pytest.mark.parametrize("key, value", [("unfreeze_bn", "eval"), ("unfreeze_head_lr_scale", 0.5)])
+def test_unfreeze_keys_without_an_unfreeze_are_user_errors(effnet, keys, key, value):
+    with pytest.raises(UserError, match=f"{key} applies to layers that unfreeze"):
+        plan_phases(effnet, layer_map(effnet), FinetuneConfig(**keys, **{key: value}), 3)
+
+
+@pytest.mark.parametrize("value", [0, -0.5, 1.5])
+def test_unfreeze_head_lr_scale_out_of_range_is_user_error(effnet, value):
+    with pytest.raises(UserError, match=r"unfreeze_head_lr_scale must be in \(0, 1\]"):
+        plan_phases(effnet, layer_map(effnet), _strategy("lp_ft", unfreeze_head_lr_scale=value), 3)
 
 
 # -------------------------------------------------------------------------------------------- train mode
@@ -115,13 +123,18 @@ def test_kept_norms_train_their_weights_but_not_their_statistics():
     assert all(m.training for m in kept)
 
 
-def test_the_unfrozen_phase_log_says_which_norms_keep_their_statistics(tiny_overrides, caplog):
+def test_lp_ft_unfrozen_phase_trains_at_fastai_s_slice_and_logs_it(tiny_overrides, caplog):
     cfg = load_config(None, {**tiny_overrides, "strategy": "lp_ft", "epoch_size": 2})
     model = timm.create_model(TINY_MODEL, pretrained=False, num_classes=3)
-    plan = plan_for(cfg, model, steps=2)
+    plan = plan_for(cfg, model, steps=2, lr=0.01)
     with caplog.at_level(logging.INFO, logger="tunecv.finetune.phases"):
-        plan.enter(1)
-        plan.enter(2)
+        first, _ = plan.enter(1)
+        second, _ = plan.enter(2)
+    lrs = {name: g["lr"] for g in second.param_groups for name in g["param_names"]}
+    assert {g["lr"] for g in first.param_groups} == {0.01}  # the head alone, at lr
+    assert lrs["classifier.weight"] == pytest.approx(0.01 / 2)  # then slice(lr/2/100, lr/2)
+    assert lrs["conv_stem.weight"] == pytest.approx(0.01 / 2 / 100)
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "tunecv.finetune.phases")
     assert f"BatchNorm of {len(_norms(model))} unfrozen layers keeps its pretrained statistics (unfreeze_bn: eval)" \
         in logged
+    assert "5e-05-0.0" in logged  # the table's lr range of the layers below the head group

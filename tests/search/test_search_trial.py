@@ -38,7 +38,7 @@ class FakeRuns:
 def _objective(tmp_path, train, specs=("lr=log:1e-4:1e-1",), trials=5, epochs=None) -> Objective:
     """`epochs`: each trial's epoch count (by default, as many as the fake run reports)."""
     last = epochs or len(getattr(train, "scores", [1]))
-    return Objective(parse_space(list(specs)), trials, tmp_path, "top1", train, lambda params: last)
+    return Objective(parse_space(list(specs)), trials, tmp_path, "top1", train, lambda params: (1, last))
 
 
 def test_a_trial_trains_in_its_folder_and_returns_its_best_score(tmp_path):
@@ -146,3 +146,13 @@ def test_a_trial_past_the_sweeps_count_trains_nothing(tmp_path):
     study.optimize(_objective(tmp_path, runs, trials=1), n_trials=1, catch=(Surplus,))
     surplus = study.trials[1]
     assert surplus.state == TrialState.FAIL and surplus.user_attrs["surplus"] is True and runs.calls == []
+
+
+def test_a_trial_is_not_pruned_before_its_layers_unfreeze_nor_at_its_last_epoch():
+    from tunecv.search.trial import pruned_from
+
+    assert pruned_from({"epoch_size": 3, "strategy": "full", "freeze_epochs": 0}) == (1, 3)
+    assert pruned_from({"epoch_size": 3, "strategy": "lp_ft", "freeze_epochs": 1}) == (2, 3)  # head-only epoch 1
+    assert pruned_from({"epoch_size": 6, "strategy": "gradual", "freeze_epochs": 0}) == (4, 6)
+    assert pruned_from({"epoch_size": 6, "strategy": "full", "freeze_epochs": 0,
+                        "unfreeze_schedule": {3: ["blocks.6"], 5: ["all"]}}) == (5, 6)

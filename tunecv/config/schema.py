@@ -128,6 +128,8 @@ class FinetuneConfig:
     freeze_epochs: int = _key(0, "fastai fine_tune: train the classifier alone for N epochs, then everything")
     unfreeze_lr_scale: float = _key(1.0, "after unfreezing, the first layer's lr relative to the head's "
                                          "(geometric in between: fastai's slice(lr*s, lr))")
+    unfreeze_head_lr_scale: float = _key(1.0, "after unfreezing, the head's lr relative to lr, and with it every "
+                                              "layer's (fastai fine_tune halves it)")
     unfreeze_bn: str = _key("train", "BatchNorm of the layers that unfreeze during the run: train: normalise by "
                                      "each batch and update the running statistics; eval: keep the pretrained "
                                      "statistics all run (its weight and bias still train)", ("train", "eval"))

@@ -5,11 +5,13 @@ on their stored outputs costs a fraction of an epoch.
 
 1. The linear probe: a logistic regression on the frozen backbone's features. When it gets the held-out slice right
    but for an image, nothing is left to gain: linear_probe.
-2. The top two stages and the head, trained for PARTIAL_EPOCHS epochs on the lower stages' stored outputs. No gain of at
-   least a point (and an image) over the probe: linear_probe (moving the features gains nothing measurable).
-3. The top stage alone and the head, on the same stored outputs. When the second stage adds DEEP_GAIN_POINTS or
-   more, the lower layers matter too: lp_ft (every layer, after the head has converged; full when the run is one
-   epoch). Otherwise the partial recipe that was measured, freeze:N, at the shallower depth that gains as much.
+2. The top two stages and the head, trained for PARTIAL_EPOCHS epochs on the lower stages' stored outputs. No gain
+   of at least a point (and an image) over the probe: linear_probe (moving the features gains nothing measurable).
+   A gain of FULL_GAIN_POINTS or more: the data is far from ImageNet and every layer should move from the first
+   epoch: full (on the digits demo full fine-tuning beat the partial recipes and lp_ft, docs/results.md).
+3. A gain in between: the top stage alone and the head, on the same stored outputs. When the second stage adds a
+   gain that counts, the lower layers matter too: lp_ft (every layer, after the head has converged; full when the
+   run is one epoch). Otherwise the partial recipe that was measured: freeze:N, the top two stages.
 
 Pure: the measurements themselves are `tunecv.train.strategy_measure`'s.
 """
@@ -25,7 +27,7 @@ HOLDOUT_FRACTION = 0.2  # of each class's training images, held out to measure o
 MIN_HELD_OUT = 10  # fewer held-out images decide nothing: one image is over ten points
 MAX_IMAGES = 2500  # measured on at most this many training images (a stratified sample): the cost stays bounded
 MIN_GAIN_POINTS = 1.0  # fine-tuning must beat the probe by this much (and by one held-out image) to be chosen
-DEEP_GAIN_POINTS = 3.0  # the second stage's gain from which the whole backbone should move
+FULL_GAIN_POINTS = 2.0  # the top two stages' gain over the probe from which every layer should move
 PARTIAL_EPOCHS = 2  # of each partial measurement: enough to show a gain on digits, cheap on ants/bees (measured)
 
 
@@ -89,6 +91,11 @@ def gains(probe: Measurement, partial: Measurement | None, held_out: int) -> boo
     return partial is not None and partial.top1 - probe.top1 >= needed_gain(held_out)
 
 
+def moderate(probe: Measurement, top_two: Measurement, held_out: int) -> bool:
+    """A gain that counts but is under FULL_GAIN_POINTS: the top stage alone is measured to place it."""
+    return gains(probe, top_two, held_out) and top_two.top1 - probe.top1 < FULL_GAIN_POINTS
+
+
 def too_few(held_out: int) -> Decision:
     return Decision("linear_probe", f"{held_out} held-out images are too few to measure on ({MIN_HELD_OUT} needed); "
                                     "with so few images the linear probe is the safe recipe")
@@ -105,18 +112,19 @@ def decide(probe: Measurement, top_two: Measurement | None, top_one: Measurement
         return Decision("linear_probe", f"the probe leaves no room (at most one of {held_out} held-out images wrong)")
     if unsplit is not None or depths is None or top_two is None:
         return Decision(whole, f"the probe leaves room, and no partial fine-tune could be measured ({unsplit})")
+    gain = top_two.top1 - probe.top1
     if not gains(probe, top_two, held_out):
-        return Decision("linear_probe", f"the top two stages gained {top_two.top1 - probe.top1:+.2f} points over "
-                                        f"the probe, under the {needed:.2f} that count")
+        return Decision("linear_probe", f"the top two stages gained {gain:+.2f} points over the probe, under the "
+                                        f"{needed:.2f} that count")
+    if gain >= FULL_GAIN_POINTS:
+        return Decision("full", f"the top two stages gained {gain:+.2f} points over the probe ({FULL_GAIN_POINTS:g} or "
+                                "more): far from ImageNet, every layer moves from the first epoch")
     deep = top_two.top1 - top_one.top1
-    if deep >= DEEP_GAIN_POINTS:
-        return Decision(whole, f"the second stage from the top added {deep:+.2f} points ({DEEP_GAIN_POINTS:g} or "
-                               "more): the lower layers must move too")
-    if top_one.top1 >= top_two.top1 - needed:
-        return Decision(f"freeze:{depths[0]}", f"the top stage gained {top_one.top1 - probe.top1:+.2f} points and "
-                                               "a second one adds nothing that counts")
-    return Decision(f"freeze:{depths[1]}", f"the top two stages gained {top_two.top1 - probe.top1:+.2f} points, "
-                                           f"the second {deep:+.2f} of them")
+    if deep >= needed:
+        return Decision(whole, f"the top two stages gained {gain:+.2f} points, the second {deep:+.2f} of them: the "
+                               "lower layers matter too; the head first, then every layer")
+    return Decision(f"freeze:{depths[1]}", f"the top two stages gained {gain:+.2f} points and the lower layers "
+                                           f"little (the second stage {deep:+.2f})")
 
 
 def decision_table(decision: Decision, measurements: Sequence[Measurement], fit: int, held_out: int) -> str:

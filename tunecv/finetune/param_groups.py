@@ -1,7 +1,7 @@
 """Parameter groups: the lr multiplier and weight decay of every trainable parameter, and the table that shows them.
 
 One parameter's lr = lr x (first matching lr_scales / custom_keys rule) x head_lr_scale (classifier)
-x layer_decay^(L-1-layer) x unfreeze_lr_scale^((L-1-layer)/(L-1)) (after an unfreeze).
+x layer_decay^(L-1-layer), and after an unfreeze x unfreeze_head_lr_scale x unfreeze_lr_scale^((L-1-layer)/(L-1)).
 Its weight decay = weight_decay x decay_mult x norm/bias multipliers (weight_decay_filter, paramwise_cfg).
 """
 
@@ -99,8 +99,8 @@ def build_param_groups(model: nn.Module, lmap: LayerMap, ft: FinetuneConfig, *, 
         depth = last - layer_of.get(name, last)  # 0 for the head group
         if ft.layer_decay is not None and depth:
             scale *= ft.layer_decay ** depth
-        if discriminative and ft.unfreeze_lr_scale != 1.0 and depth:
-            scale *= ft.unfreeze_lr_scale ** (depth / last)
+        if discriminative:
+            scale *= ft.unfreeze_head_lr_scale * ft.unfreeze_lr_scale ** (depth / last)
         if depth and (ft.layer_decay is not None or (discriminative and ft.unfreeze_lr_scale != 1.0)):
             parts.append(f"layer {last - depth}")
         decay = weight_decay * _decay_factor(name, param, rule, ft, weight_decay_filter, norm_params, no_decay_names)

@@ -56,12 +56,21 @@ def plan_phases(model: nn.Module, lmap: LayerMap, ft: FinetuneConfig, epochs: in
         if set(names) <= phase.frozen:
             raise UserError(f"epochs {phase.start}-{phase.end}: every parameter is frozen; "
                             "check freeze, frozen_stages, freeze_layers and freeze_patterns")
-    if ft.unfreeze_bn == "eval":
-        if not (ft.freeze_epochs or ft.unfreeze_schedule or is_gradual(ft.strategy)):
-            raise UserError("unfreeze_bn applies to layers that unfreeze during the run; use it with freeze_epochs, "
+    _check_unfreeze_keys(ft)
+    return _keep_norm_statistics(model, phases) if ft.unfreeze_bn == "eval" else phases
+
+
+def _check_unfreeze_keys(ft: FinetuneConfig) -> None:
+    """unfreeze_bn and unfreeze_head_lr_scale act after an unfreeze: without one they would do nothing."""
+    if not 0 < ft.unfreeze_head_lr_scale <= 1:
+        raise UserError(f"unfreeze_head_lr_scale must be in (0, 1], got {ft.unfreeze_head_lr_scale}")
+    if ft.freeze_epochs or ft.unfreeze_schedule or is_gradual(ft.strategy):
+        return
+    for key, value, default in (("unfreeze_bn", ft.unfreeze_bn, "train"),
+                                ("unfreeze_head_lr_scale", ft.unfreeze_head_lr_scale, 1.0)):
+        if value != default:
+            raise UserError(f"{key} applies to layers that unfreeze during the run; use it with freeze_epochs, "
                             "unfreeze_schedule or strategy lp_ft/gradual (freeze_bn covers layers frozen all run)")
-        phases = _keep_norm_statistics(model, phases)
-    return phases
 
 
 def _keep_norm_statistics(model: nn.Module, phases: list[Phase]) -> list[Phase]:

@@ -14,11 +14,10 @@ from tunecv.errors import UserError
 
 # the keys `strategy` stands for; each strategy sets all of them, so a later layer's strategy replaces an earlier one
 STRATEGY_KEYS: dict[str, Any] = {"freeze": "none", "frozen_stages": -1, "freeze_epochs": 0, "unfreeze_lr_scale": 1.0,
-                                 "unfreeze_bn": "train"}
-# after the unfreeze, the unfrozen layers keep the BatchNorm statistics the head was fitted on, and the stem trains at
-# 1/100 of the head's lr (fastai fine_tune's lr_mult): in eval mode BatchNorm no longer rescales what a large step
-# moves (measured in docs/strategies.md)
-UNFROZEN_SAFELY: dict[str, Any] = {"unfreeze_lr_scale": 0.01, "unfreeze_bn": "eval"}
+                                 "unfreeze_head_lr_scale": 1.0, "unfreeze_bn": "train"}
+# after the unfreeze the layers keep the BatchNorm statistics the head was fitted on, and train at fastai fine_tune's
+# slice(lr/2/100, lr/2): in eval mode BatchNorm no longer absorbs a large step (measured in docs/strategies.md)
+UNFROZEN_SAFELY: dict[str, Any] = {"unfreeze_lr_scale": 0.01, "unfreeze_head_lr_scale": 0.5, "unfreeze_bn": "eval"}
 
 
 @dataclass(frozen=True)

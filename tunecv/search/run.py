@@ -19,7 +19,7 @@ from tunecv.search import report
 from tunecv.search import study as studies
 from tunecv.search.plot import plot_sweep
 from tunecv.search.space import Param, describe
-from tunecv.search.trial import Objective, Refused, Surplus, TrainTrial
+from tunecv.search.trial import Objective, Refused, Surplus, TrainTrial, pruned_from
 from tunecv.train.resume import RunStopped
 
 
@@ -64,7 +64,7 @@ def run_search(search: Search, train: TrainTrial, trial_config: Callable[[dict[s
         return f"tunecv: the search in {search.out_dir} is finished ({studies.finished(trials)} trials, --trials " \
                f"{search.trials}); {best_words(trials, search)}; raise --trials to search further"
     objective = Objective(search.space, search.trials, search.out_dir, search.metric, train,
-                          lambda params: trial_config(params)["epoch_size"])
+                          lambda params: pruned_from(trial_config(params)))
 
     def after_trial(study: Study, trial: FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)

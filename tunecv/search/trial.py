@@ -51,6 +51,19 @@ def same_recipe(trials: list[FrozenTrial], params: dict[str, Any], number: int) 
                  and t.value is not None), None)
 
 
+def pruned_from(config: dict[str, Any]) -> tuple[int, int]:
+    """(the first epoch a trial may be pruned at, its last epoch + 1) from its flat config: not before its
+    layers have unfrozen (an lp_ft trial's head-only epoch scores like a probe, not like the recipe), never at its
+    last epoch (a trained trial is complete)."""
+    epochs, schedule = config["epoch_size"], config.get("unfreeze_schedule") or {}
+    first = config.get("freeze_epochs", 0) + 1
+    if config.get("strategy") == "gradual":
+        first = epochs // 2 + 1  # everything trains from the middle of the run
+    if schedule:
+        first = max(int(epoch) for epoch in schedule)
+    return first, epochs
+
+
 def trial_folder(out_dir: Path, number: int) -> Path:
     return out_dir / f"trial_{number:03d}"
 
@@ -72,7 +85,7 @@ class Objective:
     out_dir: Path
     metric: str
     train: TrainTrial
-    epochs: Callable[[dict[str, Any]], int]
+    epochs: Callable[[dict[str, Any]], tuple[int, int]]  # pruned_from of the trial's values
     host: str = field(default_factory=socket.gethostname)
     current: int | None = None  # the trial this process runs now (an interrupted one is queued again)
 
@@ -96,8 +109,8 @@ class Objective:
         trial.set_user_attr("folder", str(folder))
         start = time.perf_counter()
         try:
-            last = self.epochs(params)
-            result = self.train(params, folder, lambda row: self.report_epoch(trial, row, last))
+            window = self.epochs(params)
+            result = self.train(params, folder, lambda row: self.report_epoch(trial, row, window))
         except NonFiniteLoss as err:  # a recipe that diverges is a poor one, not a broken sweep
             trial.set_user_attr("diverged", str(err).split(";")[0])
             raise optuna.TrialPruned(f"diverged: {err}") from None
@@ -114,14 +127,14 @@ class Objective:
         trial.set_user_attr("best_epoch", result.best.epoch)
         return result.best.value
 
-    def report_epoch(self, trial: Trial, row: dict[str, Any], last: int) -> None:
-        """fit's on_epoch hook: the epoch's score to Optuna, and TrialPruned when the pruner says so before the
-        `last` epoch (the run folder keeps what the run wrote)."""
+    def report_epoch(self, trial: Trial, row: dict[str, Any], window: tuple[int, int]) -> None:
+        """fit's on_epoch hook: the epoch's score to Optuna, and TrialPruned when the pruner says so in the
+        `window` (first, last) with the last epoch left out (the run folder keeps what the run wrote)."""
         value = row.get(self.metric)
         if value is None:  # an epoch that did not validate (val_interval)
             return
         epoch = row["epoch"]
         trial.report(value, epoch)
-        if epoch < last and trial.should_prune():
+        if window[0] <= epoch < window[1] and trial.should_prune():
             trial.set_user_attr("pruned_epoch", epoch)
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")

@@ -90,7 +90,7 @@ def _measure_and_decide(task: Task, device: torch.device, run: Run, lr: float) -
         initial = copy.deepcopy(model.state_dict())
         top_two = _partial(task, model, run, stored, depths[1], lr, "the top two stages and the head")
         measured.append(top_two)
-        if auto.gains(probe, top_two, len(held)):
+        if auto.moderate(probe, top_two, len(held)):
             model.load_state_dict(initial)
             top_one = _partial(task, model, run, stored, depths[0], lr, "the top stage and the head")
             measured.append(top_one)
