@@ -31,6 +31,7 @@ STRATEGIES = {  # config stem: what the tutorial calls it
     "lp_ft": "tunecv strategy lp_ft: classifier 1 epoch, then all",
     "gradual": "tunecv strategy gradual: unfreeze top-down",
 }
+RECIPES_SECTION = "## strategy: auto and a recipe search"
 PARAMS = re.compile(r"trains .*?([\d,]+) of ([\d,]+) parameters train")  # the run summary's first phase
 PHASE_PARAMS = re.compile(r"epochs \d+-\d+ \(.*?\): ([\d,]+) trainable parameters")
 
@@ -89,7 +90,9 @@ def write_markdown(rows: dict[str, list[dict]], seeds: list[int], path: Path, co
               "classifier first and then everything (lp_ft) is the best recipe here: the zero-initialised head",
               "has converged before the backbone moves, so the backbone is never pushed by a random head.", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines), encoding="utf-8")
+    kept = path.read_text(encoding="utf-8").split(RECIPES_SECTION, 1) if path.exists() else []
+    tail = RECIPES_SECTION + kept[1] if len(kept) == 2 else ""  # bench.recipes' section, measured apart
+    path.write_text("\n".join(lines) + ("\n" + tail if tail else ""), encoding="utf-8")
 
 
 def main() -> None:
