@@ -81,7 +81,8 @@ def test_the_table_starts_with_strategy_auto_and_ends_with_the_decision():
 
 
 @pytest.mark.parametrize("key, value", [("frozen_stages", 2), ("freeze", "all"), ("freeze_epochs", 1),
-                                        ("freeze_patterns", ["blocks.0*"]), ("unfreeze_bn", "eval")])
+                                        ("freeze_patterns", ["blocks.0*"]), ("unfreeze_bn", "eval"),
+                                        ("unfreeze_lr_scale", 0.1)])
 def test_keys_auto_decides_are_refused_beside_it(key, value):
     with pytest.raises(UserError, match=f"strategy: auto decides which layers train, but {key} is set"):
         load_config(None, {"strategy": "auto", key: value, "data_dir": "x"})

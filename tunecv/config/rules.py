@@ -180,7 +180,7 @@ def _check_finetune(cfg: Config) -> None:
 
 # what strategy: auto decides itself; set beside it, they would be overwritten or make its measurement a lie
 AUTO_DECIDES = ("freeze", "frozen_stages", "freeze_layers", "freeze_patterns", "unfreeze_patterns", "freeze_epochs",
-                "unfreeze_schedule", "unfreeze_bn")
+                "unfreeze_schedule", "unfreeze_bn", "unfreeze_lr_scale", "unfreeze_head_lr_scale")
 
 
 def _check_auto(cfg: Config) -> None:
