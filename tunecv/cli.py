@@ -88,7 +88,8 @@ def _underscored_flags(argv: list[str]) -> list[str]:
     return out
 
 
-def _is_number(token: str) -> bool:
+def is_number(token: str) -> bool:
+    """A value like -1 or -1e-3, not a flag."""
     try:
         float(token)
     except ValueError:
@@ -100,7 +101,7 @@ def _attach_negative_numbers(argv: list[str]) -> list[str]:
     """`--min_lr -1e-6` → `--min_lr=-1e-6`: argparse would read a negative number as an option."""
     out: list[str] = []
     for token in argv:
-        if out and out[-1].startswith("--") and "=" not in out[-1] and token.startswith("-") and _is_number(token):
+        if out and out[-1].startswith("--") and "=" not in out[-1] and token.startswith("-") and is_number(token):
             out[-1] = f"{out[-1]}={token}"
         else:
             out.append(token)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tunecv import cli
 from tunecv.config import Config, load_config
 from tunecv.config.compat import underscored
 from tunecv.errors import UserError
@@ -121,7 +122,7 @@ def trial_argv(argv: list[str], sweep_flags: tuple[str, ...], params: dict[str, 
     kept: list[str] = []
     skipping = False  # the values of a dropped flag (--search takes several)
     for token in argv:
-        if token.startswith("-") and not _is_number(token):
+        if token.startswith("-") and not cli.is_number(token):
             name, eq, _ = token.lstrip("-").partition("=")
             skipping = underscored(name) in dropped
             if skipping:
@@ -141,11 +142,3 @@ def flag_value(value: Any) -> str:
     if value is None:
         return "none"
     return repr(value) if isinstance(value, float) else str(value)
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
