@@ -14,7 +14,7 @@ from torch import nn
 from conftest import TINY_MODEL, plan_for, write_yaml
 from tunecv.config import FinetuneConfig, load_config
 from tunecv.errors import UserError
-from tunecv.finetune.phases import apply_phase, plan_phases
+from tunecv.finetune.phases import Phase, apply_phase, best_before_unfreeze, plan_phases
 from tunecv.finetune.strategies import STRATEGY_KEYS, strategy_keys
 from tunecv.models.factory import set_train_mode
 from tunecv.models.layer_map import layer_map
@@ -138,3 +138,28 @@ def test_lp_ft_unfrozen_phase_trains_at_fastai_s_slice_and_logs_it(tiny_override
     assert f"BatchNorm of {len(_norms(model))} unfrozen layers keeps its pretrained statistics (unfreeze_bn: eval)" \
         in logged
     assert "5e-05-0.0" in logged  # the table's lr range of the layers below the head group
+
+
+def _rows(*top1):
+    return [{"epoch": epoch, "top1": value} for epoch, value in enumerate(top1, start=1)]
+
+
+LP_FT = [Phase(1, 1, frozenset({"backbone"}), label="classifier only"), Phase(2, 4, frozenset(), True, True)]
+
+
+def test_summary_says_when_the_head_only_epoch_stays_best():
+    note = best_before_unfreeze(LP_FT, _rows(95.42, 94.12, 94.77, 94.12), best_epoch=1, metric="top1")
+    assert "epoch 1 (classifier only) scored best" in note and "peaked at 94.77" in note
+
+
+@pytest.mark.parametrize("phases, best_epoch", [(LP_FT, 3), (LP_FT[:1], 1)])
+def test_summary_says_nothing_when_the_unfreeze_helped_or_never_came(phases, best_epoch):
+    assert best_before_unfreeze(phases, _rows(90.0, 91.0, 93.0, 92.0), best_epoch, "top1") == ""
+
+
+def test_summary_says_nothing_before_an_unfrozen_epoch_is_scored():
+    assert best_before_unfreeze(LP_FT, [*_rows(95.0), {"epoch": 2, "top1": None}], 1, "top1") == ""
+
+
+def test_summary_says_nothing_when_the_unfrozen_epochs_tie_the_head_only_one():
+    assert best_before_unfreeze(LP_FT, _rows(100.0, 100.0, 100.0), best_epoch=1, metric="top1") == ""

@@ -122,6 +122,24 @@ def _gradual(lmap: LayerMap, base: set[str], epochs: int) -> list[Phase]:
     return phases
 
 
+def best_before_unfreeze(phases: list[Phase] | tuple[Phase, ...], history: list[dict], best_epoch: int,
+                         metric: str) -> str:
+    """A line for the run's summary when its best epoch came before the first unfreeze (lp_ft, gradual,
+    freeze_epochs): the later epochs' peak, and that `_best` holds the head-only weights, so the model delivered is
+    never below the head-only phase. Empty otherwise."""
+    if len(phases) < 2 or not 1 <= best_epoch <= phases[0].end:
+        return ""
+    scored = [(row["epoch"], row[metric]) for row in history if row.get(metric) is not None]
+    before = [value for epoch, value in scored if epoch <= phases[0].end]
+    later = [value for epoch, value in scored if epoch > phases[0].end]
+    if not later or not before or max(later) >= max(before):
+        return ""
+    first = phases[0]
+    span = f"epoch {first.end}" if first.start == first.end else f"epochs {first.start}-{first.end}"
+    return (f"  {span} ({first.label or 'first phase'}) scored best: the epochs after the unfreeze peaked at "
+            f"{max(later):.2f}, so the best checkpoint keeps the weights from before it")
+
+
 def apply_phase(model: nn.Module, phase: Phase) -> None:
     """requires_grad per the phase: frozen parameters get no gradient (their backward is skipped)."""
     for name, param in model.named_parameters():

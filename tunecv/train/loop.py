@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset
 
 from tunecv.config import TrainConfig
-from tunecv.finetune.phases import Plan
+from tunecv.finetune.phases import Plan, best_before_unfreeze
 from tunecv.report.results import epoch_line
 from tunecv.train.checkpoint import CheckpointSaver
 from tunecv.train.engine import EpochProgress, NonFiniteLoss, Trainer
@@ -82,6 +82,7 @@ class FitResult:
     results_path: str
     elapsed_s: float
     ema: Best | None = None
+    phase_note: str = ""
 
     def summary(self) -> str:
         name = "top-1" if self.metric == "top1" else self.metric
@@ -93,6 +94,8 @@ class FitResult:
             ema = f"{name} {self.ema.value:.2f}{unit} at epoch {self.ema.epoch}" if self.ema.value is not None \
                 else f"epoch {self.ema.epoch}"
             lines.append(f"  EMA best ({ema}): {self.ema.path}")
+        if self.phase_note:
+            lines.append(self.phase_note)
         return "\n".join([*lines, f"  results: {self.results_path}"])
 
 
@@ -167,8 +170,9 @@ def fit(task: Trainable, pipeline: Pipeline, plan: Plan, cfg: TrainConfig, saver
     if results is not None:
         results.finish(state.best.value, state.best.epoch,
                        (ema_best.value, ema_best.epoch) if ema_best is not None else None)
+    note = best_before_unfreeze(plan.phases, state.history, state.best.epoch, cfg.best_metric)
     return FitResult(cfg.best_metric, state.history, state.best, str(saver.last_path),
-                     str(results.path) if results else "", time.perf_counter() - start, ema_best)
+                     str(results.path) if results else "", time.perf_counter() - start, ema_best, note)
 
 
 @dataclass
