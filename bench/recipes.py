@@ -4,8 +4,11 @@ classes, the probe is already good) and the digits demo (far from ImageNet). Pri
 
     python -m bench.recipes --trials 12 --markdown /tmp/recipes.md
     python -m bench.recipes --data digits --trials 12 --out /tmp/recipes
+    python -m bench.recipes --seeds 0 1 42 --trials 12 --out /tmp/recipes   # fixed recipes and auto per seed
 
-Every run is the command a user types (`finetune.py` / `sweep.py` in a subprocess), one at a time.
+Every run is the command a user types (`finetune.py` / `sweep.py` in a subprocess), one at a time. With --out, a
+run whose folder already holds its result (wall_s.json, written last) is read back, not trained again, so a
+stopped benchmark goes on and more seeds can be added to one already run.
 """
 
 from __future__ import annotations
@@ -44,16 +47,35 @@ def timed(command: list[str]) -> float:
 
 
 def finetune(config: str, extra: list[str], out: Path, *flags: str) -> dict:
-    wall = timed(["finetune.py", "--config", config, *extra, "--ckpt_save_dir", str(out), *flags])
+    done = out / "wall_s.json"
+    if done.is_file():
+        wall = json.loads(done.read_text())["wall_s"]
+    else:
+        wall = timed(["finetune.py", "--config", config, *extra, "--ckpt_save_dir", str(out), *flags])
+        done.write_text(json.dumps({"wall_s": wall}))
     metrics = json.loads((out / "metrics.json").read_text())
     chosen = yaml.safe_load((out / "config.yaml").read_text())["strategy"]
     return {"top1": metrics["best_top1"], "wall_s": wall, "strategy": chosen}
 
 
+def seeded(config: str, extra: list[str], folder: Path, strategy: str, seeds: list[int] | None) -> dict:
+    """One recipe over `seeds` (None: the config's own): the mean top-1 and wall time, and each seed's run."""
+    runs = [finetune(config, extra, folder, "--strategy", strategy)] if seeds is None else [
+        finetune(config, extra, folder.with_name(f"{folder.name}_seed{seed}"), "--strategy", strategy, "--seed",
+                 str(seed)) for seed in seeds]
+    return {"top1": sum(r["top1"] for r in runs) / len(runs), "wall_s": sum(r["wall_s"] for r in runs) / len(runs),
+            "strategy": ",".join(dict.fromkeys(r["strategy"] for r in runs)), "runs": runs}
+
+
 def sweep(config: str, extra: list[str], lr_range: str, trials: int, out: Path) -> dict:
     search = [f"lr={lr_range}", f"strategy={','.join(FIXED)}", "label_smoothing=0:0.2"]
-    wall = timed(["sweep.py", "--config", config, *extra, "--search", *search, "--trials", str(trials),
-                  "--ckpt_save_dir", str(out)])
+    done = out / f"wall_s_{trials}.json"
+    if done.is_file():
+        wall = json.loads(done.read_text())["wall_s"]
+    else:
+        wall = timed(["sweep.py", "--config", config, *extra, "--search", *search, "--trials", str(trials),
+                      "--ckpt_save_dir", str(out)])
+        done.write_text(json.dumps({"wall_s": wall}))
     with open(out / "sweep.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["state"] == "complete" and r["top1"]]
     if not rows:
@@ -63,10 +85,9 @@ def sweep(config: str, extra: list[str], lr_range: str, trials: int, out: Path) 
             "recipe": {k: best[k] for k in ("lr", "strategy", "label_smoothing")}, "search": " ".join(search)}
 
 
-def bench(name: str, trials: int, root: Path) -> dict:
+def bench(name: str, trials: int, seeds: list[int] | None, root: Path) -> dict:
     config, extra, lr_range = DATA[name]
-    rows = {s: finetune(config, extra, root / name / s.replace(":", ""), "--strategy", s) for s in FIXED}
-    rows["auto"] = finetune(config, extra, root / name / "auto", "--strategy", "auto")
+    rows = {s: seeded(config, extra, root / name / s.replace(":", ""), s, seeds) for s in (*FIXED, "auto")}
     if trials:
         rows["sweep"] = sweep(config, extra, lr_range, trials, root / name / "sweep")
     return rows
@@ -87,10 +108,12 @@ def verdict(rows: dict) -> str:
 
 
 def markdown(name: str, rows: dict) -> str:
-    lines = [f"### {name}", "", "| recipe | strategy | best top-1 (%) | wall time (s) |", "|---|---|---|---|"]
+    lines = [f"### {name}", "", "| recipe | strategy | best top-1 (%), mean | per seed | wall time (s), mean |",
+             "|---|---|---|---|---|"]
     for key, row in rows.items():
         label = f"`--strategy {key}`" if key in FIXED or key == "auto" else f"sweep.py, {row.get('search', '')}"
-        lines.append(f"| {label} | {row['strategy']} | {row['top1']:.2f} | {row['wall_s']:.0f} |")
+        per_seed = " / ".join(f"{run['top1']:.2f}" for run in row.get("runs", [row]))
+        lines.append(f"| {label} | {row['strategy']} | {row['top1']:.2f} | {per_seed} | {row['wall_s']:.0f} |")
     return "\n".join([*lines, "", verdict(rows)])
 
 
@@ -98,15 +121,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", choices=tuple(DATA), default=list(DATA))
     parser.add_argument("--trials", type=int, default=12, help="the sweep's trials (0: no sweep)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="run the fixed recipes and auto once per seed (default: once, with the config's seed; "
+                             "the sweep always uses the config's seed)")
     parser.add_argument("--out", default=None, help="where the runs go (default: a temporary folder)")
     parser.add_argument("--markdown", default=None, help="write the tables here (docs/results.md's section)")
     args = parser.parse_args()
     root = Path(args.out or tempfile.mkdtemp(prefix="tunecv-recipes-"))
-    results = {name: bench(name, args.trials, root) for name in args.data}
+    results = {name: bench(name, args.trials, args.seeds, root) for name in args.data}
     if args.markdown:
         Path(args.markdown).write_text("\n\n".join(markdown(name, rows) for name, rows in results.items()) + "\n")
     print(json.dumps({"machine": platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-                      "cuda": torch.cuda.is_available(), "trials": args.trials, "results": results}))
+                      "cuda": torch.cuda.is_available(), "trials": args.trials, "seeds": args.seeds,
+                      "results": results}))
 
 
 if __name__ == "__main__":

@@ -52,8 +52,8 @@ def _sweep(args: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
-def _trials(out: Path) -> list:
-    return optuna.load_study(study_name="sweep", storage=studies.default_storage(out)).get_trials()
+def _trials(out: Path, storage: str | None = None, study_name: str = "sweep") -> list:
+    return optuna.load_study(study_name=study_name, storage=storage or studies.default_storage(out)).get_trials()
 
 
 def _rows(out: Path) -> list[dict[str, str]]:
@@ -140,15 +140,23 @@ def test_a_killed_sweep_goes_on_with_the_same_command(data_dir, tmp_path, capsys
     assert folders == ["trial_000", "trial_001", "trial_002", "trial_003"]
 
 
-def test_two_workers_share_one_study(data_dir, tmp_path):
+# A database server's URL (postgresql://..., mysql+pymysql://...; its driver installed) runs the two workers on it
+# too, as several machines would: TUNECV_TEST_STORAGE=postgresql://user:pass@localhost/db python -m pytest -k workers
+SERVER = os.environ.get("TUNECV_TEST_STORAGE")
+
+
+@pytest.mark.parametrize("storage", [None, pytest.param(SERVER, id="server", marks=pytest.mark.skipif(
+    not SERVER, reason="TUNECV_TEST_STORAGE names no database server"))])
+def test_two_workers_share_one_study(data_dir, tmp_path, storage):
     out = tmp_path / "sweep"
-    args = _args(data_dir, out, trials=4)
+    study_name = f"two-workers-{time.time_ns()}" if storage else "sweep"
+    args = _args(data_dir, out, *(("--storage", storage, "--study_name", study_name) if storage else ()), trials=4)
     workers = [subprocess.Popen(_command(args), cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True) for _ in range(2)]
     outputs = [worker.communicate(timeout=300) for worker in workers]
     for worker, (_, stderr) in zip(workers, outputs):
         assert worker.returncode == 0, stderr[-3000:]
-    trials = _trials(out)
+    trials = _trials(out, storage, study_name)
     finished = [t for t in trials if t.state in studies.FINISHED]
     assert len(finished) == 4 and len({t.number for t in trials}) == len(trials)
     assert {t.user_attrs["pid"] for t in finished} <= {worker.pid for worker in workers}

@@ -22,6 +22,7 @@ RUN = "run"  # a finished two-epoch run of the tiny model on `data`
 BEST, LAST = f"{RUN}/{TINY_MODEL}_best.pth", f"{RUN}/{TINY_MODEL}_last.pth"
 TRAIN = ["--data_dir", "data", "--model", TINY_MODEL, "--pretrained", "false", "--image_resize", "32",
          "--batch_size", "4", "--epoch_size", "1", "--num_parallel_workers", "0", "--device", "cpu"]
+SWEEP = [*TRAIN, "--trials", "2", "--ckpt_save_dir", "sweep"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,22 @@ MISTAKES = [
        "--resume auto"),
     _m("resume auto with no run", "finetune.py", [*TRAIN, "--ckpt_save_dir", "fresh", "--resume", "auto"],
        "found no", "without --resume"),
+    _m("strategy auto with a freeze key", "finetune.py", [*TRAIN, "--strategy", "auto", "--freeze", "all"],
+       "auto", "freeze"),
+    _m("strategy auto with an unfreeze key", "finetune.py",
+       [*TRAIN, "--strategy", "auto", "--unfreeze_lr_scale", "0.1"], "auto", "unfreeze_lr_scale"),
+    _m("sweep: range ends swapped", "sweep.py", [*SWEEP, "--search", "lr=0.1:0.01"], "lr=0.1:0.01", "low end"),
+    _m("sweep: a key given and searched", "sweep.py", [*SWEEP, "--search", "lr=0.1,0.2", "--lr", "0.3"],
+       "lr", "searched"),
+    _m("sweep: typo in a searched key", "sweep.py", [*SWEEP, "--search", "lrr=0.1,0.2"], "lrr", "'lr'"),
+    _m("sweep: a choice the config refuses", "sweep.py", [*SWEEP, "--search", "strategy=full,lp-fast"], "lp-fast"),
+    _m("sweep: no --ckpt_save_dir", "sweep.py", [*TRAIN, "--search", "lr=0.1,0.2", "--trials", "2"],
+       "--ckpt_save_dir"),
+    _m("sweep: --resume", "sweep.py", [*SWEEP, "--search", "lr=0.1,0.2", "--resume", "auto"], "--resume"),
+    _m("sweep: data_dir missing", "sweep.py", [*SWEEP, "--search", "lr=0.1,0.2", "--data_dir", "nowhere"],
+       "nowhere"),
+    _m("sweep: into a finished run's folder", "sweep.py",
+       [*TRAIN, "--search", "lr=0.1,0.2", "--trials", "2", "--ckpt_save_dir", RUN], RUN, "holds a finetune.py run"),
     _m("validate: checkpoint not found", "validate.py", ["--ckpt_path", "nope.pth"], "nope.pth", "not found"),
     _m("validate: text file", "validate.py", ["--ckpt_path", "notes.txt"], "notes.txt", "checkpoint"),
     _m("validate: empty file", "validate.py", ["--ckpt_path", "empty.pth"], "empty.pth", "checkpoint"),
@@ -144,7 +161,7 @@ def attempts(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, b
 
 def test_the_battery_is_broad():
     assert len(MISTAKES) >= 30 and {m.script for m in MISTAKES} == {"finetune.py", "validate.py", "predict.py",
-                                                                     "export.py"}
+                                                                     "export.py", "sweep.py"}
 
 
 @pytest.mark.parametrize("mistake", MISTAKES, ids=[m.name for m in MISTAKES])

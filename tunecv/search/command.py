@@ -17,6 +17,7 @@ from tunecv.finetune.phases import Phase
 from tunecv.resolve import Resolvable, Run, resolve
 from tunecv.search.space import Param, check_not_flags, corners, describe, parse_space
 from tunecv.tasks import create_task
+from tunecv.train.resume import run_files_in
 
 MAX_CORNERS = 32  # combinations of searched values resolved up front (a larger space: a fixed sample of them)
 
@@ -71,6 +72,10 @@ def _check_base(base: Config) -> None:
     if not train.ckpt_save_dir:
         raise UserError("sweep.py needs --ckpt_save_dir DIR: its trials, sweep.db and reports go there (the same "
                         "DIR continues the sweep)")
+    found = run_files_in(train.ckpt_save_dir)
+    if found:
+        raise UserError(f"--ckpt_save_dir {train.ckpt_save_dir} holds a finetune.py run ({', '.join(found[:3])}), not "
+                        "a sweep; give the sweep a folder of its own")
     if train.resume:
         raise UserError("resume continues one run; a stopped sweep goes on when its command runs again: drop "
                         "--resume")

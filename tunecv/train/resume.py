@@ -171,6 +171,11 @@ def training_checkpoint(path: Path) -> dict:
 RUN_FILES = ("results.txt", "run.json", "*_last.pth", "*_best.pth", "*_best.safetensors", "*_best.json")
 
 
+def run_files_in(folder: str | Path) -> list[str]:
+    """The names of the files in `folder` that show a finetune.py run was written there."""
+    return sorted({path.name for pattern in RUN_FILES for path in Path(folder).glob(pattern)})
+
+
 def with_run_dir(cfg: Config, resume_path: Path | None, refuse: bool = True) -> Config:
     """ckpt_save_dir: as set; else the resumed run's folder; else a new ./ckpt/<model>_<time> (the first
     process's name, on all). A folder holding another run is refused (`refuse`) unless resuming or
@@ -178,7 +183,7 @@ def with_run_dir(cfg: Config, resume_path: Path | None, refuse: bool = True) -> 
     out_dir = cfg.train.ckpt_save_dir or (str(resume_path.parent) if resume_path else None)
     if out_dir is None:
         out_dir = distributed.broadcast(new_run_dir(cfg.model.model) if distributed.is_main() else None)
-    found = sorted({path.name for pattern in RUN_FILES for path in Path(out_dir).glob(pattern)})
+    found = run_files_in(out_dir)
     if found and resume_path is None and refuse:
         if not cfg.train.overwrite:
             raise UserError(f"{out_dir} holds an earlier run ({', '.join(found[:3])}); pass --resume auto to continue "
