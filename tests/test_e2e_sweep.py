@@ -184,7 +184,7 @@ def _one_error_line(capsys) -> str:
     ({"--search": ["lrr=0.1,0.2"]}, "unknown config key 'lrr' (--search); did you mean 'lr'?"),
     ({"--search": ["lr=0.1,0.2"], "--lr": ["0.3"]}, "lr is both given (--lr) and searched"),
     ({"--trials": ["0"]}, "--trials 0 asks for no trial; give --trials 1 or more"),
-    ({"--ckpt_save_dir": None}, "sweep.py needs --ckpt_save_dir DIR"),
+    ({"--ckpt_save_dir": None}, "sweep.py has no folder for its trials, sweep.db and reports; give it --ckpt_save_dir"),
     ({"--search": None}, "sweep.py needs --search with the keys to search"),
     ({"--resume": ["auto"]}, "a stopped sweep goes on when its command runs again: drop --resume"),
     ({"--data_dir": ["no/such/images"]}, "data_dir no/such/images does not exist"),

@@ -53,6 +53,8 @@ def test_a_study_keeps_its_search_space(url):
 @pytest.mark.parametrize("url, message", [
     ("nosuchdb://x", "cannot open the study storage nosuchdb://x"),
     ("postgresql://me:secret@127.0.0.1:1/db", "cannot open the study storage postgresql://me:***@127.0.0.1:1/db"),
+    ("postgresql+pg8000://me:secret@127.0.0.1:1/db", "cannot open the study storage postgresql+pg8000://me:***@"
+     "127.0.0.1:1/db: its database driver pg8000 is not installed; pip install \"pg8000\" on every machine"),
 ])
 def test_a_storage_that_cannot_be_opened_is_one_sentence(url, message):
     with pytest.raises(UserError) as caught:

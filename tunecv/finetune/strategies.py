@@ -7,6 +7,7 @@ schedules unfreezing, a branch in `phases.plan_phases`).
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +51,9 @@ def lookup(name: str) -> Strategy:
     if name.startswith(FREEZE_N) and name[len(FREEZE_N):].isdigit():
         return Strategy({"frozen_stages": int(name[len(FREEZE_N):])})
     if name not in STRATEGIES or name == f"{FREEZE_N}N":
-        raise UserError(f"strategy {name!r} is not one of {', '.join(STRATEGIES)}")
+        close = difflib.get_close_matches(name, list(STRATEGIES), n=2, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(m) for m in close)}?" if close else "; give one of them"
+        raise UserError(f"strategy {name!r} is not one of {', '.join(STRATEGIES)}{hint}")
     return STRATEGIES[name]
 
 

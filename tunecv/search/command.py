@@ -70,8 +70,8 @@ def check_sweep(command: Command, specs: list[str] | None, trials: int) -> tuple
 def _check_base(base: Config) -> None:
     train = base.train
     if not train.ckpt_save_dir:
-        raise UserError("sweep.py needs --ckpt_save_dir DIR: its trials, sweep.db and reports go there (the same "
-                        "DIR continues the sweep)")
+        raise UserError("sweep.py has no folder for its trials, sweep.db and reports; give it --ckpt_save_dir DIR "
+                        "(the same DIR continues the sweep)")
     found = run_files_in(train.ckpt_save_dir)
     if found:
         raise UserError(f"--ckpt_save_dir {train.ckpt_save_dir} holds a finetune.py run ({', '.join(found[:3])}), not "

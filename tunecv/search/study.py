@@ -28,7 +28,7 @@ HEARTBEAT_S, GRACE_S, RETRIES = 60, 300, 3
 PRUNER_STARTUP_TRIALS = 3  # trials that finish unpruned before the median means anything
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HELD = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)  # what takes one of the sweep's --trials
-OPEN_ATTEMPTS = 5  # workers that start together race to create a new SQLite file's tables
+OPEN_ATTEMPTS = 5  # workers that start together race to create a new database's tables and the study
 
 optuna_logger = logging.getLogger("optuna")
 
@@ -114,12 +114,14 @@ def open_study(url: str, name: str, search: dict[str, Any], seed: int, trials: i
                                         direction=direction(search["metric"]))
             break
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
-            if url.startswith("sqlite") and attempt < OPEN_ATTEMPTS - 1 and _racing(err):
-                time.sleep(0.2 * (attempt + 1))  # another worker is creating the tables
+            if attempt < OPEN_ATTEMPTS - 1 and _racing(err):
+                time.sleep(0.2 * (attempt + 1))  # another worker is creating the tables or the study
                 continue
             raise UserError(f"cannot open the study storage {shown(url)} ({_reason(err, url)}); check --storage "
                             "and that the database server is reachable") from None
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
+        except ImportError as err:
+            raise UserError(_missing_driver(err, url)) from None
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as err:
             raise UserError(f"cannot open the study storage {shown(url)} ({_reason(err, url)}); give --storage as "
                             "postgresql://user:password@host/db, mysql://... or sqlite:///path/sweep.db (with its "
                             "database driver installed)") from None
@@ -136,7 +138,8 @@ def _retry_stale_trials() -> dict[str, Any]:
 
 
 def _racing(err: BaseException) -> bool:
-    """SQLite's answer while another worker creates the same tables or holds the write lock."""
+    """The database's answer while another worker creates the same tables or study (PostgreSQL: "duplicate key
+    value violates unique constraint"), or holds SQLite's write lock."""
     text = str(err).lower()
     return "locked" in text or "already exists" in text or "unique constraint" in text
 
@@ -145,6 +148,22 @@ def _engine_options(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 60}}  # seconds a worker waits for another's write to the file
     return {"pool_pre_ping": True}  # a server connection dropped during a long trial is opened again
+
+
+# the pip package of each database driver SQLAlchemy imports (postgresql:// means psycopg 3 from SQLAlchemy 2.1)
+DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "pymysql",
+           "MySQLdb": "mysqlclient", "asyncpg": "asyncpg"}
+
+
+def _missing_driver(err: ImportError, url: str) -> str:
+    """The sentence for a storage URL whose database driver is not installed (Optuna hides the module's name)."""
+    cause: BaseException | None = err
+    while cause is not None and not getattr(cause, "name", None):
+        cause = cause.__cause__ or cause.__context__
+    module = getattr(cause, "name", None) or "its driver"
+    package = DRIVERS.get(module.split(".")[0], module)
+    return (f"cannot open the study storage {shown(url)}: its database driver {module} is not installed; "
+            f"pip install \"{package}\" on every machine that runs a worker")
 
 
 def _reason(err: BaseException, url: str) -> str:
