@@ -101,3 +101,21 @@ def test_sweep_png(trials, tmp_path):
     path = plot_sweep(report.trial_rows(trials, SPACE, "top1"), SPACE, "top1", tmp_path / "sweep.png")
     assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert plot_sweep([], SPACE, "top1", tmp_path / "empty.png").is_file()  # before any trial finished
+
+
+def test_a_searched_auto_shows_what_it_chose(tmp_path):
+    space = parse_space(["lr=log:1e-4:1e-1", "strategy=auto,full"])
+    distributions = {**DISTRIBUTIONS, "strategy": optuna.distributions.CategoricalDistribution(["auto", "full"])}
+    chose = create_trial(state=TrialState.COMPLETE, value=96.0, params={"lr": 0.003, "strategy": "auto"},
+                         distributions=distributions, user_attrs={"auto_chose": "linear_probe", "best_epoch": 1,
+                                                                  "time_s": 5.0})
+    full = create_trial(state=TrialState.COMPLETE, value=94.0, params={"lr": 0.001, "strategy": "full"},
+                        distributions=distributions, user_attrs={"best_epoch": 2, "time_s": 9.0})
+    chose.number, full.number = 0, 1
+    rows = report.trial_rows([chose, full], space, "top1")
+    assert report.csv_columns(space, "top1")[2:5] == ["lr", "strategy", "auto_chose"]
+    assert [(r["strategy"], r["auto_chose"]) for r in rows] == [("auto", "linear_probe"), ("full", None)]
+    table = report.ranked_table(rows, space, "top1").splitlines()
+    assert "auto (linear_probe)" in table[1] and table[2].split()[5] == "full"
+    assert "(auto chose linear_probe):" in report.trial_line(chose, space, "top1", chose, (1, 2))
+    assert plot_sweep(rows, space, "top1", tmp_path / "sweep.png").is_file()

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from tunecv.finetune.strategies import AUTO
 from tunecv.search.space import Param, describe, format_value
 from tunecv.search.study import direction
 from tunecv.utils.fileio import atomic_write_text
@@ -59,8 +60,11 @@ def trial_rows(trials: list[FrozenTrial], space: dict[str, Param], metric: str) 
         value, epoch = trial_score(trial, metric)
         # a queued trial (a retry) has its values as Optuna's fixed params until it starts
         params = trial.params or trial.system_attrs.get("fixed_params", {})
-        rows.append({"number": trial.number, "state": trial.state.name.lower(),
-                     **{key: params.get(key) for key in space}, metric: value, "best_epoch": epoch,
+        values = {key: params.get(key) for key in space}
+        if searches_auto(space):  # what strategy=auto chose, which the trial trained
+            values["auto_chose"] = trial.user_attrs.get("auto_chose")
+        rows.append({"number": trial.number, "state": trial.state.name.lower(), **values, metric: value,
+                     "best_epoch": epoch,
                      "time_s": trial.user_attrs.get("time_s"), "run_folder": trial.user_attrs.get("folder", ""),
                      "same_as": trial.user_attrs.get("same_as")})
     return rows
@@ -74,8 +78,14 @@ def write_csv(rows: list[dict[str, Any]], columns: list[str], path: str | os.Pat
     atomic_write_text(path, text.getvalue())
 
 
+def searches_auto(space: dict[str, Param]) -> bool:
+    param = space.get("strategy")
+    return param is not None and param.kind == "choice" and AUTO in param.choices
+
+
 def csv_columns(space: dict[str, Param], metric: str) -> list[str]:
-    return ["number", "state", *space, metric, "best_epoch", "time_s", "run_folder", "same_as"]
+    chose = ["auto_chose"] if searches_auto(space) else []
+    return ["number", "state", *space, *chose, metric, "best_epoch", "time_s", "run_folder", "same_as"]
 
 
 def trial_line(trial: FrozenTrial, space: dict[str, Param], metric: str, best: FrozenTrial | None,
@@ -86,8 +96,9 @@ def trial_line(trial: FrozenTrial, space: dict[str, Param], metric: str, best: F
     # queued again by this sweep (retry_of), or by Optuna's heartbeat for another machine's dead worker
     retry_of = attrs.get("retry_of", trial.system_attrs.get("failed_trial"))
     retried = f" (retry of trial {retry_of})" if retry_of is not None else ""
+    chose = f" (auto chose {attrs['auto_chose']})" if "auto_chose" in attrs else ""
     head = f"trial {trial.number} [{counts[0]}/{counts[1]}]{retried}: " \
-           f"{describe({key: trial.params.get(key) for key in space})}:"
+           f"{describe({key: trial.params.get(key) for key in space})}{chose}:"
     seconds = f"{attrs.get('time_s', 0):.0f} s"
     if "same_as" in attrs:
         return f"{head} the values of trial {attrs['same_as']}, {score(metric, trial.value)} (not trained again)"
@@ -104,13 +115,18 @@ def trial_line(trial: FrozenTrial, space: dict[str, Param], metric: str, best: F
     return f"{head} {trial.state.name.lower()}"
 
 
+def _cell(row: dict[str, Any], key: str) -> str:
+    chose = row.get("auto_chose") if key == "strategy" else None
+    return f"auto ({chose})" if chose else format_value(row[key])
+
+
 def ranked_table(rows: list[dict[str, Any]], space: dict[str, Param], metric: str, top: int = TOP) -> str:
     """The finished trials, best first (the first `top`)."""
     done = [row for row in rows if row["state"] == "complete" and row[metric] is not None]
     done.sort(key=lambda row: (-sign(metric) * row[metric], row["number"]))
     header = ["rank", "trial", metric_name(metric), *space, "epoch", "time"]
     lines = [[str(rank), str(row["number"]), amount(metric, row[metric]),
-              *(format_value(row[key]) for key in space), format_value(row["best_epoch"]),
+              *(_cell(row, key) for key in space), format_value(row["best_epoch"]),
               "-" if row["same_as"] is not None else f"{row['time_s'] or 0:.0f} s"]
              for rank, row in enumerate(done[:top], 1)]
     widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]

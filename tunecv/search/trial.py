@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from tunecv.errors import UserError
+from tunecv.finetune.strategies import AUTO
 from tunecv.search.space import Param, describe
 from tunecv.search.study import FINISHED, held
 from tunecv.train.engine import NonFiniteLoss
@@ -62,6 +64,11 @@ def pruned_from(config: dict[str, Any]) -> tuple[int, int]:
     if schedule:
         first = max(int(epoch) for epoch in schedule)
     return first, epochs
+
+
+def chosen_strategy(folder: Path) -> str:
+    """The strategy a run trained, from its config.yaml (`strategy: auto` writes its choice there)."""
+    return str(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))["strategy"])
 
 
 def trial_folder(out_dir: Path, number: int) -> Path:
@@ -125,6 +132,8 @@ class Objective:
             raise UserError(f"trial {trial.number} has no {self.metric} to compare (no validation epoch); keep "
                             "val_while_train true and give a validation split")
         trial.set_user_attr("best_epoch", result.best.epoch)
+        if params.get("strategy") == AUTO:  # what auto chose is what the trial trained, and what best.yaml holds
+            trial.set_user_attr("auto_chose", chosen_strategy(folder))
         return result.best.value
 
     def report_epoch(self, trial: Trial, row: dict[str, Any], window: tuple[int, int]) -> None:
