@@ -8,7 +8,7 @@ classes, the probe is already good) and the digits demo (far from ImageNet). Pri
 
 Every run is the command a user types (`finetune.py` / `sweep.py` in a subprocess), one at a time. With --out, a
 run whose folder already holds its result (wall_s.json, written last) is read back, not trained again, so a
-stopped benchmark goes on and more seeds can be added to one already run.
+stopped benchmark goes on (a run it stopped in starts again) and more seeds can be added to one already run.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def finetune(config: str, extra: list[str], out: Path, *flags: str) -> dict:
     if done.is_file():
         wall = json.loads(done.read_text())["wall_s"]
     else:
-        wall = timed(["finetune.py", "--config", config, *extra, "--ckpt_save_dir", str(out), *flags])
+        # a run stopped before its result was kept starts again (overwrite), so its wall time is whole
+        wall = timed(["finetune.py", "--config", config, *extra, "--ckpt_save_dir", str(out), "--overwrite", "true",
+                      *flags])
         done.write_text(json.dumps({"wall_s": wall}))
     metrics = json.loads((out / "metrics.json").read_text())
     chosen = yaml.safe_load((out / "config.yaml").read_text())["strategy"]

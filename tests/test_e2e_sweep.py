@@ -221,3 +221,18 @@ def test_without_optuna_the_sweep_says_how_to_install_it(data_dir, tmp_path, cap
     assert _one_error_line(capsys) == 'the recipe search needs Optuna; pip install "tunecv[sweep]" (or pip install ' \
                                       '-r requirements-sweep.txt)'
     assert not out.exists()
+
+
+def test_a_searched_auto_records_what_it_chose(data_dir, tmp_path):
+    out = tmp_path / "auto"
+    args = _args(data_dir, out, trials=2)
+    at = args.index("--search")
+    args[at + 1:at + 4] = ["strategy=auto", "lr=log:1e-3:1e-2"]
+    proc = _sweep(args)
+    rows = _rows(out)
+    assert [row["strategy"] for row in rows] == ["auto", "auto"]
+    for row in rows:
+        chosen = yaml.safe_load((Path(row["run_folder"]) / "config.yaml").read_text())["strategy"]
+        assert chosen != "auto" and row["auto_chose"] == chosen
+        assert f"trial {row['number']} [" in proc.stdout and f"(auto chose {chosen}):" in proc.stdout
+    assert yaml.safe_load((out / "best.yaml").read_text())["strategy"] in {row["auto_chose"] for row in rows}

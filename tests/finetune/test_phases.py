@@ -18,6 +18,8 @@ from tunecv.finetune.phases import Phase, apply_phase, best_before_unfreeze, pla
 from tunecv.finetune.strategies import STRATEGY_KEYS, strategy_keys
 from tunecv.models.factory import set_train_mode
 from tunecv.models.layer_map import layer_map
+from tunecv.train.loop import FitResult
+from tunecv.train.state import Best
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +165,11 @@ def test_summary_says_nothing_before_an_unfrozen_epoch_is_scored():
 
 def test_summary_says_nothing_when_the_unfrozen_epochs_tie_the_head_only_one():
     assert best_before_unfreeze(LP_FT, _rows(100.0, 100.0, 100.0), best_epoch=1, metric="top1") == ""
+
+
+def test_the_run_summary_carries_the_note():
+    note = best_before_unfreeze(LP_FT, _rows(95.42, 94.12), best_epoch=1, metric="top1")
+    result = FitResult("top1", _rows(95.42, 94.12), Best(95.42, 1, "run/m_best.pth"), "run/m_last.pth",
+                       "run/results.txt", 3.0, phase_note=note)
+    lines = result.summary().splitlines()
+    assert lines[2] == note and lines[-1] == "  results: run/results.txt"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -53,8 +54,10 @@ def test_a_study_keeps_its_search_space(url):
 @pytest.mark.parametrize("url, message", [
     ("nosuchdb://x", "cannot open the study storage nosuchdb://x"),
     ("postgresql://me:secret@127.0.0.1:1/db", "cannot open the study storage postgresql://me:***@127.0.0.1:1/db"),
-    ("postgresql+pg8000://me:secret@127.0.0.1:1/db", "cannot open the study storage postgresql+pg8000://me:***@"
-     "127.0.0.1:1/db: its database driver pg8000 is not installed; pip install \"pg8000\" on every machine"),
+    pytest.param("postgresql+pg8000://me:secret@127.0.0.1:1/db", "cannot open the study storage postgresql+pg8000://"
+                 "me:***@127.0.0.1:1/db: its database driver pg8000 does not import (No module named 'pg8000'); pip "
+                 "install \"pg8000\" on every machine", marks=pytest.mark.skipif(
+                     importlib.util.find_spec("pg8000") is not None, reason="pg8000 is installed here")),
 ])
 def test_a_storage_that_cannot_be_opened_is_one_sentence(url, message):
     with pytest.raises(UserError) as caught:
@@ -129,3 +132,16 @@ def test_each_trial_draws_from_its_own_seed(url):
 
 def test_startup_trials():
     assert [studies.startup_trials(n) for n in (1, 9, 12, 30, 100)] == [3, 3, 4, 10, 10]
+
+
+@pytest.mark.parametrize("message, racing", [
+    ('duplicate key value violates unique constraint "pg_type_typname_nsp_index"', True),
+    ('relation "studies" already exists', True),
+    ("Duplicate entry 'v3.0.0.a' for key 'PRIMARY'", True),
+    ("Deadlock found when trying to get lock; try restarting transaction", True),
+    ("database is locked", True),
+    ('connection to server at "127.0.0.1", port 1 failed: Connection refused', False),
+    ('password authentication failed for user "me"', False),
+])
+def test_workers_creating_one_study_retry_on_the_databases_racing_answers(message, racing):
+    assert studies._racing(Exception(message)) is racing

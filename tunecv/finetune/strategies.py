@@ -51,8 +51,9 @@ def lookup(name: str) -> Strategy:
     if name.startswith(FREEZE_N) and name[len(FREEZE_N):].isdigit():
         return Strategy({"frozen_stages": int(name[len(FREEZE_N):])})
     if name not in STRATEGIES or name == f"{FREEZE_N}N":
-        close = difflib.get_close_matches(name, list(STRATEGIES), n=2, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(m) for m in close)}?" if close else "; give one of them"
+        close = difflib.get_close_matches(name, [n for n in STRATEGIES if n != f"{FREEZE_N}N"], n=2, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(m) for m in close)}?" if close else \
+            f"; give one of them, with a number for N ({FREEZE_N}5)"
         raise UserError(f"strategy {name!r} is not one of {', '.join(STRATEGIES)}{hint}")
     return STRATEGIES[name]
 

@@ -61,7 +61,7 @@ def trial_rows(trials: list[FrozenTrial], space: dict[str, Param], metric: str) 
         # a queued trial (a retry) has its values as Optuna's fixed params until it starts
         params = trial.params or trial.system_attrs.get("fixed_params", {})
         values = {key: params.get(key) for key in space}
-        if searches_auto(space):  # what strategy=auto chose, which the trial trained
+        if searches_auto(space):
             values["auto_chose"] = trial.user_attrs.get("auto_chose")
         rows.append({"number": trial.number, "state": trial.state.name.lower(), **values, metric: value,
                      "best_epoch": epoch,
@@ -79,6 +79,7 @@ def write_csv(rows: list[dict[str, Any]], columns: list[str], path: str | os.Pat
 
 
 def searches_auto(space: dict[str, Param]) -> bool:
+    """Whether `strategy=` offers auto: sweep.csv then says what auto chose in each trial (`auto_chose`)."""
     param = space.get("strategy")
     return param is not None and param.kind == "choice" and AUTO in param.choices
 
@@ -144,8 +145,9 @@ def best_config(best: FrozenTrial, trials: list[FrozenTrial], out_dir: Path,
         values = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (OSError, yaml.YAMLError):
         values = None
-    if not isinstance(values, dict):
-        values = fallback(dict(best.params))
+    if not isinstance(values, dict):  # auto's choice, not auto: best.yaml trains what the trial trained
+        chose = {"strategy": best.user_attrs["auto_chose"]} if "auto_chose" in best.user_attrs else {}
+        values = fallback({**best.params, **chose})
     return {**values, **RUN_KEYS, "ckpt_save_dir": str(out_dir / "best")}
 
 

@@ -113,12 +113,14 @@ def open_study(url: str, name: str, search: dict[str, Any], seed: int, trials: i
                                         pruner=MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=1),
                                         direction=direction(search["metric"]))
             break
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as err:
+        except sqlalchemy.exc.DatabaseError as err:
             if attempt < OPEN_ATTEMPTS - 1 and _racing(err):
                 time.sleep(0.2 * (attempt + 1))  # another worker is creating the tables or the study
                 continue
-            raise UserError(f"cannot open the study storage {shown(url)} ({_reason(err, url)}); check --storage "
-                            "and that the database server is reachable") from None
+            fix = "check --storage and that the database server is reachable" \
+                if isinstance(err, sqlalchemy.exc.OperationalError) and not _racing(err) else \
+                "check --storage, or create the study first with `optuna create-study` if workers keep colliding"
+            raise UserError(f"cannot open the study storage {shown(url)} ({_reason(err, url)}); {fix}") from None
         except ImportError as err:
             raise UserError(_missing_driver(err, url)) from None
         except (sqlalchemy.exc.SQLAlchemyError, ValueError) as err:
@@ -137,11 +139,15 @@ def _retry_stale_trials() -> dict[str, Any]:
     return {"failed_trial_callback": storages.RetryFailedTrialCallback(RETRIES)}
 
 
+RACING = ("locked", "already exists", "unique constraint", "duplicate entry", "deadlock")
+
+
 def _racing(err: BaseException) -> bool:
-    """The database's answer while another worker creates the same tables or study (PostgreSQL: "duplicate key
-    value violates unique constraint"), or holds SQLite's write lock."""
+    """The database's answer while another worker creates the same tables or study: SQLite's write lock and
+    "already exists", PostgreSQL's "duplicate key value violates unique constraint" and "relation ... already
+    exists", MySQL's "Duplicate entry" and "Deadlock found"."""
     text = str(err).lower()
-    return "locked" in text or "already exists" in text or "unique constraint" in text
+    return any(words in text for words in RACING)
 
 
 def _engine_options(url: str) -> dict[str, Any]:
@@ -152,18 +158,24 @@ def _engine_options(url: str) -> dict[str, Any]:
 
 # the pip package of each database driver SQLAlchemy imports (postgresql:// means psycopg 3 from SQLAlchemy 2.1)
 DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "pymysql",
-           "MySQLdb": "mysqlclient", "asyncpg": "asyncpg"}
+           "MySQLdb": "mysqlclient", "asyncpg": "asyncpg", "pg8000": "pg8000"}
 
 
 def _missing_driver(err: ImportError, url: str) -> str:
-    """The sentence for a storage URL whose database driver is not installed (Optuna hides the module's name)."""
+    """The sentence for a storage URL whose database driver does not import (Optuna hides the module's name)."""
     cause: BaseException | None = err
-    while cause is not None and not getattr(cause, "name", None):
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen and not getattr(cause, "name", None):
+        seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
-    module = getattr(cause, "name", None) or "its driver"
-    package = DRIVERS.get(module.split(".")[0], module)
-    return (f"cannot open the study storage {shown(url)}: its database driver {module} is not installed; "
-            f"pip install \"{package}\" on every machine that runs a worker")
+    module = str(getattr(cause, "name", None) or "").split(".")[0]
+    if module in DRIVERS:
+        return (f"cannot open the study storage {shown(url)}: its database driver {module} does not import "
+                f"({_reason(cause, url)}); pip install \"{DRIVERS[module]}\" on every machine that runs a worker")
+    scheme = url.split(":", 1)[0]
+    return (f"cannot open the study storage {shown(url)}: its database driver does not import "
+            f"({_reason(cause or err, url)}); install the SQLAlchemy driver for {scheme} on every machine that runs "
+            "a worker")
 
 
 def _reason(err: BaseException, url: str) -> str:

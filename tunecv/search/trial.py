@@ -66,9 +66,13 @@ def pruned_from(config: dict[str, Any]) -> tuple[int, int]:
     return first, epochs
 
 
-def chosen_strategy(folder: Path) -> str:
-    """The strategy a run trained, from its config.yaml (`strategy: auto` writes its choice there)."""
-    return str(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))["strategy"])
+def chosen_strategy(folder: Path) -> str | None:
+    """The strategy a run trains, from its config.yaml (`strategy: auto` writes its choice there); None when the
+    file cannot tell (a report line is not worth a trial)."""
+    try:
+        return str(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))["strategy"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
 
 
 def trial_folder(out_dir: Path, number: int) -> Path:
@@ -110,6 +114,8 @@ class Objective:
         if twin is not None:  # not trained again: the same values train the same run
             trial.set_user_attr("same_as", twin.number)
             trial.set_user_attr("best_epoch", twin.user_attrs.get("best_epoch"))
+            if "auto_chose" in twin.user_attrs:
+                trial.set_user_attr("auto_chose", twin.user_attrs["auto_chose"])
             trial.set_user_attr("time_s", 0.0)
             return twin.value
         folder = trial_folder(self.out_dir, trial.number)
@@ -132,13 +138,16 @@ class Objective:
             raise UserError(f"trial {trial.number} has no {self.metric} to compare (no validation epoch); keep "
                             "val_while_train true and give a validation split")
         trial.set_user_attr("best_epoch", result.best.epoch)
-        if params.get("strategy") == AUTO:  # what auto chose is what the trial trained, and what best.yaml holds
-            trial.set_user_attr("auto_chose", chosen_strategy(folder))
         return result.best.value
 
     def report_epoch(self, trial: Trial, row: dict[str, Any], window: tuple[int, int]) -> None:
         """fit's on_epoch hook: the epoch's score to Optuna, and TrialPruned when the pruner says so in the
         `window` (first, last) with the last epoch left out (the run folder keeps what the run wrote)."""
+        if trial.params.get("strategy") == AUTO and "auto_chose" not in trial.user_attrs:
+            # what auto chose is what the trial trains (a pruned trial too): its config.yaml says it from epoch 1
+            chose = chosen_strategy(Path(trial.user_attrs["folder"]))
+            if chose is not None:
+                trial.set_user_attr("auto_chose", chose)
         value = row.get(self.metric)
         if value is None:  # an epoch that did not validate (val_interval)
             return
