@@ -69,16 +69,18 @@ def test_a_storage_that_cannot_be_opened_is_one_sentence(url, message):
 def test_trials_a_dead_process_of_this_machine_left_are_failed_and_queued_again(url):
     study = studies.open_study(url, "sweep", SEARCH, seed=1, trials=4)
     host, dead = socket.gethostname(), _dead_pid()
-    owners = [(host, dead), (host, os.getpid()), ("elsewhere", dead)]
+    # the last: a trial another worker of this host is starting (its host written, its pid not yet)
+    owners = [(host, dead), (host, os.getpid()), ("elsewhere", dead), (host, None)]
     for owner_host, pid in owners:
         trial = study.ask(SPACE)
         trial.set_user_attr("host", owner_host)
-        trial.set_user_attr("pid", pid)
+        if pid is not None:
+            trial.set_user_attr("pid", pid)
     assert studies.retry_dead_trials(study, host) == [0]
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING,
-                                         TrialState.WAITING]
-    assert trials[3].user_attrs == {"retry_of": 0}
+                                         TrialState.RUNNING, TrialState.WAITING]
+    assert trials[4].user_attrs == {"retry_of": 0}
     assert study.ask(SPACE).params == trials[0].params  # the next trial takes the queued values
     assert studies.retry_dead_trials(study, host) == []  # once
 

@@ -223,7 +223,8 @@ def retry_dead_trials(study: Study, host: str) -> list[int]:
     values queued again. Other machines' dead trials fail by their heartbeat (RetryFailedTrialCallback)."""
     dead = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.user_attrs.get("host") == host and not pid_alive(trial.user_attrs.get("pid")):
+        attrs = trial.user_attrs  # a trial without its pid yet is one another worker is starting now
+        if attrs.get("host") == host and "pid" in attrs and not pid_alive(attrs["pid"]):
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             retry(study, trial)
             dead.append(trial.number)

@@ -102,9 +102,10 @@ class Objective:
 
     def __call__(self, trial: Trial) -> float:
         self.current = trial.number
-        # who runs it: a trial left RUNNING by a dead process of this machine is found by its pid
-        trial.set_user_attr("host", self.host)
+        # who runs it: a trial left RUNNING by a dead process of this machine is found by its pid. The pid goes
+        # first: another worker fails a trial of its host without a live pid, so it must never see the host alone
         trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("host", self.host)
         earlier = trial.study.get_trials(deepcopy=False)
         if held(earlier, below=trial.number) >= self.trials:
             trial.set_user_attr("surplus", True)
