@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from timm.optim import list_optimizers
 
 from tunecv.config import KEYS, Config, UserError, load_config, save_config
 from tunecv.optim import optimizers as optim
@@ -238,6 +239,7 @@ def test_invalid_choice_lists_options(data_dir):
 def test_choices_match_registries():
     # the config's valid choices and the factories' registries must not drift apart
     assert set(KEYS["opt"][1].metadata["choices"]) == set(optim.OPTIMIZERS)
+    assert {"lion", "lamb", "lars", "adan", "adopt", "nesterov"} <= set(optim.OPTIMIZERS)  # MindCV's and timm's
     assert set(KEYS["scheduler"][1].metadata["choices"]) == set(scheduler.SCHEDULERS)
 
 
@@ -246,7 +248,8 @@ def test_the_torch_free_registries_name_what_their_stages_implement():
     from tunecv.data.torchvision_sets import DATASETS
 
     assert set(registries.TORCHVISION_DATASETS) == set(DATASETS)
-    assert set(registries.OPTIMIZERS) == set(optim.OPTIMIZERS)
+    assert set(registries.OPTIMIZERS) - set(optim.MINDCV) <= set(list_optimizers())  # timm builds each
+    assert not set(registries.REFUSED_OPTIMIZERS) & set(registries.OPTIMIZERS)
     for name in registries.SCHEDULERS:  # each has its formula: a schedule of it gives factors in [0, 1]
         schedule = scheduler.build_schedule(dataclasses.replace(Config().sched, scheduler=name), 0.1, 10, 3)
         assert all(0 <= scheduler.lr_factor(step, schedule) <= 1 for step in range(30))
@@ -393,3 +396,12 @@ def test_mindcv_augmentation_keys(tmp_path, data_dir, text, key, expected):
     path = tmp_path / "mindcv.yaml"
     path.write_text(text)
     assert getattr(load_config(path, {"data_dir": data_dir}).data, key) == expected
+
+
+def test_timm_optimizers_load_by_name_and_adahessian_says_why_not(data_dir):
+    assert load_config(None, {"data_dir": data_dir, "opt": "lion"}).optim.opt == "lion"
+    with pytest.raises(UserError, match=r"opt = 'adahessian' \(command line\) cannot be used: it needs a "
+                                        r"second-order backward pass .*; choose another"):
+        load_config(None, {"data_dir": data_dir, "opt": "adahessian"})
+    with pytest.raises(UserError, match=r"did you mean 'lion'.*; choose one of the \d+ names docs/config.md lists"):
+        load_config(None, {"data_dir": data_dir, "opt": "loin"})

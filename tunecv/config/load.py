@@ -18,6 +18,7 @@ import yaml
 
 from tunecv.config import compat, rules
 from tunecv.config.files import find_config, merge, parse_cfg_options, read_config_file
+from tunecv.config.registries import REFUSED_CHOICES
 from tunecv.config.schema import KEYS, SECTIONS, Config
 from tunecv.config.values import closest_hint, coerce
 from tunecv.errors import UserError
@@ -37,11 +38,19 @@ def key_type(key: str) -> Any:
     return args[0] if type(None) in typing.get_args(hint) else hint
 
 
+LISTED_CHOICES = 24  # more (opt: every timm optimizer) and the message names them by reference
+
+
 def _validate(key: str, value: Any, where: str) -> None:
     choices = KEYS[key][1].metadata["choices"]
+    refused = REFUSED_CHOICES.get(key, {})
+    if isinstance(value, str) and value in refused:
+        raise UserError(f"{key} = {value!r} ({where}) cannot be used: {refused[value]}; choose another")
     if choices and value is not None and value not in choices:
+        listed = ", ".join(choices) if len(choices) <= LISTED_CHOICES else \
+            f"the {len(choices)} names docs/config.md lists for {key}"
         raise UserError(f"{key} = {value!r} ({where}) is not a choice tunecv knows{closest_hint(str(value), choices)}; "
-                        f"choose one of {', '.join(choices)}")
+                        f"choose one of {listed}")
 
 
 def config_from_dict(layers: list[tuple[dict[str, Any], str]], training: bool = True) -> Config:

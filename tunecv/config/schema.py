@@ -91,7 +91,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    opt: str = _key("adamw", "optimizer", tuple(OPTIMIZERS))
+    opt: str = _key("adamw", "optimizer: MindCV's names (sgd/momentum: SGD with momentum, Nesterov by use_nesterov) "
+                             "and every one timm's create_optimizer_v2 builds (bnb*, fused*: CUDA only)",
+                    tuple(OPTIMIZERS))
     lr: float = _key(0.001, "peak learning rate; auto: run the LR range test first and train with its suggestion",
                      literals=("auto",))
     momentum: float = _key(0.9, "momentum (sgd/momentum/rmsprop)")
