@@ -405,3 +405,13 @@ def test_timm_optimizers_load_by_name_and_adahessian_says_why_not(data_dir):
         load_config(None, {"data_dir": data_dir, "opt": "adahessian"})
     with pytest.raises(UserError, match=r"did you mean 'lion'.*; choose one of the \d+ names docs/config.md lists"):
         load_config(None, {"data_dir": data_dir, "opt": "loin"})
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"aug_repeats": -1}, "aug_repeats must be 0 (off) or more, got -1"),
+    ({"aug_repeats": 3, "no_aug": True}, "aug_repeats shows each image several times under its own random"),
+])
+def test_aug_repeats_is_mindcv_s_repeated_augmentation(data_dir, extra, message):
+    assert load_config(None, {"data_dir": data_dir, "aug_repeats": 3}).loader.aug_repeats == 3
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(None, {"data_dir": data_dir, **extra})

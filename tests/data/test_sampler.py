@@ -92,3 +92,20 @@ def test_seeding_leaves_the_training_loops_random_state_alone():
     list(DataLoader(SeededSamples(_RandomImages()), batch_size=4, sampler=EpochSampler(12, seed=9),
                     generator=torch.Generator()))
     assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+
+
+def test_repeated_augmentation_puts_each_copy_on_another_rank_under_its_own_seed():
+    """aug_repeats 3 over 3 ranks (DeiT's setting): an epoch keeps its length, draws a third of the images, and
+    the three copies of an image are on the three ranks at the same step, each with its own sample seed."""
+    ranks = [list(EpochSampler(30, seed=2, rank=r, world_size=3, repeats=3)) for r in range(3)]
+    assert [len(items) for items in ranks] == [10, 10, 10]
+    for step in range(10):
+        copies = [ranks[r][step] for r in range(3)]
+        assert len({index for index, _ in copies}) == 1 and len({seed for _, seed in copies}) == 3
+    assert len({index for items in ranks for index, _ in items}) == 10
+    single = [index for index, _ in EpochSampler(30, seed=2, repeats=3)]
+    assert single[:6:3] == [ranks[0][0][0], ranks[0][1][0]] and len(single) == 30
+    resumed = EpochSampler(30, seed=2, rank=1, world_size=3, repeats=3)
+    resumed.set_epoch(1, skip=4)
+    assert list(resumed) == ranks[1][4:]
+    assert [i for i, _ in EpochSampler(30, seed=2, repeats=1)] == [i for i, _ in EpochSampler(30, seed=2)]

@@ -133,6 +133,12 @@ def _check_caches(cfg: Config) -> None:
     if data.no_aug and (data.auto_augment or data.re_prob > 0):
         raise UserError("no_aug trains on the evaluation transform and flips only; remove auto_augment/re_prob or "
                         "set no_aug: false")
+    repeats = cfg.loader.aug_repeats
+    if repeats < 0:
+        raise UserError(f"aug_repeats must be 0 (off) or more, got {repeats}")
+    if repeats > 1 and data.no_aug:
+        raise UserError("aug_repeats shows each image several times under its own random augmentation, and no_aug "
+                        "leaves flips at most; set no_aug: false, or remove aug_repeats")
     if ft.feature_views and (ft.cache_features != "true" or data.no_aug):
         raise UserError("feature_views counts the augmented views of cache_features: true with random augmentation "
                         "(no_aug: false); remove it, or set cache_features: true")

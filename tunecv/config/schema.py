@@ -73,6 +73,8 @@ class LoaderConfig:
     cutmix_prob: float = _key(1.0, "probability of applying mixup/cutmix to a batch")
     sampler: str = _key("none", "balanced: draw training images with probability 1/class size (with replacement)",
                         ("none", "balanced"))
+    aug_repeats: int = _key(0, "repeated augmentation (DeiT, MindCV): an epoch draws 1/N of the training images, each "
+                               "N times under its own augmentation, the copies on different ranks; 0 or 1: off")
 
 
 @dataclass(frozen=True)

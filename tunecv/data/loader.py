@@ -61,7 +61,7 @@ def create_loader(dataset: Dataset, cfg: LoaderConfig, is_training: bool, *, see
     if is_training and sampler is None:
         balanced = cfg.sampler == "balanced"
         sampler = EpochSampler(len(dataset), seed, shuffle=cfg.shuffle, rank=rank, world_size=world_size,
-                               balanced_targets=dataset.targets if balanced else None)
+                               balanced_targets=dataset.targets if balanced else None, repeats=cfg.aug_repeats)
     per_rank = sampler.shard_size if sampler is not None else len(dataset)
     remainder = per_rank % cfg.batch_size
     mixing = cfg.mixup > 0 or cfg.cutmix > 0  # timm Mixup needs an even batch
@@ -71,10 +71,11 @@ def create_loader(dataset: Dataset, cfg: LoaderConfig, is_training: bool, *, see
     workers = num_workers(cfg.num_parallel_workers)
     capped = f" (num_parallel_workers {cfg.num_parallel_workers}: {available_cores()} cores, " \
         f"{distributed.local_world_size()} process(es) here)" if workers < cfg.num_parallel_workers else ""
-    logger.info("loader: %s, batch %d, %d workers%s%s%s", "train" if is_training else "eval", cfg.batch_size,
+    logger.info("loader: %s, batch %d, %d workers%s%s%s%s", "train" if is_training else "eval", cfg.batch_size,
                 workers, capped,
                 ", last batch dropped" if drop_last and remainder else "",
-                ", balanced sampler" if is_training and cfg.sampler == "balanced" else "")
+                ", balanced sampler" if is_training and cfg.sampler == "balanced" else "",
+                f", each image {cfg.aug_repeats} times (aug_repeats)" if is_training and cfg.aug_repeats > 1 else "")
     if sampler is None and world_size > 1:
         sampler = ShardSampler(len(dataset), rank, world_size)
     if is_training and per_rank // cfg.batch_size + (remainder > 0 and not drop_last) == 0:

@@ -31,10 +31,13 @@ class EpochSampler(Sampler):
     world_size times the size. `set_epoch(epoch, skip)` starts an epoch `skip` samples in (a resumed run)."""
 
     def __init__(self, size: int, seed: int, *, shuffle: bool = True, balanced_targets: list[int] | None = None,
-                 rank: int = 0, world_size: int = 1) -> None:
-        """`balanced_targets`: the labels, for the class-balanced draw."""
+                 rank: int = 0, world_size: int = 1, repeats: int = 1) -> None:
+        """`balanced_targets`: the labels, for the class-balanced draw. `repeats`: repeated augmentation (timm's
+        RepeatAugSampler, here seeded and resumable): each drawn index comes `repeats` times in a row, so its
+        copies fall on consecutive ranks, each with its own sample seed; the epoch keeps its length, so it sees
+        1/repeats of the images."""
         self.size, self.seed, self.shuffle, self.targets = size, seed, shuffle, balanced_targets
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.repeats = rank, world_size, max(repeats, 1)
         self.epoch, self.skip = 1, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -42,6 +45,9 @@ class EpochSampler(Sampler):
 
     def order(self, epoch: int) -> torch.Tensor:
         """The epoch's global order of dataset indices (before padding and sharding)."""
+        return self._draw(epoch).repeat_interleave(self.repeats)[:self.size]
+
+    def _draw(self, epoch: int) -> torch.Tensor:
         count = self.size
         generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1))
         if self.targets is not None:
