@@ -415,3 +415,15 @@ def test_aug_repeats_is_mindcv_s_repeated_augmentation(data_dir, extra, message)
     assert load_config(None, {"data_dir": data_dir, "aug_repeats": 3}).loader.aug_repeats == 3
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config(None, {"data_dir": data_dir, **extra})
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"re_scale": [0.3, 0.1]}, r"re_scale takes two area fractions, low then high, each in \(0, 1\)"),
+    ({"re_ratio": [0.3]}, r"re_ratio takes two aspect ratios above 0, low then high"),
+    ({"re_max_attempts": 5}, r"re_max_attempts = 5 .* is not supported by tunecv; remove it or set 10"),
+])
+def test_mindcv_s_random_erasing_keys(data_dir, extra, message):
+    cfg = load_config(None, {"data_dir": data_dir, "re_prob": 0.25, "re_ratio": [0.3, 3.3], "re_max_attempts": 10})
+    assert cfg.data.re_ratio == (0.3, 3.3) and cfg.data.re_scale == pytest.approx((0.02, 1 / 3))
+    with pytest.raises(UserError, match=message):
+        load_config(None, {"data_dir": data_dir, **extra})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from conftest import CLASSES, TINY_MODEL, TRAIN_PER_CLASS, run_config
 from tunecv.data.datasets import create_dataset
 from tunecv.data.loader import collate_skipping_none, create_loader
 from tunecv.data.prefetch import DevicePrefetcher
-from tunecv.data.transforms import create_transforms
+from tunecv.data.transforms import create_transforms, random_erasing
 
 CPU = torch.device("cpu")
 
@@ -58,8 +59,9 @@ def test_channels_last_and_attributes(tiny_image_folder):
 
 def test_random_erasing_on_the_device(tiny_image_folder):
     cfg = _cfg(tiny_image_folder)
+    erasing = random_erasing(replace(cfg.data, re_prob=1.0), "cpu")
     prefetcher = DevicePrefetcher(_loader(cfg, uint8=True), CPU, tuple(cfg.data.mean), tuple(cfg.data.std),
-                                  re_prob=1.0)
+                                  erasing=erasing)
     plain = list(_loader(cfg, uint8=False))
     torch.manual_seed(0)
     erased = list(prefetcher)

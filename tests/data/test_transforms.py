@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from PIL import Image
+from timm.data.random_erasing import RandomErasing
 
 from conftest import run_config
-from tunecv.data.transforms import create_transforms, eval_resize
+from tunecv.data.transforms import create_transforms, eval_resize, random_erasing
 from tunecv.errors import UserError
 
 
@@ -71,3 +74,17 @@ def test_eval_resize_is_what_the_eval_transform_does(tmp_path, interpolation, cr
     assert eval_resize(cfg) == expected
     image = Image.new("RGB", (400, 300))
     assert create_transforms(cfg, is_training=False).transforms[0](image).size[1] == expected[0]  # shorter side
+
+
+def test_random_erasing_takes_mindcv_s_area_and_aspect_ranges(tmp_path):
+    cfg = _data_cfg(tmp_path, image_resize=32, re_prob=1.0, re_scale=[0.1, 0.2], re_ratio=[0.5, 2.0])
+    erasing = create_transforms(cfg, is_training=True).transforms[-1]
+    assert isinstance(erasing, RandomErasing) and (erasing.min_area, erasing.max_area) == (0.1, 0.2)
+    assert erasing.log_aspect_ratio == pytest.approx((math.log(0.5), math.log(2.0)))
+    image = Image.new("RGB", (32, 32), (255, 255, 255))
+    torch.manual_seed(0)
+    erased = [(create_transforms(cfg, is_training=True)(image) == 0).all(dim=0).float().mean().item()
+              for _ in range(20)]
+    assert all(0.05 <= share <= 0.25 for share in erased)  # the erased share of the image stays in re_scale
+    on_device = random_erasing(cfg, "cpu")
+    assert (on_device.min_area, on_device.max_area) == (0.1, 0.2) and on_device.mode == "const"

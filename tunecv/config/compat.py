@@ -23,7 +23,7 @@ IGNORED_KEYS = {
 # MindCV (and MMDetection's warmup) keys accepted only at their no-op value; anything else is an error rather
 # than a silent no-op.
 NOOP_KEYS: dict[str, tuple[Any, Any]] = {  # key: (no-op value, its type)
-    "aux_factor": (0.0, float), "reduction": ("mean", str),
+    "aux_factor": (0.0, float), "reduction": ("mean", str), "re_max_attempts": (10, int),
     "num_samples": (None, int | None), "resume_opt": (False, bool), "warmup": ("linear", str)}
 # Other tools' names for our keys (PaddleClas class_num, MMPretrain load_from, ...).
 RENAMED_KEYS = {"class_num": "num_classes", "epochs": "epoch_size", "load_from": "ckpt_path",

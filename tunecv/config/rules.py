@@ -34,6 +34,12 @@ def _check_classification(cfg: Config, training: bool) -> None:
         raise UserError("color_jitter takes one number or 3-4 (brightness, contrast, saturation[, hue])")
     if len(data.scale) != 2 or len(data.ratio) != 2:
         raise UserError("scale and ratio take two numbers each, e.g. scale: [0.08, 1.0]")
+    if len(data.re_scale) != 2 or not 0 < data.re_scale[0] <= data.re_scale[1] < 1:
+        raise UserError(f"re_scale takes two area fractions, low then high, each in (0, 1), e.g. [0.02, 0.33]; got "
+                        f"{list(data.re_scale)}")
+    if len(data.re_ratio) != 2 or not 0 < data.re_ratio[0] <= data.re_ratio[1]:
+        raise UserError(f"re_ratio takes two aspect ratios above 0, low then high, e.g. [0.3, 3.3]; got "
+                        f"{list(data.re_ratio)}")
     if (cfg.loader.mixup > 0 or cfg.loader.cutmix > 0) and cfg.loader.batch_size % 2:
         raise UserError(f"mixup/cutmix need an even batch_size, got {cfg.loader.batch_size}")
     if cfg.train.class_weights == "auto" and (cfg.loader.mixup > 0 or cfg.loader.cutmix > 0 or cfg.train.loss != "ce"):

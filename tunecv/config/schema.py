@@ -57,6 +57,10 @@ class DataConfig:
                                           "original (MindCV autoaug), augmix-m5, v0, 3a")
     re_prob: float = _key(0.0, "random erasing probability")
     re_value: str = _key("0", "random erasing fill: 0 (zeros) or random (per-pixel noise)", ("0", "random"))
+    re_scale: tuple[float, ...] = _key((0.02, 1 / 3), "random erasing: the erased area's range, as a fraction of the "
+                                                        "image (MindCV's re_scale, timm's min_area/max_area)")
+    re_ratio: tuple[float, ...] = _key((0.3, 3.3), "random erasing: the erased box's aspect-ratio range (MindCV's "
+                                                     "re_ratio, timm's min_aspect/max_aspect)")
     mean: tuple[float, ...] | None = _key(None, "normalisation mean (default: the model's; 0-255 scale accepted)")
     std: tuple[float, ...] | None = _key(None, "normalisation std (default: the model's; 0-255 scale accepted)")
     crop_pct: float | None = _key(None, "evaluation centre-crop fraction (default: the model's)")

@@ -11,6 +11,7 @@ from timm.data.random_erasing import RandomErasing
 from torch.utils.data import DataLoader
 
 from tunecv.config import DataConfig
+from tunecv.data.transforms import random_erasing
 from tunecv.utils.runtime import Compute
 
 
@@ -19,12 +20,12 @@ class DevicePrefetcher:
     channels_last and randomly erased (training). Works on any device; overlaps copies only on CUDA."""
 
     def __init__(self, loader: DataLoader, device: torch.device, mean: tuple[float, ...], std: tuple[float, ...],
-                 channels_last: bool = False, re_prob: float = 0.0, re_mode: str = "const") -> None:
+                 channels_last: bool = False, erasing: RandomErasing | None = None) -> None:
         self.loader, self.device, self.channels_last = loader, device, channels_last
         shape = (1, len(mean), 1, 1)
         self.mean = torch.tensor([255.0 * m for m in mean], device=device).view(shape)
         self.std = torch.tensor([255.0 * s for s in std], device=device).view(shape)
-        self.erasing = RandomErasing(re_prob, mode=re_mode, device=str(device)) if re_prob > 0 else None
+        self.erasing = erasing
         self.stream = torch.cuda.Stream() if device.type == "cuda" else None
 
     def __len__(self) -> int:
@@ -69,6 +70,5 @@ def on_device(loader: DataLoader, compute: Compute, cfg: DataConfig,
     """On CUDA the loader's uint8 images (`create_transforms(uint8=True)`) go through a DevicePrefetcher."""
     if compute.device.type != "cuda":
         return loader
-    return DevicePrefetcher(loader, compute.device, tuple(cfg.mean), tuple(cfg.std), compute.channels_last,
-                            re_prob=cfg.re_prob if is_training and not cfg.no_aug else 0.0,
-                            re_mode="pixel" if cfg.re_value == "random" else "const")
+    erasing = random_erasing(cfg, str(compute.device)) if is_training and not cfg.no_aug and cfg.re_prob > 0 else None
+    return DevicePrefetcher(loader, compute.device, tuple(cfg.mean), tuple(cfg.std), compute.channels_last, erasing)

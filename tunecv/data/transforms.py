@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from timm.data import create_transform
 from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+from timm.data.random_erasing import RandomErasing
 from torchvision import transforms as T
 
 from tunecv.config import DataConfig
@@ -70,7 +71,18 @@ def _create(cfg: DataConfig, is_training: bool, uint8: bool) -> Callable:
         crop_pct=cfg.crop_pct,
         use_prefetcher=uint8,
     )
+    if is_training and cfg.re_prob > 0 and not uint8:  # timm's own has the default area and aspect ranges
+        transform.transforms = [random_erasing(cfg, "cpu") if isinstance(step, RandomErasing) else step
+                                for step in transform.transforms]
     return transform
+
+
+def random_erasing(cfg: DataConfig, device: str) -> RandomErasing:
+    """timm's RandomErasing with the config's probability, fill, area range (re_scale) and aspect range (re_ratio),
+    on the CPU in the transform or on the GPU in `DevicePrefetcher`."""
+    return RandomErasing(cfg.re_prob, min_area=cfg.re_scale[0], max_area=cfg.re_scale[1], min_aspect=cfg.re_ratio[0],
+                         max_aspect=cfg.re_ratio[1], mode="pixel" if cfg.re_value == "random" else "const",
+                         device=device)
 
 
 def _jitter(values: tuple[float, ...] | None) -> float | tuple[float, ...]:
