@@ -60,7 +60,10 @@ def test_canonical_spec_and_display():
     (["lr=0.1,"], "has an empty choice"),
     (["lr=0.1,0.1"], "lists '0.1' twice; give each choice once"),
     (["lr=fast,0.1"], "lr = 'fast' (--search lr=fast,0.1) is not a valid number; give lr a number"),
-    (["opt=adamx,sgd"], "is not a choice tunecv knows; did you mean 'adam'"),
+    (["opt=adamx,sgd"], "opt = 'adamx' (--search opt=adamx,sgd) is not a choice tunecv knows; did you mean 'adamax' "
+                        "or 'adam'"),
+    (["opt=adahessian,sgd"], "opt = 'adahessian' (--search opt=adahessian,sgd) cannot be used: it needs a "
+                             "second-order backward pass"),
     (["freeze=a:b"], "freeze = 'a:b' (--search freeze=a:b) is not a choice tunecv knows"),
     (["pretrained=0:1"], "pretrained = '0:1' (--search pretrained=0:1) is not a valid boolean (true/false)"),
     (["pretrained=log:1:2"], "pretrained is a boolean (true/false), not a number, so it has no range; list its "

@@ -1,7 +1,7 @@
 """Config: MindCV-style flat keys → one validated, frozen `Config`. Imports neither torch nor timm: the values
 derived from the model, the data and the run (`tunecv.resolve`) are filled in downstream."""
 
-from tunecv.config.load import key_type, load_config, mapping_keys, save_config, to_yaml
+from tunecv.config.load import check_choice, key_type, load_config, mapping_keys, save_config, to_yaml
 from tunecv.config.schema import (
     KEYS,
     SECTIONS,
@@ -19,4 +19,4 @@ from tunecv.errors import UserError
 
 __all__ = ["Config", "DataConfig", "LoaderConfig", "ModelConfig", "FinetuneConfig", "OptimConfig", "SchedConfig",
            "TrainConfig", "DetectionConfig", "SECTIONS", "KEYS", "UserError", "key_type", "load_config",
-           "mapping_keys", "save_config", "to_yaml"]
+           "mapping_keys", "save_config", "to_yaml", "check_choice"]

@@ -41,7 +41,8 @@ def key_type(key: str) -> Any:
 LISTED_CHOICES = 24  # more (opt: every timm optimizer) and the message names them by reference
 
 
-def _validate(key: str, value: Any, where: str) -> None:
+def check_choice(key: str, value: Any, where: str) -> None:
+    """A UserError when `value` is not one of `key`'s choices (`where`: the file or flag it came from)."""
     choices = KEYS[key][1].metadata["choices"]
     refused = REFUSED_CHOICES.get(key, {})
     if isinstance(value, str) and value in refused:
@@ -69,7 +70,7 @@ def config_from_dict(layers: list[tuple[dict[str, Any], str]], training: bool = 
                 layer[key] = value.strip().lower()
                 continue
             value = compat.normalise(key, coerce(key, value, _TYPES[section][key], where))
-            _validate(key, value, where)
+            check_choice(key, value, where)
             layer[key] = value
         values.update(expand_strategy(layer))
     cfg = _build(values)

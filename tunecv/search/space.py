@@ -14,9 +14,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from tunecv.config import KEYS, SECTIONS, key_type
+from tunecv.config import KEYS, SECTIONS, check_choice, key_type
 from tunecv.config.compat import RENAMED_KEYS, accept, normalise, underscored
-from tunecv.config.values import closest_hint, coerce, type_name
+from tunecv.config.values import coerce, type_name
 from tunecv.errors import UserError
 
 SYNTAX = "key=a,b,c (choices), key=lo:hi (a range) or key=log:lo:hi (a log-scaled range)"
@@ -109,10 +109,7 @@ def typed_value(key: str, text: str, spec: str) -> Any:
         return text.strip().lower()
     hint = typing.get_type_hints(SECTIONS[section])[key]
     value = normalise(key, coerce(key, text, hint, f"--search {spec}"))
-    options = field.metadata["choices"]
-    if options and value is not None and value not in options:
-        raise UserError(f"{key} = {text!r} (--search {spec}) is not a choice tunecv knows"
-                        f"{closest_hint(str(value), options)}; choose from {', '.join(options)}")
+    check_choice(key, value, f"--search {spec}")
     return text.strip() if isinstance(value, (tuple, list, dict)) else value
 
 
