@@ -46,15 +46,19 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def finetune(config: str, extra: list[str], out: Path, *flags: str) -> dict:
-    done = out / "wall_s.json"
+def timed_once(done: Path, command: list[str]) -> float:
+    """`command`'s wall time, run only when `done` does not hold it yet (then it is kept there)."""
     if done.is_file():
-        wall = json.loads(done.read_text())["wall_s"]
-    else:
-        # a run stopped before its result was kept starts again (overwrite), so its wall time is whole
-        wall = timed(["finetune.py", "--config", config, *extra, "--ckpt_save_dir", str(out), "--overwrite", "true",
-                      *flags])
-        done.write_text(json.dumps({"wall_s": wall}))
+        return json.loads(done.read_text())["wall_s"]
+    wall = timed(command)
+    done.write_text(json.dumps({"wall_s": wall}))
+    return wall
+
+
+def finetune(config: str, extra: list[str], out: Path, *flags: str) -> dict:
+    # a run stopped before its result was kept starts again (overwrite), so its wall time is whole
+    wall = timed_once(out / "wall_s.json", ["finetune.py", "--config", config, *extra, "--ckpt_save_dir", str(out),
+                                            "--overwrite", "true", *flags])
     metrics = json.loads((out / "metrics.json").read_text())
     chosen = yaml.safe_load((out / "config.yaml").read_text())["strategy"]
     return {"top1": metrics["best_top1"], "wall_s": wall, "strategy": chosen}
@@ -71,13 +75,8 @@ def seeded(config: str, extra: list[str], folder: Path, strategy: str, seeds: li
 
 def sweep(config: str, extra: list[str], lr_range: str, trials: int, out: Path) -> dict:
     search = [f"lr={lr_range}", f"strategy={','.join(FIXED)}", "label_smoothing=0:0.2"]
-    done = out / f"wall_s_{trials}.json"
-    if done.is_file():
-        wall = json.loads(done.read_text())["wall_s"]
-    else:
-        wall = timed(["sweep.py", "--config", config, *extra, "--search", *search, "--trials", str(trials),
-                      "--ckpt_save_dir", str(out)])
-        done.write_text(json.dumps({"wall_s": wall}))
+    wall = timed_once(out / f"wall_s_{trials}.json", ["sweep.py", "--config", config, *extra, "--search", *search,
+                                                      "--trials", str(trials), "--ckpt_save_dir", str(out)])
     with open(out / "sweep.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["state"] == "complete" and r["top1"]]
     if not rows:

@@ -66,14 +66,12 @@ def _create(cfg: DataConfig, is_training: bool, uint8: bool) -> Callable:
         interpolation=interpolation,
         mean=tuple(cfg.mean),
         std=tuple(cfg.std),
-        re_prob=cfg.re_prob,
-        re_mode="pixel" if cfg.re_value == "random" else "const",
+        re_prob=0.0,  # timm's erasing takes no area or aspect range: ours ends the transform, where timm puts its own
         crop_pct=cfg.crop_pct,
         use_prefetcher=uint8,
     )
-    if is_training and cfg.re_prob > 0 and not uint8:  # timm's own has the default area and aspect ranges
-        transform.transforms = [random_erasing(cfg, "cpu") if isinstance(step, RandomErasing) else step
-                                for step in transform.transforms]
+    if is_training and cfg.re_prob > 0 and not uint8:  # with uint8 the DevicePrefetcher erases
+        transform.transforms.append(random_erasing(cfg, "cpu"))
     return transform
 
 
