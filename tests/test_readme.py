@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from tools.config_keys import CONFIG_DOC, END, START, key_table
+from tools.mindcv_table import MINDCV_DOC, mindcv_doc
 from tunecv.config import KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +30,10 @@ def test_config_doc_key_reference_matches_the_config_module():
     assert f"{START}\n\n{key_table()}\n{END}" in text
     for key in KEYS:
         assert f"| `{key}` |" in text
+
+
+def test_mindcv_compatibility_doc_matches_the_code():
+    assert MINDCV_DOC.read_text(encoding="utf-8") == mindcv_doc(), "run python -m tools.mindcv_table --write"
 
 
 def test_readme_opens_with_the_demo_and_test_commands():

@@ -65,6 +65,20 @@ def test_mindcv_model_alias_accepted(data_dir):
     assert cfg.data.interpolation == "bicubic"  # from timm's mobilenetv3_small_100
 
 
+def test_a_fixed_size_model_takes_its_size_when_image_resize_is_left_out(data_dir, caplog):
+    caplog.set_level("INFO")
+    cfg = _input({"data_dir": data_dir, "model": "crossvit_9"})  # MindCV's name; timm's crossvit_9_240
+    assert cfg.data.image_resize == 240
+    assert "crossvit_9 takes 240 px inputs only, so image_resize is 240" in caplog.text
+    assert _input({"data_dir": data_dir, "model": "crossvit_9", "image_resize": 240}).data.image_resize == 240
+    assert _input({"data_dir": data_dir, "model": "resnet18"}).data.image_resize == 224
+
+
+def test_a_fixed_size_model_refuses_another_size_set_on_purpose(data_dir):
+    with pytest.raises(UserError, match="takes 240 px inputs only; set image_resize 240 or leave it out"):
+        _input({"data_dir": data_dir, "model": "crossvit_9", "image_resize": 160})
+
+
 def test_unknown_model_lists_close_names(data_dir):
     with pytest.raises(UserError) as info:
         _input({"data_dir": data_dir, "model": "resnet5O"})

@@ -116,3 +116,16 @@ def test_config_keys_rewrites_the_table_between_the_markers(tmp_path):
     printed = tool("tools.config_keys")
     assert printed.returncode == 0 and printed.stdout.startswith("**")
     assert doc.read_text() == f"# keys\n<!-- keys:start -->\n\n{printed.stdout}\n<!-- keys:end -->\nafter\n"
+
+
+@pytest.mark.parametrize("args, needles", [(["--bogus"], ["unrecognized arguments: --bogus"]),
+                                           (["docs/mindcv.md"], ["unrecognized arguments: docs/mindcv.md"])])
+def test_mindcv_table_bad_arguments_leave_the_doc_alone(args, needles):
+    before = (REPO / "docs" / "mindcv.md").read_bytes()
+    assert_one_error(tool("tools.mindcv_table", *args), *needles)
+    assert (REPO / "docs" / "mindcv.md").read_bytes() == before
+
+
+def test_mindcv_table_prints_what_the_doc_holds():
+    printed = tool("tools.mindcv_table")
+    assert printed.returncode == 0 and printed.stdout == (REPO / "docs" / "mindcv.md").read_text(encoding="utf-8")

@@ -274,13 +274,19 @@ def test_mindcv_system_keys_accepted_and_logged(caplog, data_dir, key, value):
 
 
 def test_noop_key_rejected_unless_noop_value(yaml_config, data_dir):
-    with pytest.raises(UserError, match="aux_factor = 0.5"):
-        load_config(yaml_config({"data_dir": data_dir, "aux_factor": 0.5}))
-    accepted = load_config(yaml_config({"data_dir": data_dir, "aux_factor": 0.0, "reduction": "mean"}))
+    with pytest.raises(UserError, match="reduction = 'sum'"):
+        load_config(yaml_config({"data_dir": data_dir, "reduction": "sum"}))
+    accepted = load_config(yaml_config({"data_dir": data_dir, "resume_opt": False, "reduction": "mean"}))
     assert accepted == load_config(None, {"data_dir": data_dir})
 
 
-@pytest.mark.parametrize("key, text", [("aux_factor", "0"), ("resume_opt", "false"), ("num_samples", "null")])
+def test_aux_factor_is_a_key_of_its_own(data_dir):
+    assert load_config(None, {"data_dir": data_dir, "aux_factor": "0.1"}).model.aux_factor == 0.1
+    with pytest.raises(UserError, match="aux_factor must be at least 0"):
+        load_config(None, {"data_dir": data_dir, "aux_factor": -1})
+
+
+@pytest.mark.parametrize("key, text", [("resume_opt", "false"), ("num_samples", "null")])
 def test_noop_key_value_from_command_line(data_dir, key, text):
     load_config(None, {"data_dir": data_dir, key: text})
 
@@ -420,10 +426,11 @@ def test_aug_repeats_is_mindcv_s_repeated_augmentation(data_dir, extra, message)
 @pytest.mark.parametrize("extra, message", [
     ({"re_scale": [0.3, 0.1]}, r"re_scale takes two area fractions, low then high, each in \(0, 1\)"),
     ({"re_ratio": [0.3]}, r"re_ratio takes two aspect ratios above 0, low then high"),
-    ({"re_max_attempts": 5}, r"re_max_attempts = 5 .* is not supported by tunecv; remove it or set 10"),
+    ({"re_max_attempts": 0}, r"re_max_attempts must be at least 1, got 0"),
 ])
 def test_mindcv_s_random_erasing_keys(data_dir, extra, message):
-    cfg = load_config(None, {"data_dir": data_dir, "re_prob": 0.25, "re_ratio": [0.3, 3.3], "re_max_attempts": 10})
+    cfg = load_config(None, {"data_dir": data_dir, "re_prob": 0.25, "re_ratio": [0.3, 3.3], "re_max_attempts": 1})
     assert cfg.data.re_ratio == (0.3, 3.3) and cfg.data.re_scale == pytest.approx((0.02, 1 / 3))
+    assert cfg.data.re_max_attempts == 1
     with pytest.raises(UserError, match=message):
         load_config(None, {"data_dir": data_dir, **extra})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -74,6 +75,28 @@ def test_eval_resize_is_what_the_eval_transform_does(tmp_path, interpolation, cr
     assert eval_resize(cfg) == expected
     image = Image.new("RGB", (400, 300))
     assert create_transforms(cfg, is_training=False).transforms[0](image).size[1] == expected[0]  # shorter side
+
+
+@pytest.mark.parametrize("attempts, low, high", [(1, 0.35, 0.7), (10, 0.95, 1.0)])
+def test_re_max_attempts_is_how_many_boxes_are_drawn_until_one_fits(tmp_path, attempts, low, high):
+    """A box of 30 % of the image fits for about half the aspect ratios in [0.1, 10]: one try erases about half
+    the images, ten tries nearly all (timm's fixed 10)."""
+    cfg = _data_cfg(tmp_path, image_resize=32, re_prob=1.0, re_scale=[0.3, 0.3], re_ratio=[0.1, 10.0],
+                    re_max_attempts=attempts)
+    erasing = random_erasing(cfg, "cpu")
+    random.seed(0)
+    erased = sum(bool((erasing(torch.ones(3, 32, 32)) == 0).any()) for _ in range(300)) / 300
+    assert low <= erased <= high
+
+
+def test_crop_pct_above_one_is_mindcv_s_whole_image_with_a_black_border(tmp_path):
+    """MindCV: resize to floor(image_resize / crop_pct), centre-crop image_resize (the crop pads)."""
+    cfg = _data_cfg(tmp_path, image_resize=64, crop_pct=1.15, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert eval_resize(cfg)[0] == 55  # floor(64 / 1.15)
+    out = create_transforms(cfg, is_training=False)(Image.new("RGB", (80, 80), (255, 255, 255)))
+    assert out.shape == (3, 64, 64)
+    assert torch.all(out[:, 0, :] == -1.0) and torch.all(out[:, :, 0] == -1.0)  # the border: black, normalised
+    assert torch.all(out[:, 32, 32] == 1.0)  # the image: white
 
 
 def test_random_erasing_takes_mindcv_s_area_and_aspect_ranges(tmp_path):

@@ -20,7 +20,7 @@ def _map(name: str):
     ("vit_b_16", 14, {"class_token", "encoder.pos_embedding", "conv_proj.weight"}, "encoder.layers.encoder_layer_0.",
      {"encoder.ln.weight", "heads.head.weight"}),
     ("swin_t", 9, {"features.0.0.weight"}, "features.1.", {"norm.weight", "head.weight"}),
-    ("regnet_y_400mf", 6, {"stem.0.weight"}, "trunk_output.block1.", {"fc.weight"}),
+    ("regnet_y_1_6gf", 6, {"stem.0.weight"}, "trunk_output.block1.", {"fc.weight"}),
     ("googlenet", 13, {"conv1.conv.weight"}, "conv2.", {"fc.weight"}),
     ("mobilenet_v3_small", 14, {"features.0.0.weight"}, "features.1.", {"classifier.0.weight", "classifier.3.weight"}),
     ("squeezenet1_1", 10, {"features.0.weight"}, "features.3.", {"classifier.1.weight"}),

@@ -10,7 +10,6 @@ from conftest import TINY_MODEL, apply_freeze
 from tunecv.config import FinetuneConfig, ModelConfig
 from tunecv.errors import UserError
 from tunecv.models.factory import (
-    MINDCV_ALIASES,
     classifier_name,
     count_params,
     create_model,
@@ -20,6 +19,7 @@ from tunecv.models.factory import (
     resolve_model_name,
     set_train_mode,
 )
+from tunecv.models.mindcv_names import MINDCV_MODELS, mindcv_target
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -35,9 +35,9 @@ def test_resolve_model_name(name, expected):
     assert resolve_model_name(name) == expected
 
 
-def test_every_mindcv_alias_points_at_a_timm_model():
-    for alias in MINDCV_ALIASES:
-        assert resolve_model_name(alias)[0] == "timm", alias
+def test_every_mindcv_name_points_at_a_timm_or_torchvision_model():
+    for alias in MINDCV_MODELS:
+        assert resolve_model_name(alias)[1] == mindcv_target(alias)[0], alias
 
 
 def test_unknown_model_user_error_with_close_names():

@@ -42,7 +42,8 @@ class DataConfig:
                              ("auto", "ram", "disk", "none"))
     cache_dir: str | None = _key(None, "where disk image caches live (default: ckpt_save_dir/cache)")
     cache_ram_gb: float | None = _key(None, "RAM budget of cache_images: auto (default: a quarter of the free memory)")
-    image_resize: int = _key(224, "training crop / evaluation input size in pixels")
+    image_resize: int = _key(224, "training crop / evaluation input size in pixels; left at 224, a model that takes "
+                                  "one size only (crossvit: 240) gets its own")
     scale: tuple[float, ...] = _key((0.08, 1.0), "RandomResizedCrop area range")
     ratio: tuple[float, ...] = _key((0.75, 1.333), "RandomResizedCrop aspect-ratio range")
     no_aug: bool = _key(False, "timm --no-aug: training images get the evaluation resize + centre crop, and "
@@ -61,9 +62,12 @@ class DataConfig:
                                                         "image (MindCV's re_scale, timm's min_area/max_area)")
     re_ratio: tuple[float, ...] = _key((0.3, 3.3), "random erasing: the erased box's aspect-ratio range (MindCV's "
                                                      "re_ratio, timm's min_aspect/max_aspect)")
+    re_max_attempts: int = _key(10, "random erasing: boxes drawn until one fits inside the image (MindCV's "
+                                    "re_max_attempts; timm's 10)")
     mean: tuple[float, ...] | None = _key(None, "normalisation mean (default: the model's; 0-255 scale accepted)")
     std: tuple[float, ...] | None = _key(None, "normalisation std (default: the model's; 0-255 scale accepted)")
-    crop_pct: float | None = _key(None, "evaluation centre-crop fraction (default: the model's)")
+    crop_pct: float | None = _key(None, "evaluation: resize to image_resize / crop_pct, centre-crop image_resize "
+                                        "(default: the model's); above 1 (MindCV) the whole image, bordered black")
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class ModelConfig:
     in_channels: int = _key(3, "input channels")
     drop_rate: float | None = _key(None, "dropout before the classifier")
     drop_path_rate: float | None = _key(None, "stochastic depth rate")
+    aux_factor: float = _key(0.0, "weight of each auxiliary classifier's loss (inception_v3, googlenet; MindCV's "
+                                  "aux_factor); 0: the model is built without them")
     pretrained: bool = _key(False, "start from ImageNet weights (bundled offline for tf_efficientnet_lite0/1/2)")
     ckpt_path: str | None = _key(None, "initialise from this local checkpoint (.pth/.pt/.ckpt/.safetensors)")
     ckpt_prefix: str | None = _key(None, "load only the keys under this prefix, e.g. backbone.")

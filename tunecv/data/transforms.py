@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
+import random
 from collections.abc import Callable
 
 from timm.data import create_transform
 from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
-from timm.data.random_erasing import RandomErasing
+from timm.data.random_erasing import RandomErasing, _get_pixels
 from torchvision import transforms as T
 
 from tunecv.config import DataConfig
@@ -76,11 +78,34 @@ def _create(cfg: DataConfig, is_training: bool, uint8: bool) -> Callable:
 
 
 def random_erasing(cfg: DataConfig, device: str) -> RandomErasing:
-    """timm's RandomErasing with the config's probability, fill, area range (re_scale) and aspect range (re_ratio),
-    on the CPU in the transform or on the GPU in `DevicePrefetcher`."""
-    return RandomErasing(cfg.re_prob, min_area=cfg.re_scale[0], max_area=cfg.re_scale[1], min_aspect=cfg.re_ratio[0],
-                         max_aspect=cfg.re_ratio[1], mode="pixel" if cfg.re_value == "random" else "const",
-                         device=device)
+    """timm's RandomErasing with the config's probability, fill, area range (re_scale), aspect range (re_ratio) and
+    tries at a box that fits (re_max_attempts), on the CPU in the transform or on the GPU in `DevicePrefetcher`."""
+    return ErasingWithAttempts(cfg.re_max_attempts, cfg.re_prob, min_area=cfg.re_scale[0], max_area=cfg.re_scale[1],
+                               min_aspect=cfg.re_ratio[0], max_aspect=cfg.re_ratio[1],
+                               mode="pixel" if cfg.re_value == "random" else "const", device=device)
+
+
+class ErasingWithAttempts(RandomErasing):
+    """timm's RandomErasing draws up to 10 boxes until one fits inside the image; MindCV lets the config set the
+    number (halonet's recipe: 1, so an image whose first box does not fit stays whole)."""
+
+    def __init__(self, max_attempts: int, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_attempts = max_attempts
+
+    def _erase(self, img, chan, img_h, img_w, dtype):
+        if random.random() > self.probability:
+            return
+        area = img_h * img_w
+        for _ in range(self.max_attempts):
+            target_area = random.uniform(self.min_area, self.max_area) * area
+            aspect_ratio = math.exp(random.uniform(*self.log_aspect_ratio))
+            h, w = round(math.sqrt(target_area * aspect_ratio)), round(math.sqrt(target_area / aspect_ratio))
+            if w < img_w and h < img_h:
+                top, left = random.randint(0, img_h - h), random.randint(0, img_w - w)
+                img[:, top:top + h, left:left + w] = _get_pixels(self.per_pixel, self.rand_color, (chan, h, w),
+                                                                 dtype=dtype, device=self.device)
+                return
 
 
 def _jitter(values: tuple[float, ...] | None) -> float | tuple[float, ...]:

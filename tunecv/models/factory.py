@@ -6,6 +6,7 @@ Must not build optimizers. Weight loading lives in `tunecv.models.weights`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import functools
 import logging
@@ -19,30 +20,11 @@ from torch import nn
 
 from tunecv.config import ModelConfig
 from tunecv.errors import UserError
+from tunecv.models.aux_heads import attach_aux_heads, aux_head_spec, check_aux_factor
+from tunecv.models.mindcv_names import MINDCV_MODELS, difference, mindcv_target, no_equivalent
 
 logger = logging.getLogger(__name__)
 
-# MindCV model names → timm names (MindCV's own spelling, so users can bring its configs unchanged).
-MINDCV_ALIASES = {
-    "mobilenet_v3_small_100": "mobilenetv3_small_100", "mobilenet_v3_small_075": "mobilenetv3_small_075",
-    "mobilenet_v3_large_100": "mobilenetv3_large_100", "mobilenet_v3_large_075": "mobilenetv3_large_075",
-    "mobilenet_v2_100": "mobilenetv2_100", "mobilenet_v2_140": "mobilenetv2_140",
-    "mobilenet_v2_075": "mobilenetv2_075", "mobilenet_v2_050": "mobilenetv2_050",
-    "mobilenet_v2_035_224": "mobilenetv2_035", "mobilenet_v2_100_224": "mobilenetv2_100",
-    "mobilenet_v1_100": "mobilenetv1_100", "mobilenet_v1_100_224": "mobilenetv1_100",
-    "resnest50": "resnest50d", "resnest101": "resnest101e",
-    "swin_tiny": "swin_tiny_patch4_window7_224", "swin_small": "swin_small_patch4_window7_224",
-    "swin_base": "swin_base_patch4_window7_224",
-    "vit_b_16_224": "vit_base_patch16_224", "vit_b_32_224": "vit_base_patch32_224",
-    "vit_l_16_224": "vit_large_patch16_224", "vit_l_32_224": "vit_large_patch32_224",
-    "xception": "legacy_xception", "ghostnet_100": "ghostnet_100", "ghostnet_050": "ghostnet_050",
-    "pit_ti": "pit_ti_224", "pit_xs": "pit_xs_224", "pit_s": "pit_s_224", "pit_b": "pit_b_224",
-    "crossvit_9": "crossvit_9_240", "crossvit_15": "crossvit_15_240", "crossvit_18": "crossvit_18_240",
-    "convit_tiny": "convit_tiny", "coat_tiny": "coat_tiny", "poolformer_s12": "poolformer_s12",
-    "regnet_x_800mf": "regnetx_008", "regnet_x_200mf": "regnetx_002", "regnet_y_200mf": "regnety_002",
-    "efficientnet_b0": "efficientnet_b0", "mixnet_s": "mixnet_s", "nasnet_a_4x1056": "nasnetalarge",
-    "bit_resnet50": "resnetv2_50x1_bit", "visformer_tiny": "visformer_tiny", "edgenext_small": "edgenext_small",
-}
 IMAGENET_DEFAULTS = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
                      "interpolation": "bilinear", "crop_pct": 0.875}
 
@@ -58,16 +40,39 @@ def _torchvision_names() -> frozenset[str]:
 
 
 def resolve_model_name(name: str) -> tuple[str, str]:
-    """(source, name) for a user's model name: source is 'timm' or 'torchvision'."""
-    name = MINDCV_ALIASES.get(name, name)
+    """(source, name) for a user's model name: source is 'timm' or 'torchvision'; MindCV's names are mapped."""
+    target = mindcv_target(name)
+    if target is not None:
+        return ("timm" if target[0] in _timm_names() else "torchvision"), target[0]
     if name in _timm_names() or name.split(".")[0] in _timm_names():
         return "timm", name
     if name in _torchvision_names():
         return "torchvision", name
-    options = sorted(_timm_names() | _torchvision_names() | set(MINDCV_ALIASES))
-    matches = difflib.get_close_matches(name, options, n=4, cutoff=0.6)
+    reason = no_equivalent(name)
+    if reason is not None:
+        raise UserError(f"model {name!r} (MindCV) has no equivalent in timm or torchvision: {reason}")
+    options = sorted(_timm_names() | _torchvision_names() | set(MINDCV_MODELS))
+    matches = difflib.get_close_matches(name.lower(), options, n=4, cutoff=0.6)
     hint = f"; closest: {', '.join(matches)}" if matches else "; see timm.list_models()"
     raise UserError(f"unknown model {name!r}{hint}")
+
+
+def architecture_options(name: str) -> dict[str, Any]:
+    """The keyword arguments that give a MindCV model's depth or width to the timm or torchvision family it maps to
+    ({} for every other name)."""
+    target = mindcv_target(name)
+    return target[1] if target is not None else {}
+
+
+def check_model_options(cfg: ModelConfig) -> None:
+    """The model's own options, checked without building it (`--print_config`)."""
+    source, resolved = resolve_model_name(cfg.model)
+    check_aux_factor(cfg.model, source, resolved, cfg.aux_factor)
+    options = architecture_options(cfg.model)
+    if options and cfg.pretrained and not cfg.ckpt_path:
+        built = ", ".join(f"{key}={value}" for key, value in options.items())
+        raise UserError(f"{source} has no ImageNet weights for {cfg.model} (built as {resolved} with {built}); set "
+                        "pretrained false, or give ckpt_path")
 
 
 def fixed_input_size(name: str) -> int | None:
@@ -95,28 +100,63 @@ def data_defaults(name: str) -> dict[str, Any]:
 
 
 def create_model(cfg: ModelConfig, num_classes: int, *, quiet: bool = False) -> nn.Module:
-    """Build the architecture with a fresh `num_classes` head; weights are loaded by `tunecv.models.weights`.
-    `quiet`: no log line (a structure built to plan with, on the meta device)."""
+    """Build the architecture with a fresh `num_classes` head (and auxiliary heads for aux_factor); weights are
+    loaded by `tunecv.models.weights`. `quiet`: no log line (a structure built to plan with, on the meta device)."""
+    check_model_options(cfg)
     source, name = resolve_model_name(cfg.model)
+    aux = cfg.aux_factor > 0
     if source == "timm":
         kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": cfg.in_channels}
         if cfg.drop_rate is not None:
             kwargs["drop_rate"] = cfg.drop_rate
         if cfg.drop_path_rate is not None:
             kwargs["drop_path_rate"] = cfg.drop_path_rate
+        if aux:
+            kwargs["aux_logits"] = True
         try:
-            model = timm.create_model(name, pretrained=False, **kwargs)
+            model = create_timm_model(name, **kwargs, **architecture_options(cfg.model))
         except TypeError as err:
             raise UserError(f"model {name} does not accept these options ({err}); remove drop_rate/drop_path_rate") \
                 from None
     else:
-        model = create_torchvision_model(name, num_classes)
+        model = create_torchvision_model(name, num_classes, aux_logits=aux, **architecture_options(cfg.model))
         if cfg.in_channels != 3:
             raise UserError(f"in_channels={cfg.in_channels} is only supported for timm models, not {name}")
+    if aux:
+        model.aux_logits = False  # the forward returns the logits alone; the hooks keep the auxiliary ones
+        attach_aux_heads(model, source, name)
     zero_init_classifier(model)
     if not quiet:
-        logger.info("model: %s (%s) with a new %d-class head", cfg.model, source, num_classes)
+        if difference(cfg.model):
+            logger.warning("model: %s is %s's %s; %s", cfg.model, source, name, difference(cfg.model))
+        logger.info("model: %s (%s) with a new %d-class head%s", cfg.model, source, num_classes,
+                    f" and {len(aux_head_spec(source, name))} auxiliary head(s), loss weight {cfg.aux_factor:g}"
+                    if aux else "")
     return model
+
+
+def create_timm_model(name: str, **kwargs: Any) -> nn.Module:
+    """timm.create_model, untrained; a width or grouping that timm's registered names fix (mobilenetv1 at 0.25,
+    RepVGG in 2 groups) from timm's own builder of that family."""
+    if name == "mobilenetv1_100" and "channel_multiplier" in kwargs:
+        from timm.models.efficientnet import _gen_mobilenet_v1
+
+        return _gen_mobilenet_v1(name, pretrained=False, **kwargs)
+    if name.startswith("repvgg_") and "groups" in kwargs:
+        from timm.models.byobnet import ByobNet, checkpoint_filter_fn, model_cfgs
+
+        regroup = functools.partial(_every_other_grouped, kwargs.pop("groups"))
+        cfg = model_cfgs[name]
+        cfg = dataclasses.replace(cfg, blocks=tuple(dataclasses.replace(b, gs=regroup) for b in cfg.blocks))
+        return timm.models.build_model_with_cfg(ByobNet, name, False, model_cfg=cfg,
+                                                pretrained_filter_fn=checkpoint_filter_fn,
+                                                feature_cfg={"flatten_sequential": True}, **kwargs)
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _every_other_grouped(groups: int, channels: int, index: int) -> int:
+    """RepVGG's group size: every second 3x3 convolution in `groups` groups (timm's and MindCV's g4 layout)."""
+    return channels // groups if (index + 1) % 2 == 0 else 0
 
 
 def zero_init_classifier(model: nn.Module) -> None:
@@ -132,12 +172,16 @@ def zero_init_classifier(model: nn.Module) -> None:
                 param.zero_()
 
 
-def create_torchvision_model(name: str, num_classes: int) -> nn.Module:
-    """A torchvision classifier with its last 1000-way layer replaced by a `num_classes` one."""
-    kwargs: dict[str, Any] = {}
+def create_torchvision_model(name: str, num_classes: int, aux_logits: bool = False, **options: Any) -> nn.Module:
+    """A torchvision classifier with its last 1000-way layer replaced by a `num_classes` one (`aux_logits`: with
+    googlenet's or inception_v3's auxiliary heads, sized for `num_classes` too; `options`: its builder's
+    architecture arguments, e.g. width_mult)."""
+    kwargs: dict[str, Any] = dict(options)
     if name in ("googlenet", "inception_v3"):
         # transform_input: the ImageNet weights expect it, and it is not in the state_dict, so always on
-        kwargs = {"aux_logits": False, "init_weights": True, "transform_input": True}
+        kwargs.update(aux_logits=aux_logits, init_weights=True, transform_input=True)
+        if aux_logits:
+            kwargs["num_classes"] = num_classes
     model = torchvision.models.get_model(name, weights=None, **kwargs)
     head_name = classifier_name(model)
     old = model.get_submodule(head_name)

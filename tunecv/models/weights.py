@@ -19,6 +19,7 @@ from torch import nn
 from tunecv.config import ModelConfig
 from tunecv.errors import UserError
 from tunecv.models import factory as models
+from tunecv.models.aux_heads import AUX_HEADS, aux_head_keys
 from tunecv.models.file_problems import safetensors_file_problem, torch_file_problem
 
 logger = logging.getLogger(__name__)
@@ -154,9 +155,9 @@ def load_exact(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load `state`; a classifier of another shape is skipped (the new head stays), anything else must match."""
     own = model.state_dict()
-    head = models.classifier_keys(model)
+    head = new_layer_keys(model)
     skipped = sorted(k for k in head if k in state and state[k].shape != own[k].shape)
-    state = {k: v for k, v in state.items() if k not in skipped}
+    state = {k: v for k, v in state.items() if k not in skipped and not _unused_aux_key(k, own)}
     mismatched = sorted(k for k, v in state.items() if k in own and v.shape != own[k].shape)
     if mismatched:
         details = ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:4])
@@ -177,6 +178,17 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str)
     model.load_state_dict(state, strict=False)
     if skipped or head_missing:
         logger.info("weights: new classifier, not loaded from %s: %s", source, ", ".join(skipped + head_missing))
+
+
+def new_layer_keys(model: nn.Module) -> set[str]:
+    """The keys a pretrained state may lack or hold in another shape: the classifier's and the auxiliary heads'."""
+    return models.classifier_keys(model) | aux_head_keys(model)
+
+
+def _unused_aux_key(key: str, own: dict[str, torch.Tensor]) -> bool:
+    """torchvision's inception_v3 and googlenet weights hold auxiliary heads a model without aux_factor lacks."""
+    heads = {head for spec in AUX_HEADS.values() for _, head, _ in spec}
+    return key not in own and key.split(".")[0] in heads
 
 
 def hub_reachable(host: str, timeout_s: float = 3.0) -> bool:
@@ -224,6 +236,6 @@ def _load_from_hub(model: nn.Module, cfg: ModelConfig, source: str, name: str) -
     except Exception as err:  # network and hub errors come in many types
         raise UserError(f"downloading pretrained weights for {name} failed ({str(err).splitlines()[0][:160]}); "
                         + OFFLINE_HINT) from None
-    head = models.classifier_keys(model)  # keep our zero-initialised head, never a downloaded random one
+    head = new_layer_keys(model)  # keep our zero-initialised head, never a downloaded random one
     load_matching(model, {k: v for k, v in state.items() if k not in head}, source=f"{source} pretrained {name}")
     return f"{source} pretrained weights ({name})"

@@ -29,7 +29,7 @@ from tunecv.finetune.phases import Phase, Plan, apply_phase, plan_phases
 from tunecv.finetune.strategies import is_gradual
 from tunecv.inference.predict import predict_classes
 from tunecv.inference.validate import validate_classifier
-from tunecv.models.factory import create_model, data_defaults, fixed_input_size
+from tunecv.models.factory import check_model_options, create_model, data_defaults, fixed_input_size
 from tunecv.models.layer_map import layer_map
 from tunecv.models.weights import load_exact, load_initial_weights
 from tunecv.report.manifest import data_fingerprint
@@ -56,6 +56,7 @@ class Classification:
         """The model's input settings where not given (no data is read)."""
         if cfg.data.auto_augment:
             check_auto_augment(cfg.data.auto_augment)
+        check_model_options(cfg.model)
         return replace(cfg, data=input_settings(cfg.data, cfg.model))
 
     def resolve_data(self, cfg: Config) -> tuple[Config, list[str]]:
@@ -157,7 +158,8 @@ class Classification:
         return engine.create_trainer(model, cfg.train, compute,
                                      create_mixup(cfg.loader, num_classes, cfg.train.label_smoothing),
                                      class_counts(train_set.targets, num_classes), freeze_bn=cfg.finetune.freeze_bn,
-                                     norm_eval=tuple(model.get_submodule(name) for name in kept))
+                                     norm_eval=tuple(model.get_submodule(name) for name in kept),
+                                     aux_factor=cfg.model.aux_factor)
 
     def train_one_epoch(self, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                         scheduler: LRScheduler, trainer: Trainer, epoch: int, progress: EpochProgress | None,
@@ -242,7 +244,7 @@ def model_structure(cfg: ModelConfig, num_classes: int) -> nn.Module:
 
 def input_settings(data: DataConfig, model: ModelConfig) -> DataConfig:
     """mean/std/interpolation/crop_pct from the model's pretrained config when not given; MindCV's 0-255 mean/std
-    rescaled; a model of a fixed input size checked against image_resize."""
+    rescaled; the input size of a model that takes one size only."""
     defaults = data_defaults(model.model)
     mean, std = data.mean or defaults["mean"], data.std or defaults["std"]
     if max(mean) > 1.0:  # MindCV writes mean/std on the 0-255 scale
@@ -253,12 +255,22 @@ def input_settings(data: DataConfig, model: ModelConfig) -> DataConfig:
         mean, std = mean if data.mean else (sum(mean) / len(mean),), std if data.std else (sum(std) / len(std),)
     if len(mean) != model.in_channels or len(std) != model.in_channels:
         raise UserError(f"mean and std need {model.in_channels} values (in_channels), got {mean} and {std}")
-    fixed = fixed_input_size(model.model)
-    if fixed is not None and data.image_resize != fixed:
-        raise UserError(f"model {model.model} takes {fixed} px inputs only; set image_resize {fixed}")
-    return replace(data, mean=tuple(round(m, 6) for m in mean), std=tuple(round(s, 6) for s in std),
+    return replace(data, image_resize=input_size(data.image_resize, model.model),
+                   mean=tuple(round(m, 6) for m in mean), std=tuple(round(s, 6) for s in std),
                    interpolation=data.interpolation or defaults["interpolation"],
                    crop_pct=data.crop_pct or defaults["crop_pct"])
+
+
+def input_size(image_resize: int, model_name: str) -> int:
+    """image_resize, or the only size the model takes (crossvit: 240) when image_resize is left at its default;
+    another size set on purpose is refused."""
+    fixed = fixed_input_size(model_name)
+    if fixed is None or image_resize == fixed:
+        return image_resize
+    if image_resize == DataConfig.image_resize:  # the schema's default
+        logger.info("input: %s takes %d px inputs only, so image_resize is %d", model_name, fixed, fixed)
+        return fixed
+    raise UserError(f"model {model_name} takes {fixed} px inputs only; set image_resize {fixed} or leave it out")
 
 
 def _class_weights(trainer: Trainer) -> list[float] | None:

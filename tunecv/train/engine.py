@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from tunecv.config import TrainConfig
 from tunecv.errors import UserError
+from tunecv.models.aux_heads import with_auxiliary_loss
 from tunecv.models.factory import set_train_mode
 from tunecv.optim.optimizers import base_lr
 from tunecv.train.losses import create_loss
@@ -55,11 +56,13 @@ class Trainer:
 
 
 def create_trainer(model: nn.Module, cfg: TrainConfig, compute: Compute, mixup: Mixup | None,
-                   class_counts: list[int], freeze_bn: bool = True, norm_eval: tuple[nn.Module, ...] = ()
-                   ) -> Trainer:
-    """The model must already be on its device (the EMA copies it). `class_counts`: training images per class."""
+                   class_counts: list[int], freeze_bn: bool = True, norm_eval: tuple[nn.Module, ...] = (),
+                   aux_factor: float = 0.0) -> Trainer:
+    """The model must already be on its device (the EMA copies it). `class_counts`: training images per class;
+    `aux_factor`: the weight of the model's auxiliary heads' losses."""
     ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
-    loss_fn = create_loss(cfg, mixup is not None, class_counts).to(compute.device)
+    loss_fn = with_auxiliary_loss(create_loss(cfg, mixup is not None, class_counts), model, aux_factor)
+    loss_fn = loss_fn.to(compute.device)
     return Trainer(loss_fn=loss_fn, compute=compute, num_classes=len(class_counts),
                    accumulation_steps=cfg.gradient_accumulation_steps,
                    clip_norm=cfg.clip_value if cfg.clip_grad else None, mixup=mixup, ema=ema,
