@@ -236,13 +236,19 @@ def test_recipes_resume_to_the_uninterrupted_results(data_dir, tmp_path, recipe,
     assert _columns(out / "results.txt") == _columns(whole / "results.txt")
 
 
-def test_resuming_with_another_batch_size_is_refused(data_dir, tmp_path):
+def test_resuming_with_another_batch_size_or_epoch_order_is_refused(data_dir, tmp_path):
     out = tmp_path / "ckpt"
     code, _ = _stop_at_epoch_2(data_dir, signal.SIGKILL, "--ckpt_save_dir", str(out), "--num_parallel_workers", "0")
     assert code == -signal.SIGKILL
-    proc = _finetune(data_dir, "--ckpt_save_dir", str(out), "--resume", "auto", "--batch_size", "8", check=False)
-    assert proc.returncode == 2
-    assert "batches differ: batch_size 8 (checkpoint: 4)" in proc.stderr.strip().splitlines()[-1]
+    before = _digest(out)
+    for change, said in ((("--batch_size", "8"), "batch_size 8 (checkpoint: 4)"),
+                         (("--aug_repeats", "2"), "aug_repeats 2 (checkpoint: 1)"),
+                         (("--shuffle", "false"), "order sequential (checkpoint: shuffled)"),
+                         (("--sampler", "balanced"), "order balanced (checkpoint: shuffled)")):
+        proc = _finetune(data_dir, "--ckpt_save_dir", str(out), "--resume", "auto", *change, check=False)
+        assert proc.returncode == 2
+        assert f"batches differ: {said}" in proc.stderr.strip().splitlines()[-1]
+        assert _digest(out) == before
 
 
 def _digest(folder: Path) -> dict[str, bytes]:

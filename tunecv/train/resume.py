@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from tunecv.config import Config
+from tunecv.data.sampler import order_layout
 from tunecv.errors import UserError
 from tunecv.report.manifest import run_differences
 from tunecv.train.checkpoint import file_stem, load_checkpoint
@@ -111,7 +112,8 @@ class GracefulStop:
 
 
 def batch_layout(batch_size: int | None, accumulation_steps: int) -> dict[str, int | None]:
-    """What a position inside an epoch is counted in: resuming on another layout would land elsewhere."""
+    """What a position inside an epoch is counted in: resuming on another layout would land elsewhere (and
+    `order_layout`: what the epoch's order is drawn from)."""
     return {"world_size": distributed.world_size(), "batch_size": batch_size,
             "gradient_accumulation_steps": accumulation_steps}
 
@@ -137,10 +139,13 @@ def check_same_run(cfg: Config, checkpoint: dict, classes: list[str], fingerprin
     changed = changed_training_keys(checkpoint.get("config", {}), cfg.to_flat())
     if changed:
         differences.append(f"other parameters would train ({', '.join(changed)})")
-    layout = batch_layout(cfg.loader.batch_size, cfg.train.gradient_accumulation_steps)
-    if checkpoint.get("layout", layout) != layout:
-        differences.append("batches differ: " + ", ".join(f"{key} {layout[key]} (checkpoint: {value})" for key, value
-                                                          in checkpoint["layout"].items() if layout[key] != value))
+    layout = {**batch_layout(cfg.loader.batch_size, cfg.train.gradient_accumulation_steps),
+              **order_layout(cfg.loader.shuffle, cfg.loader.sampler == "balanced", cfg.loader.aug_repeats)}
+    changed_layout = {key: value for key, value in checkpoint.get("layout", {}).items()  # older ones hold fewer
+                      if key in layout and layout[key] != value}
+    if changed_layout:
+        differences.append("batches differ: " + ", ".join(f"{key} {layout[key]} (checkpoint: {value})"
+                                                          for key, value in changed_layout.items()))
     if differences and not force:
         raise UserError(f"this is not the run being resumed: {'; '.join(differences)}; fix the config or data, or "
                         "pass --resume_force to resume anyway")
