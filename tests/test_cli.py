@@ -322,7 +322,7 @@ def test_renamed_list_key_takes_several_values(tiny_image_folder):
 
 
 def test_fixed_size_model_with_another_image_size_is_an_error(capsys, tiny_image_folder, tmp_path):
-    argv = _tiny_args(tiny_image_folder, tmp_path / "ckpt") + ["--model", "vit_tiny_patch16_224"]
+    argv = _tiny_args(tiny_image_folder, tmp_path / "ckpt") + ["--model", "pit_ti_224"]
     assert finetune.main(argv) == 2
     _assert_one_error(capsys, "takes 224 px inputs only", "image_resize 224")
 

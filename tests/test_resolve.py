@@ -69,7 +69,7 @@ def test_a_fixed_size_model_takes_its_size_when_image_resize_is_left_out(data_di
     caplog.set_level("INFO")
     cfg = _input({"data_dir": data_dir, "model": "crossvit_9"})  # MindCV's name; timm's crossvit_9_240
     assert cfg.data.image_resize == 240
-    assert "crossvit_9 takes 240 px inputs only, so image_resize is 240" in caplog.text
+    assert "crossvit_9 takes 240 px inputs, so image_resize is 240" in caplog.text
     assert _input({"data_dir": data_dir, "model": "crossvit_9", "image_resize": 240}).data.image_resize == 240
     assert _input({"data_dir": data_dir, "model": "resnet18"}).data.image_resize == 224
 
@@ -77,6 +77,21 @@ def test_a_fixed_size_model_takes_its_size_when_image_resize_is_left_out(data_di
 def test_a_fixed_size_model_refuses_another_size_set_on_purpose(data_dir):
     with pytest.raises(UserError, match="takes 240 px inputs only; set image_resize 240 or leave it out"):
         _input({"data_dir": data_dir, "model": "crossvit_9", "image_resize": 160})
+
+
+def test_a_vit_set_to_another_size_on_purpose_resamples_its_position_embeddings(data_dir, caplog):
+    import torch
+
+    from tunecv.models.factory import create_model
+
+    caplog.set_level("INFO")
+    cfg = _input({"data_dir": data_dir, "model": "vit_tiny_patch16_224", "image_resize": 96})
+    assert cfg.data.image_resize == 96 and "resampled from its 224 px grid" in caplog.text
+    model = create_model(cfg.model, num_classes=3, input_size=96).eval()
+    default = create_model(cfg.model, num_classes=3)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in default.state_dict().items()}
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 96, 96)).shape == (1, 3)  # the same weights fit: pretrained ones load
 
 
 def test_unknown_model_lists_close_names(data_dir):
@@ -115,7 +130,7 @@ def test_the_run_holds_every_derived_value(tiny_overrides):
 
 def test_num_classes_must_match_the_data(tiny_overrides):
     assert _run(tiny_overrides, num_classes=3).cfg.model.num_classes == 3
-    with pytest.raises(UserError, match="num_classes is 5 but train has 3 classes; set --num_classes 3"):
+    with pytest.raises(UserError, match="train has 3 classes; pass --num_classes 3, or remove num_classes from the"):
         _run(tiny_overrides, num_classes=5)
 
 

@@ -96,6 +96,16 @@ MISTAKES = [
        "nowhere"),
     _m("sweep: into a finished run's folder", "sweep.py",
        [*TRAIN, "--search", "lr=0.1,0.2", "--trials", "2", "--ckpt_save_dir", RUN], RUN, "holds a finetune.py run"),
+    _m("MindCV model with no equivalent", "finetune.py", [*TRAIN, "--model", "pvt_tiny"], "pvt_tiny", "pvt_v2_b1"),
+    _m("aux_factor on a model without one", "finetune.py", [*TRAIN, "--aux_factor", "0.1"], "aux_factor",
+       "remove aux_factor"),
+    _m("inception's auxiliary head below its size", "finetune.py",
+       [*TRAIN, "--model", "inception_v3", "--aux_factor", "0.1", "--image_resize", "160"],
+       "cannot run on 160 px", "image_resize 299"),
+    _m("pretrained MindCV width timm has no weights for", "finetune.py",
+       [*TRAIN, "--model", "rexnet_09", "--pretrained", "true"], "no imagenet weights", "pretrained false"),
+    _m("a run that crashed before its first checkpoint", "finetune.py", [*TRAIN, "--ckpt_save_dir", "crashed"],
+       "before saving a checkpoint", "--overwrite"),
     _m("validate: checkpoint not found", "validate.py", ["--ckpt_path", "nope.pth"], "nope.pth", "not found"),
     _m("validate: text file", "validate.py", ["--ckpt_path", "notes.txt"], "notes.txt", "checkpoint"),
     _m("validate: empty file", "validate.py", ["--ckpt_path", "empty.pth"], "empty.pth", "checkpoint"),
@@ -120,6 +130,9 @@ def write_workspace(root: Path, repo: Path = ROOT) -> Path:
     (root / "empty" / "train").mkdir(parents=True)
     subprocess.run([sys.executable, str(repo / "finetune.py"), *TRAIN, "--epoch_size", "2", "--ckpt_save_dir", RUN],
                    cwd=root, env=SCRIPT_ENV, capture_output=True, check=True, timeout=300)
+    (root / "crashed").mkdir()  # what a run that failed in its first epoch leaves
+    shutil.copy(root / RUN / "run.json", root / "crashed" / "run.json")
+    (root / "crashed" / "results.txt").write_text((root / RUN / "results.txt").read_text().splitlines()[0] + "\n")
     (root / "broken.yaml").write_text("model: test_efficientnet\nlr: 0.1: 2\n", encoding="utf-8")
     (root / "foreign.yaml").write_text("data_dir: data\nper_device_train_batch_size: 8\n", encoding="utf-8")
     (root / "noise.bin").write_bytes(bytes(range(256)) * 8)

@@ -81,7 +81,8 @@ def resolve(cfg: Config, task: Resolvable, *, world_size: int = 1, new_run: bool
     cfg, classes = task.resolve_data(task.resolve_config(cfg))
     if cfg.model.num_classes is not None and cfg.model.num_classes != len(classes):
         raise UserError(f"num_classes is {cfg.model.num_classes} but {cfg.data.train_split} has {len(classes)} "
-                        f"classes; set --num_classes {len(classes)} or leave it out")
+                        f"classes; pass --num_classes {len(classes)}, or remove num_classes from the config (the data "
+                        "gives it)")
     metric = task.default_metric(cfg) if cfg.train.best_metric == "auto" else cfg.train.best_metric
     resume_force = checkpoint is not None and cfg.train.resume_force
     cfg = replace(cfg, model=replace(cfg.model, num_classes=len(classes)),

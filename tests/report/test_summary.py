@@ -9,7 +9,14 @@ from conftest import prepared
 from tunecv.config import DataConfig, LoaderConfig, load_config
 from tunecv.finetune.phases import Phase
 from tunecv.models.layer_map import LayerMap
-from tunecv.report.summary import augmentation_words, class_weight_words, count_words, phase_lines, share_words
+from tunecv.report.summary import (
+    augmentation_words,
+    class_weight_words,
+    count_words,
+    phase_lines,
+    share_words,
+    warmup_words,
+)
 
 # a 3.37 M-parameter model: stem, two stages, a head group of conv_head and the 2,562-parameter classifier
 STAGES = (("stem.w",), ("s1.w",), ("s2.w",), ("conv_head.w", "fc.w", "fc.b"))
@@ -61,6 +68,13 @@ def test_augmentation_in_words():
     assert augmentation_words(replace(data, no_aug=True, hflip=0.0), loader) == "none"
     assert augmentation_words(replace(data, no_aug=True), replace(loader, mixup=0.8, cutmix=1.0, cutmix_prob=0.5)) \
         == "evaluation crop + hflip 0.5 (no_aug), mixup alpha 0.8 / cutmix alpha 1 on 50% of batches"
+
+
+def test_the_warm_up_said_is_the_one_the_schedule_runs(tmp_path):
+    cfg = load_config(None, {"data_dir": str(tmp_path), "warmup_epochs": 5, "epoch_size": 1})
+    assert warmup_words(cfg, 30) == "warm-up 1 epochs (the whole run: 150 steps were asked for)"
+    cfg = load_config(None, {"data_dir": str(tmp_path), "warmup_epochs": 2, "epoch_size": 10})
+    assert warmup_words(cfg, 30) == "warm-up 2 epochs"
 
 
 def test_class_weights_in_words():

@@ -66,13 +66,15 @@ def test_two_gloo_processes_train_as_one_on_the_global_batch(data_dir, tmp_path,
     assert f"top1 {best}" in check.stdout
 
 
-def test_distribute_without_torchrun_says_how_to_launch(data_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "finetune.py", "--data_dir", str(data_dir), *ARGS, "--distribute",
-                           "--ckpt_save_dir", str(tmp_path / "ckpt")], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("tunecv: error: distribute: true, but this process was "
-                                                          "not launched by torchrun; run torchrun --nproc_per_node")
+def test_distribute_without_torchrun_trains_alone_and_says_how_to_launch(data_dir, tmp_path):
+    """MindCV's configs all set distribute: true; on one device they run as they are."""
+    proc = subprocess.run([sys.executable, "finetune.py", "--data_dir", str(data_dir), *ARGS, "--model", MODEL,
+                           "--epoch_size", "1", "--distribute", "--ckpt_save_dir", str(tmp_path / "ckpt")], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "distribute: true, but this process was not launched by torchrun, so it trains alone; for several GPUs " \
+           "run torchrun --nproc_per_node" in proc.stderr
+    assert (tmp_path / "ckpt" / "results.txt").exists()
 
 
 EVALUATE_SHARDS = '''

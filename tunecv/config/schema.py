@@ -210,8 +210,8 @@ class TrainConfig:
                                    "(0: at epoch ends only)")
     save_format: str = _key("pth", "checkpoint weights: pth (torch.save), or safetensors (.safetensors plus a .json "
                                    "sidecar holding config, classes and metrics)", ("pth", "safetensors"))
-    distribute: bool = _key(False, "MindCV key: require a torchrun launch (several GPUs/machines); any torchrun "
-                                   "launch trains distributed")
+    distribute: bool = _key(False, "MindCV key: several GPUs/machines when launched by torchrun; without torchrun the "
+                                   "run trains alone (logged); any torchrun launch trains distributed")
     sync_bn: bool = _key(False, "distributed CUDA runs: BatchNorm statistics over the global batch (SyncBatchNorm)")
     device: str = _key("auto", "auto (cuda when available), cpu or cuda", ("auto", "cpu", "cuda"))
     channels_last: bool = _key(True, "NHWC memory format (measured faster for CNNs on CPU and GPU)")

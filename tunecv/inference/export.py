@@ -209,7 +209,7 @@ def torchscript_runner(path: str) -> Runner:
 def safetensors_runner(path: str, cfg: Config, num_classes: int) -> Runner:
     """A fresh model from the file alone: proves it holds every weight the architecture needs."""
     with _quiet_loggers("tunecv.models.factory"):  # its "new 3-class head" line would mislead here
-        model = create_model(cfg.model, num_classes=num_classes)
+        model = create_model(cfg.model, num_classes=num_classes, input_size=cfg.data.image_resize)
     load_exact(model, load_safetensors_file(Path(path)), source=f"{path} (model {cfg.model.model})")
     return model.eval()
 

@@ -64,6 +64,17 @@ def architecture_options(name: str) -> dict[str, Any]:
     return target[1] if target is not None else {}
 
 
+def built_as(name: str) -> str | None:
+    """What a mapped (MindCV) name builds, e.g. "timm's rexnet_100 with width_mult=0.9"; None for a timm or
+    torchvision name."""
+    target = mindcv_target(name)
+    if target is None:
+        return None
+    source = "timm" if target[0] in _timm_names() else "torchvision"
+    options = ", ".join(f"{key}={value}" for key, value in target[1].items())
+    return f"{source}'s {target[0]}" + (f" with {options}" if options else "")
+
+
 def check_model_options(cfg: ModelConfig) -> None:
     """The model's own options, checked without building it (`--print_config`)."""
     source, resolved = resolve_model_name(cfg.model)
@@ -86,6 +97,54 @@ def fixed_input_size(name: str) -> int | None:
     return int(pretrained_cfg.input_size[-1])
 
 
+def pretrained_input_size(name: str) -> int:
+    """The input size the model's ImageNet weights were trained at (224 where its config says none)."""
+    source, resolved = resolve_model_name(name)
+    pretrained_cfg = timm.models.get_pretrained_cfg(resolved) if source == "timm" else None
+    return int(pretrained_cfg.input_size[-1]) if pretrained_cfg is not None else 224
+
+
+def check_runs_at(cfg: ModelConfig, input_size: int) -> None:
+    """A UserError when the model cannot take `input_size` px images (halonet's attention blocks, inception's
+    auxiliary head below 299 px): found by a training forward on the meta device, before any data is read."""
+    try:
+        with torch.device("meta"):
+            model = create_model(cfg, cfg.num_classes or 2, input_size=input_size, quiet=True).train()
+            model(torch.empty(2, cfg.in_channels, input_size, input_size))
+    except (RuntimeError, NotImplementedError) as err:
+        if "meta" in str(err):  # a build or forward the meta device cannot do: nothing known either way
+            return
+        problem = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+    except (AssertionError, ValueError) as err:
+        problem = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+    else:
+        return
+    raise UserError(f"model {cfg.model} cannot run on {input_size} px inputs{f' ({problem})' if problem else ''}; set "
+                    f"image_resize {pretrained_input_size(cfg.model)}, the size its weights were trained at")
+
+
+def size_options(name: str, input_size: int | None) -> dict[str, Any]:
+    """What a model of one fixed input size needs to take `input_size` instead: timm's dynamic_img_size (ViT, Swin:
+    the position embeddings resampled to the input's grid; the weights keep their shapes). A UserError for a model
+    that cannot."""
+    fixed = None if input_size is None else fixed_input_size(name)
+    if fixed is None or fixed == input_size:
+        return {}
+    if resolve_model_name(name)[0] == "timm" and _takes_dynamic_size(resolve_model_name(name)[1]):
+        return {"dynamic_img_size": True}
+    raise UserError(f"model {name} takes {fixed} px inputs only; set image_resize {fixed} or leave it out")
+
+
+@functools.lru_cache(maxsize=32)
+def _takes_dynamic_size(timm_name: str) -> bool:
+    try:
+        with torch.device("meta"):
+            timm.create_model(timm_name, pretrained=False, dynamic_img_size=True)
+    except TypeError:
+        return False
+    return True
+
+
 def data_defaults(name: str) -> dict[str, Any]:
     """mean, std, interpolation, crop_pct of the model's pretrained weights, without building it."""
     source, resolved = resolve_model_name(name)
@@ -99,9 +158,11 @@ def data_defaults(name: str) -> dict[str, Any]:
             "crop_pct": pretrained_cfg.crop_pct or 0.875}
 
 
-def create_model(cfg: ModelConfig, num_classes: int, *, quiet: bool = False) -> nn.Module:
-    """Build the architecture with a fresh `num_classes` head (and auxiliary heads for aux_factor); weights are
-    loaded by `tunecv.models.weights`. `quiet`: no log line (a structure built to plan with, on the meta device)."""
+def create_model(cfg: ModelConfig, num_classes: int, *, input_size: int | None = None, quiet: bool = False
+                 ) -> nn.Module:
+    """Build the architecture with a fresh `num_classes` head (and auxiliary heads for aux_factor) for `input_size`
+    px inputs; weights are loaded by `tunecv.models.weights`. `quiet`: no log line (a structure built to plan
+    with, on the meta device)."""
     check_model_options(cfg)
     source, name = resolve_model_name(cfg.model)
     aux = cfg.aux_factor > 0
@@ -113,12 +174,14 @@ def create_model(cfg: ModelConfig, num_classes: int, *, quiet: bool = False) -> 
             kwargs["drop_path_rate"] = cfg.drop_path_rate
         if aux:
             kwargs["aux_logits"] = True
+        kwargs.update(size_options(cfg.model, input_size))
         try:
             model = create_timm_model(name, **kwargs, **architecture_options(cfg.model))
         except TypeError as err:
             raise UserError(f"model {name} does not accept these options ({err}); remove drop_rate/drop_path_rate") \
                 from None
     else:
+        size_options(cfg.model, input_size)  # torchvision's fixed-size models take that size only
         model = create_torchvision_model(name, num_classes, aux_logits=aux, **architecture_options(cfg.model))
         if cfg.in_channels != 3:
             raise UserError(f"in_channels={cfg.in_channels} is only supported for timm models, not {name}")
@@ -129,7 +192,7 @@ def create_model(cfg: ModelConfig, num_classes: int, *, quiet: bool = False) -> 
     if not quiet:
         if difference(cfg.model):
             logger.warning("model: %s is %s's %s; %s", cfg.model, source, name, difference(cfg.model))
-        logger.info("model: %s (%s) with a new %d-class head%s", cfg.model, source, num_classes,
+        logger.info("model: %s (%s) with a new %d-class head%s", cfg.model, built_as(cfg.model) or source, num_classes,
                     f" and {len(aux_head_spec(source, name))} auxiliary head(s), loss weight {cfg.aux_factor:g}"
                     if aux else "")
     return model

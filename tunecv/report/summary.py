@@ -12,6 +12,7 @@ from torch.utils.data import Dataset as Sized
 from tunecv.config import Config, DataConfig, LoaderConfig
 from tunecv.finetune.phases import Phase
 from tunecv.models.layer_map import LayerMap
+from tunecv.optim.schedulers import build_schedule
 
 INDENT = " " * 13  # continuation lines line up under the values
 
@@ -110,6 +111,15 @@ def class_weight_words(classes: Sequence[str], weights: Sequence[float], listed:
     return f"{weights[low]:.3g} ({classes[low]}) to {weights[high]:.3g} ({classes[high]})"
 
 
+def warmup_words(cfg: Config, steps_per_epoch: int) -> str:
+    """The warm-up the schedule runs: a run shorter than the warm-up asked for warms up all the way."""
+    schedule = build_schedule(cfg.sched, cfg.optim.lr, steps_per_epoch, cfg.train.epoch_size)
+    words = f"warm-up {schedule.warmup_steps / steps_per_epoch:g} epochs"
+    asked = cfg.sched.warmup_iters if cfg.sched.warmup_iters is not None else \
+        round(cfg.sched.warmup_epochs * steps_per_epoch)
+    return words + (f" (the whole run: {asked} steps were asked for)" if asked > schedule.warmup_steps else "")
+
+
 def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: str, trains: list[str],
                 optimizer_name: str, group_table: str, steps_per_epoch: int, workers: int, compute: str,
                 caches: str = "none", class_weights: list[float] | None = None) -> str:
@@ -133,7 +143,7 @@ def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: s
         f"  augment    {augmentation_words(data, cfg.loader)}",
         f"  optimizer  {optimizer_name} ({cfg.optim.opt}) lr {cfg.optim.lr:g}"
         f" weight_decay {cfg.optim.weight_decay:g}",
-        f"  schedule   {sched.scheduler}, warm-up {sched.warmup_epochs:g} epochs, {train.epoch_size} epochs"
+        f"  schedule   {sched.scheduler}, {warmup_words(cfg, steps_per_epoch)}, {train.epoch_size} epochs"
         f" x {steps_per_epoch} steps, batch {cfg.loader.batch_size}"
         + (f" x {train.gradient_accumulation_steps} accumulated" if train.gradient_accumulation_steps > 1 else ""),
         f"  loss       {train.loss}, label_smoothing {train.label_smoothing:g}{weighting}"

@@ -21,6 +21,7 @@ from tunecv import cli
 from tunecv.config import Config, UserError, load_config, to_yaml
 from tunecv.data.preview import write_batch_preview
 from tunecv.finetune.phases import Phase, Plan, apply_phase, phase_schedule
+from tunecv.models.factory import built_as
 from tunecv.optim.optimizers import create_optimizer
 from tunecv.optim.schedulers import create_scheduler
 from tunecv.resolve import Run, resolve
@@ -159,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides, args.cfg_options)
         task = create_task(cfg)
         if args.print_config:  # with the values the model and data_dir give (layout, normalisation)
-            return _report(to_yaml(task.resolve_config(cfg)).rstrip("\n"))
+            mapped = built_as(cfg.model.model)  # a MindCV name: the network it stands for
+            return _report((f"# model {cfg.model.model} builds {mapped}\n" if mapped else "")
+                           + to_yaml(task.resolve_config(cfg)).rstrip("\n"))
         step = "show_batch" if args.show_batch else "lr_find" if args.lr_find else None
         if step is not None and step not in task.tools:
             raise UserError(f"--{step} works for classification; task: {task.name} has no such step")

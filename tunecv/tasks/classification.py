@@ -29,7 +29,14 @@ from tunecv.finetune.phases import Phase, Plan, apply_phase, plan_phases
 from tunecv.finetune.strategies import is_gradual
 from tunecv.inference.predict import predict_classes
 from tunecv.inference.validate import validate_classifier
-from tunecv.models.factory import check_model_options, create_model, data_defaults, fixed_input_size
+from tunecv.models.factory import (
+    check_model_options,
+    check_runs_at,
+    create_model,
+    data_defaults,
+    fixed_input_size,
+    size_options,
+)
 from tunecv.models.layer_map import layer_map
 from tunecv.models.weights import load_exact, load_initial_weights
 from tunecv.report.manifest import data_fingerprint
@@ -57,7 +64,9 @@ class Classification:
         if cfg.data.auto_augment:
             check_auto_augment(cfg.data.auto_augment)
         check_model_options(cfg.model)
-        return replace(cfg, data=input_settings(cfg.data, cfg.model))
+        data = input_settings(cfg.data, cfg.model)
+        check_runs_at(cfg.model, data.image_resize)
+        return replace(cfg, data=data)
 
     def resolve_data(self, cfg: Config) -> tuple[Config, list[str]]:
         """The data layout found in data_dir, and the training split's classes."""
@@ -69,7 +78,7 @@ class Classification:
 
     def plan_phases(self, cfg: Config, num_classes: int) -> list[Phase]:
         """The phases, from the model's structure."""
-        model = model_structure(cfg.model, num_classes)
+        model = model_structure(cfg, num_classes)
         lmap, ft = layer_map(model), cfg.finetune
         coarse = [k for k, on in (("strategy gradual", is_gradual(ft.strategy)),
                                   ("frozen_stages", ft.frozen_stages >= 0),
@@ -81,7 +90,7 @@ class Classification:
 
     def resolve_caches(self, cfg: Config, phases: list[Phase], world_size: int) -> tuple[bool, str]:
         """Whether the frozen backbone's features are computed once, and the image cache asked for."""
-        model = model_structure(cfg.model, cfg.model.num_classes)
+        model = model_structure(cfg, cfg.model.num_classes)
         features = use_feature_cache(cfg, model, layer_map(model), phases)
         # images read once or twice for their features gain nothing from a pixel cache, unless it is asked for
         images = "none" if features and cfg.data.cache_images == "auto" else cfg.data.cache_images
@@ -120,7 +129,7 @@ class Classification:
 
     def create_model(self, run: Run, compute: Compute) -> tuple[nn.Module, str]:
         """The classifier with its configured weights (a resumed run's replace them), on its device."""
-        model = create_model(run.cfg.model, num_classes=len(run.classes))
+        model = create_model(run.cfg.model, num_classes=len(run.classes), input_size=run.cfg.data.image_resize)
         weights = load_initial_weights(model, run.cfg.model)
         return compute.prepare_model(distributed.sync_batchnorm(model, run.cfg.train.sync_bn, compute.device)), weights
 
@@ -213,7 +222,7 @@ class Classification:
                            compute, _caches(pipeline), _class_weights(pipeline.trainer))
 
     def load_model(self, cfg: Config, classes: list[str], state: dict[str, Any], source: str) -> nn.Module:
-        model = create_model(cfg.model, num_classes=len(classes))
+        model = create_model(cfg.model, num_classes=len(classes), input_size=cfg.data.image_resize)
         load_exact(model, state, source=source)
         return model
 
@@ -232,14 +241,14 @@ class Classification:
         return "\t".join([row["path"], *(f"{name} {score:.4f}" for name, score in row["top"])])
 
 
-def model_structure(cfg: ModelConfig, num_classes: int) -> nn.Module:
+def model_structure(cfg: Config, num_classes: int) -> nn.Module:
     """The model's modules and parameter names without its weights: built on the meta device (no memory), on the
     CPU for the few models whose build reads a tensor's values. (Either way before the run seeds its generators.)"""
     try:
         with torch.device("meta"):
-            return create_model(cfg, num_classes, quiet=True)
+            return create_model(cfg.model, num_classes, input_size=cfg.data.image_resize, quiet=True)
     except (RuntimeError, NotImplementedError):  # e.g. .item() of a meta tensor in the model's __init__
-        return create_model(cfg, num_classes, quiet=True)
+        return create_model(cfg.model, num_classes, input_size=cfg.data.image_resize, quiet=True)
 
 
 def input_settings(data: DataConfig, model: ModelConfig) -> DataConfig:
@@ -262,15 +271,18 @@ def input_settings(data: DataConfig, model: ModelConfig) -> DataConfig:
 
 
 def input_size(image_resize: int, model_name: str) -> int:
-    """image_resize, or the only size the model takes (crossvit: 240) when image_resize is left at its default;
-    another size set on purpose is refused."""
+    """image_resize, or the only size the model takes (crossvit: 240) when image_resize is left at its default.
+    Another size set on purpose: a ViT or Swin resamples its position embeddings to it, other models refuse it."""
     fixed = fixed_input_size(model_name)
     if fixed is None or image_resize == fixed:
         return image_resize
     if image_resize == DataConfig.image_resize:  # the schema's default
-        logger.info("input: %s takes %d px inputs only, so image_resize is %d", model_name, fixed, fixed)
+        logger.info("input: %s takes %d px inputs, so image_resize is %d", model_name, fixed, fixed)
         return fixed
-    raise UserError(f"model {model_name} takes {fixed} px inputs only; set image_resize {fixed} or leave it out")
+    size_options(model_name, image_resize)
+    logger.info("input: %s runs at %d px, its position embeddings resampled from its %d px grid", model_name,
+                image_resize, fixed)
+    return image_resize
 
 
 def _class_weights(trainer: Trainer) -> list[float] | None:

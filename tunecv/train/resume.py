@@ -190,6 +190,10 @@ def with_run_dir(cfg: Config, resume_path: Path | None, refuse: bool = True) -> 
         out_dir = distributed.broadcast(new_run_dir(cfg.model.model) if distributed.is_main() else None)
     found = run_files_in(out_dir)
     if found and resume_path is None and refuse:
+        if not cfg.train.overwrite and not any(name.endswith((".pth", ".safetensors")) for name in found):
+            raise UserError(f"{out_dir} holds a run that stopped before saving a checkpoint ({', '.join(found[:3])}), "
+                            "so there is nothing to resume; pass --overwrite to start it again, or another "
+                            "--ckpt_save_dir")
         if not cfg.train.overwrite:
             raise UserError(f"{out_dir} holds an earlier run ({', '.join(found[:3])}); pass --resume auto to continue "
                             "it (with a larger --epoch_size to train a finished one further), --overwrite to replace "

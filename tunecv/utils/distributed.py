@@ -38,8 +38,9 @@ def init(required: bool, device_name: str) -> torch.device | None:
     """Join the process group when torchrun launched this process: nccl on CUDA, gloo on the CPU. Returns this
     process's GPU (cuda:LOCAL_RANK), or None when it is not distributed or runs on the CPU."""
     if not launched():
-        if required:
-            raise UserError(f"distribute: true, but this process was not launched by torchrun; run {LAUNCH_HINT}")
+        if required:  # MindCV's configs all say so: they run on one device as they are
+            logger.warning("distribute: true, but this process was not launched by torchrun, so it trains alone; "
+                           "for several GPUs run %s", LAUNCH_HINT)
         return None
     cuda = device_name != "cpu" and torch.cuda.is_available()
     if device_name == "cuda" and not cuda:
