@@ -15,6 +15,7 @@ from tools.tool_cli import ToolParser, run_tool
 from tunecv.config import KEYS
 from tunecv.config.compat import IGNORED_KEYS, MINDCV_KEYS, NOOP_KEYS, RENAMED_KEYS
 from tunecv.models.mindcv_names import DIFFERENCES, MINDCV_MODELS, NO_EQUIVALENT
+from tunecv.models.names import built_as, resolve_model_name
 from tunecv.utils.fileio import atomic_write_text
 
 MINDCV_DOC = Path(__file__).resolve().parents[1] / "docs" / "mindcv.md"
@@ -44,29 +45,25 @@ def _key_meaning(key: str) -> str:
 
 
 def key_rows() -> list[str]:
+    """Each key MindCV's configs set, and what tunecv does with it."""
     return ["| MindCV key | in tunecv |", "|---|---|",
             *(f"| `{key}` | {_key_meaning(key)} |" for key in MINDCV_KEYS)]
 
 
-def _built(target: str | tuple[str, dict]) -> str:
-    if isinstance(target, str):
-        return f"`{target}`"
-    name, options = target
-    return f"`{name}` with " + ", ".join(f"`{key}={value}`" for key, value in options.items())
-
-
 def model_rows() -> list[str]:
+    """Each MindCV name tunecv maps, refuses or builds otherwise than MindCV, and the network it builds."""
     rows = ["| MindCV model | built as | how it differs from MindCV's |", "|---|---|---|"]
     for name in sorted(set(MINDCV_MODELS) | set(DIFFERENCES) | set(NO_EQUIVALENT)):
         if name in NO_EQUIVALENT:
             rows.append(f"| `{name}` | refused | {NO_EQUIVALENT[name]} |")
             continue
-        built = _built(MINDCV_MODELS[name]) if name in MINDCV_MODELS else f"`{name}` (the same name)"
+        built = built_as(name) if name in MINDCV_MODELS else f"{resolve_model_name(name)[0]}'s {name}"
         rows.append(f"| `{name}` | {built} | {DIFFERENCES.get(name, 'the same parameters')} |")
     return rows
 
 
 def mindcv_doc() -> str:
+    """docs/mindcv.md as the code says it."""
     return "\n".join([HEADER, "## Config keys", "", *key_rows(), "", "## Models", "",
                       "Names are matched in any case (`BiT_resnet50`). A MindCV model name not listed is timm's or "
                       "torchvision's own name for the same network.", "", *model_rows(), ""])

@@ -13,7 +13,8 @@ from conftest import run_script
 from tunecv.config import ModelConfig
 from tunecv.errors import UserError
 from tunecv.models.aux_heads import aux_head_keys, aux_heads, with_auxiliary_loss
-from tunecv.models.factory import check_model_options, create_model
+from tunecv.models.factory import create_model
+from tunecv.models.names import check_model_options
 from tunecv.models.weights import load_matching
 
 
@@ -88,3 +89,14 @@ def test_finetune_with_aux_factor_then_validate(tmp_path, tiny_image_folder):
     assert any(key.startswith("aux1.") for key in saved["model"])
     checked = run_script("validate.py", "--ckpt_path", str(out / "googlenet_best.pth"), "--device", "cpu")
     assert "top1" in checked.stdout.lower() or "top-1" in checked.stdout.lower()
+    exported = tmp_path / "googlenet.safetensors"  # inference and export leave the training-only heads out
+    run_script("export.py", "--ckpt_path", str(out / "googlenet_best.pth"), "--format", "safetensors", "--output",
+               str(exported), "--device", "cpu")
+    from safetensors.torch import load_file
+
+    assert load_file(str(exported)) and not any(key.startswith(("aux1.", "aux2.")) for key in load_file(str(exported)))
+    resumed = run_script("finetune.py", "--data_dir", str(tiny_image_folder), "--model", "googlenet", "--aux_factor",
+                         "0", "--image_resize", "64", "--batch_size", "4", "--epoch_size", "2", "--device", "cpu",
+                         "--num_parallel_workers", "0", "--ckpt_save_dir", str(out), "--resume", "auto", check=False)
+    assert resumed.returncode == 2
+    assert resumed.stderr.strip().splitlines()[-1].endswith("set aux_factor 0.3 to resume it")

@@ -12,8 +12,9 @@ import torch
 from tunecv.config import ModelConfig, load_config
 from tunecv.config.compat import MINDCV_KEYS
 from tunecv.errors import UserError
-from tunecv.models.factory import count_params, create_model, resolve_model_name
+from tunecv.models.factory import count_params, create_model
 from tunecv.models.mindcv_names import NO_EQUIVALENT
+from tunecv.models.names import resolve_model_name
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "mindcv"
 
@@ -86,7 +87,7 @@ def test_every_model_mindcv_registers_builds_or_has_no_equivalent():
     ("BiT_resnet50", "resnetv2_50x1_bit", 25_549_352), ("rexnet_09", "rexnet_100", 4_091_257),
     ("resnext152_64x4d", "resnext101_64x4d", 114_971_944), ("repvgg_b1g2", "repvgg_b1", 45_782_376),
     ("mobilenet_v1_025", "mobilenetv1_100", 470_072), ("convit_tiny_plus", "convit_tiny", 9_972_912),
-    ("mobilenet_v3_large_075", "mobilenet_v3_large", 3_377_576), ("regnet_x_400mf", "regnetx_004", 5_157_512),
+    ("mobilenet_v3_large_075", "mobilenet_v3_large", 3_377_576), ("regnet_x_600mf", "regnetx_006", 6_196_040),
 ])
 def test_a_mapped_name_builds_mindcv_s_size_not_its_sibling_s(name, timm_name, params):
     """The counts are MindCV's trainable parameters (mindcv 0.3.0, 1000 classes)."""
@@ -95,7 +96,7 @@ def test_a_mapped_name_builds_mindcv_s_size_not_its_sibling_s(name, timm_name, p
 
 
 def test_a_variant_without_imagenet_weights_refuses_pretrained():
-    from tunecv.models.factory import check_model_options
+    from tunecv.models.names import check_model_options
 
     with pytest.raises(UserError, match="timm has no ImageNet weights for convit_tiny_plus .*set pretrained false"):
         check_model_options(ModelConfig(model="convit_tiny_plus", pretrained=True))

@@ -13,13 +13,12 @@ from tunecv.models.factory import (
     classifier_name,
     count_params,
     create_model,
-    data_defaults,
     frozen_modules,
     num_outputs,
-    resolve_model_name,
     set_train_mode,
 )
 from tunecv.models.mindcv_names import MINDCV_MODELS, mindcv_target
+from tunecv.models.names import data_defaults, resolve_model_name
 
 
 @pytest.mark.parametrize("name, expected", [

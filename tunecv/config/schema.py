@@ -67,7 +67,8 @@ class DataConfig:
     mean: tuple[float, ...] | None = _key(None, "normalisation mean (default: the model's; 0-255 scale accepted)")
     std: tuple[float, ...] | None = _key(None, "normalisation std (default: the model's; 0-255 scale accepted)")
     crop_pct: float | None = _key(None, "evaluation: resize to image_resize / crop_pct, centre-crop image_resize "
-                                        "(default: the model's); above 1 (MindCV) the whole image, bordered black")
+                                        "(default: the model's); above 1 (MindCV): the shorter side shrunk inside a "
+                                        "black border")
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,6 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
     return hash((seed, epoch, position)) & (2**63 - 1)
 
 
-def order_layout(shuffle: bool, balanced: bool, repeats: int) -> dict[str, str | int]:
-    """What an epoch's order is drawn from: an epoch resumed on another goes on in another order."""
-    return {"order": "balanced" if balanced else "shuffled" if shuffle else "sequential",
-            "aug_repeats": max(repeats, 1)}
-
-
 class EpochSampler(Sampler):
     """Yields (dataset index, sample seed) pairs. The epoch's global order is a permutation (`shuffle`), a
     class-balanced draw with replacement (`balanced`: each class seen equally often) or the dataset order, drawn
@@ -48,9 +42,6 @@ class EpochSampler(Sampler):
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
-
-    def layout(self) -> dict[str, str | int]:
-        return order_layout(self.shuffle, self.targets is not None, self.repeats)
 
     def order(self, epoch: int) -> torch.Tensor:
         """The epoch's global order of dataset indices (before padding and sharding)."""

@@ -3,12 +3,13 @@ that knows its outputs (for validate.py, predict.py and export.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
 
 from tunecv.config import Config, load_config
+from tunecv.models.aux_heads import without_aux_heads
 from tunecv.tasks import create_task
 from tunecv.tasks.base import Task
 from tunecv.train.checkpoint import load_checkpoint
@@ -36,9 +37,12 @@ def load_trained(ckpt_path: str, config_path: str | None, overrides: dict[str, A
     saved = (checkpoint["config"], f"checkpoint {ckpt_path}")
     cfg = load_config(config_path, overrides, cfg_options, base_layers=(saved,), training=False)
     task = create_task(cfg)
+    state = checkpoint["model"]
+    if cfg.model.aux_factor > 0:  # auxiliary heads only train: inference and export leave them out
+        cfg, state = replace(cfg, model=replace(cfg.model, aux_factor=0.0)), without_aux_heads(state)
     cfg = task.resolve_config(cfg)
     classes = list(checkpoint["classes"])
-    model = task.load_model(cfg, classes, checkpoint["model"], source=f"{ckpt_path} (model {cfg.model.model})")
+    model = task.load_model(cfg, classes, state, source=f"{ckpt_path} (model {cfg.model.model})")
     compute = Compute.create(resolve_device(cfg.train.device), cfg.train.amp_level, cfg.train.channels_last)
     return Trained(cfg, classes, compute.prepare_model(model), compute, task,
                    float(checkpoint.get("temperature", 1.0)), checkpoint.get("category_ids"))

@@ -17,12 +17,12 @@ from torch import nn
 from tunecv.errors import UserError
 
 # architecture: ((the module whose output feeds the head, or None when the model's own forward runs it, the head's
-# name, its input channels), ...)
+# name, its input channels), ...). inception_v3 is always timm's (it has the name).
 AUX_HEADS: dict[tuple[str, str], tuple[tuple[str | None, str, int], ...]] = {
     ("timm", "inception_v3"): (("Mixed_6e", "AuxLogits", 768),),
-    ("torchvision", "inception_v3"): ((None, "AuxLogits", 768),),
     ("torchvision", "googlenet"): ((None, "aux1", 512), (None, "aux2", 528)),
 }
+AUX_HEAD_NAMES = frozenset(head for spec in AUX_HEADS.values() for _, head, _ in spec)
 HELD = "tunecv_aux_logits"  # the attribute of a head holding its last training logits
 
 
@@ -41,13 +41,13 @@ def check_aux_factor(model_name: str, source: str, resolved: str, aux_factor: fl
 
 def attach_aux_heads(model: nn.Module, source: str, name: str) -> None:
     """Hook each auxiliary head (already built, sized for the classes) so its training logits are kept."""
-    for tap, head_name, _ in aux_head_spec(source, name):
+    for tap, head_name, channels in aux_head_spec(source, name):
         head = model.get_submodule(head_name)
         setattr(head, HELD, None)
         if tap is None:
             head.register_forward_hook(functools.partial(_keep_output, head))
         else:
-            model.get_submodule(tap).register_forward_hook(functools.partial(_run_head, head))
+            model.get_submodule(tap).register_forward_hook(functools.partial(_run_head, head, channels))
 
 
 def _keep_output(head: nn.Module, module: nn.Module, args: Any, output: torch.Tensor) -> None:
@@ -55,14 +55,28 @@ def _keep_output(head: nn.Module, module: nn.Module, args: Any, output: torch.Te
         setattr(head, HELD, output)
 
 
-def _run_head(head: nn.Module, module: nn.Module, args: Any, output: torch.Tensor) -> None:
-    # a functools.partial of the head: a deep copy of the model (EMA) hooks its own copy of the head
-    if head.training and torch.is_grad_enabled():
+def _run_head(head: nn.Module, channels: int, module: nn.Module, args: Any, output: torch.Tensor) -> None:
+    # a functools.partial of the head: a deep copy of the model (EMA) hooks its own copy of the head. A frozen tap
+    # (eval mode), or one the frozen-prefix replay passes stored features through (another shape), feeds nothing.
+    if head.training and module.training and torch.is_grad_enabled() and output.dim() == 4 \
+            and output.shape[1] == channels:
         setattr(head, HELD, head(output))
 
 
 def aux_heads(model: nn.Module) -> list[nn.Module]:
+    """The auxiliary heads `attach_aux_heads` hooked."""
     return [m for m in model.modules() if hasattr(m, HELD)]
+
+
+def aux_head_parameters(model: nn.Module) -> list[str]:
+    """The auxiliary heads' parameter names: the head group's, never a stage of the body."""
+    heads = [name for name, m in model.named_modules() if hasattr(m, HELD)]
+    return [name for name, _ in model.named_parameters() if any(name.startswith(f"{head}.") for head in heads)]
+
+
+def without_aux_heads(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict of a model built with aux_factor, as the model without its auxiliary heads holds it."""
+    return {key: value for key, value in state.items() if key.split(".")[0] not in AUX_HEAD_NAMES}
 
 
 def aux_head_keys(model: nn.Module) -> set[str]:
@@ -89,5 +103,6 @@ class AuxiliaryLoss(nn.Module):
 
 
 def with_auxiliary_loss(loss: nn.Module, model: nn.Module, aux_factor: float) -> nn.Module:
+    """`loss`, plus aux_factor times its value on each auxiliary head's logits when the model has them."""
     heads = aux_heads(model)
     return AuxiliaryLoss(loss, heads, aux_factor) if aux_factor > 0 and heads else loss

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import functools
 import logging
 from collections.abc import Iterator, Sequence
@@ -20,89 +19,18 @@ from torch import nn
 
 from tunecv.config import ModelConfig
 from tunecv.errors import UserError
-from tunecv.models.aux_heads import attach_aux_heads, aux_head_spec, check_aux_factor
-from tunecv.models.mindcv_names import MINDCV_MODELS, difference, mindcv_target, no_equivalent
+from tunecv.models.aux_heads import attach_aux_heads, aux_head_spec
+from tunecv.models.mindcv_names import difference
+from tunecv.models.names import (
+    architecture_options,
+    built_as,
+    check_model_options,
+    pretrained_input_size,
+    resolve_model_name,
+    size_options,
+)
 
 logger = logging.getLogger(__name__)
-
-IMAGENET_DEFAULTS = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-                     "interpolation": "bilinear", "crop_pct": 0.875}
-
-
-@functools.lru_cache(maxsize=1)
-def _timm_names() -> frozenset[str]:
-    return frozenset(timm.list_models())
-
-
-@functools.lru_cache(maxsize=1)
-def _torchvision_names() -> frozenset[str]:
-    return frozenset(torchvision.models.list_models(module=torchvision.models))
-
-
-def resolve_model_name(name: str) -> tuple[str, str]:
-    """(source, name) for a user's model name: source is 'timm' or 'torchvision'; MindCV's names are mapped."""
-    target = mindcv_target(name)
-    if target is not None:
-        return ("timm" if target[0] in _timm_names() else "torchvision"), target[0]
-    if name in _timm_names() or name.split(".")[0] in _timm_names():
-        return "timm", name
-    if name in _torchvision_names():
-        return "torchvision", name
-    reason = no_equivalent(name)
-    if reason is not None:
-        raise UserError(f"model {name!r} (MindCV) has no equivalent in timm or torchvision: {reason}")
-    options = sorted(_timm_names() | _torchvision_names() | set(MINDCV_MODELS))
-    matches = difflib.get_close_matches(name.lower(), options, n=4, cutoff=0.6)
-    hint = f"; closest: {', '.join(matches)}" if matches else "; see timm.list_models()"
-    raise UserError(f"unknown model {name!r}{hint}")
-
-
-def architecture_options(name: str) -> dict[str, Any]:
-    """The keyword arguments that give a MindCV model's depth or width to the timm or torchvision family it maps to
-    ({} for every other name)."""
-    target = mindcv_target(name)
-    return target[1] if target is not None else {}
-
-
-def built_as(name: str) -> str | None:
-    """What a mapped (MindCV) name builds, e.g. "timm's rexnet_100 with width_mult=0.9"; None for a timm or
-    torchvision name."""
-    target = mindcv_target(name)
-    if target is None:
-        return None
-    source = "timm" if target[0] in _timm_names() else "torchvision"
-    options = ", ".join(f"{key}={value}" for key, value in target[1].items())
-    return f"{source}'s {target[0]}" + (f" with {options}" if options else "")
-
-
-def check_model_options(cfg: ModelConfig) -> None:
-    """The model's own options, checked without building it (`--print_config`)."""
-    source, resolved = resolve_model_name(cfg.model)
-    check_aux_factor(cfg.model, source, resolved, cfg.aux_factor)
-    options = architecture_options(cfg.model)
-    if options and cfg.pretrained and not cfg.ckpt_path:
-        built = ", ".join(f"{key}={value}" for key, value in options.items())
-        raise UserError(f"{source} has no ImageNet weights for {cfg.model} (built as {resolved} with {built}); set "
-                        "pretrained false, or give ckpt_path")
-
-
-def fixed_input_size(name: str) -> int | None:
-    """The only input size a model accepts (ViT/Swin-style fixed patch grids), or None when any size works."""
-    source, resolved = resolve_model_name(name)
-    if source == "torchvision":
-        return 224 if resolved.startswith(("vit_", "maxvit")) else None
-    pretrained_cfg = timm.models.get_pretrained_cfg(resolved)
-    if pretrained_cfg is None or not pretrained_cfg.fixed_input_size:
-        return None
-    return int(pretrained_cfg.input_size[-1])
-
-
-def pretrained_input_size(name: str) -> int:
-    """The input size the model's ImageNet weights were trained at (224 where its config says none)."""
-    source, resolved = resolve_model_name(name)
-    pretrained_cfg = timm.models.get_pretrained_cfg(resolved) if source == "timm" else None
-    return int(pretrained_cfg.input_size[-1]) if pretrained_cfg is not None else 224
-
 
 def check_runs_at(cfg: ModelConfig, input_size: int) -> None:
     """A UserError when the model cannot take `input_size` px images (halonet's attention blocks, inception's
@@ -121,41 +49,6 @@ def check_runs_at(cfg: ModelConfig, input_size: int) -> None:
         return
     raise UserError(f"model {cfg.model} cannot run on {input_size} px inputs{f' ({problem})' if problem else ''}; set "
                     f"image_resize {pretrained_input_size(cfg.model)}, the size its weights were trained at")
-
-
-def size_options(name: str, input_size: int | None) -> dict[str, Any]:
-    """What a model of one fixed input size needs to take `input_size` instead: timm's dynamic_img_size (ViT, Swin:
-    the position embeddings resampled to the input's grid; the weights keep their shapes). A UserError for a model
-    that cannot."""
-    fixed = None if input_size is None else fixed_input_size(name)
-    if fixed is None or fixed == input_size:
-        return {}
-    if resolve_model_name(name)[0] == "timm" and _takes_dynamic_size(resolve_model_name(name)[1]):
-        return {"dynamic_img_size": True}
-    raise UserError(f"model {name} takes {fixed} px inputs only; set image_resize {fixed} or leave it out")
-
-
-@functools.lru_cache(maxsize=32)
-def _takes_dynamic_size(timm_name: str) -> bool:
-    try:
-        with torch.device("meta"):
-            timm.create_model(timm_name, pretrained=False, dynamic_img_size=True)
-    except TypeError:
-        return False
-    return True
-
-
-def data_defaults(name: str) -> dict[str, Any]:
-    """mean, std, interpolation, crop_pct of the model's pretrained weights, without building it."""
-    source, resolved = resolve_model_name(name)
-    if source == "torchvision":
-        return dict(IMAGENET_DEFAULTS)
-    pretrained_cfg = timm.models.get_pretrained_cfg(resolved)
-    if pretrained_cfg is None:
-        return dict(IMAGENET_DEFAULTS)
-    return {"mean": tuple(pretrained_cfg.mean), "std": tuple(pretrained_cfg.std),
-            "interpolation": pretrained_cfg.interpolation or "bilinear",
-            "crop_pct": pretrained_cfg.crop_pct or 0.875}
 
 
 def create_model(cfg: ModelConfig, num_classes: int, *, input_size: int | None = None, quiet: bool = False
@@ -178,8 +71,8 @@ def create_model(cfg: ModelConfig, num_classes: int, *, input_size: int | None =
         try:
             model = create_timm_model(name, **kwargs, **architecture_options(cfg.model))
         except TypeError as err:
-            raise UserError(f"model {name} does not accept these options ({err}); remove drop_rate/drop_path_rate") \
-                from None
+            raise UserError(f"model {name} does not accept these options ({err}); remove drop_rate, drop_path_rate "
+                            "or aux_factor") from None
     else:
         size_options(cfg.model, input_size)  # torchvision's fixed-size models take that size only
         model = create_torchvision_model(name, num_classes, aux_logits=aux, **architecture_options(cfg.model))
@@ -190,8 +83,8 @@ def create_model(cfg: ModelConfig, num_classes: int, *, input_size: int | None =
         attach_aux_heads(model, source, name)
     zero_init_classifier(model)
     if not quiet:
-        if difference(cfg.model):
-            logger.warning("model: %s is %s's %s; %s", cfg.model, source, name, difference(cfg.model))
+        if difference(cfg.model):  # for MindCV users; timm's and torchvision's own users expect their model
+            logger.info("model: %s is %s's %s; %s", cfg.model, source, name, difference(cfg.model))
         logger.info("model: %s (%s) with a new %d-class head%s", cfg.model, built_as(cfg.model) or source, num_classes,
                     f" and {len(aux_head_spec(source, name))} auxiliary head(s), loss weight {cfg.aux_factor:g}"
                     if aux else "")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from timm.models import group_parameters
 from torch import nn
 
+from tunecv.models.aux_heads import aux_head_parameters
 from tunecv.models.factory import classifier_names
 
 
@@ -34,12 +35,13 @@ def layer_map(model: nn.Module) -> LayerMap:
     names = [name for name, _ in model.named_parameters()]
     heads = classifier_names(model)
     classifier = tuple(n for n in names if any(n.startswith(f"{head}.") for head in heads))
+    aux = tuple(aux_head_parameters(model))
     if hasattr(model, "group_matcher"):
         fine = _merge_head(model, _groups(group_parameters(model, model.group_matcher(coarse=False))))
         coarse = _merge_head(model, _groups(group_parameters(model, model.group_matcher(coarse=True))))
     else:
         fine = coarse = _module_order(model, heads)
-    return LayerMap(_classifier_last(fine, classifier), _classifier_last(coarse, classifier), classifier)
+    return LayerMap(_classifier_last(fine, classifier, aux), _classifier_last(coarse, classifier, aux), classifier)
 
 
 def _groups(grouped: dict[int, list[str]]) -> list[tuple[str, ...]]:
@@ -65,12 +67,15 @@ def _merge_head(model: nn.Module, groups: list[tuple[str, ...]]) -> list[tuple[s
     return [*groups[:last], body, head] if head else groups
 
 
-def _classifier_last(groups: list[tuple[str, ...]], classifier: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
-    """The classifier always sits in the last group (some matchers file it with the last block)."""
+def _classifier_last(groups: list[tuple[str, ...]], classifier: tuple[str, ...],
+                     aux: tuple[str, ...] = ()) -> tuple[tuple[str, ...], ...]:
+    """The classifier always sits in the last group (some matchers file it with the last block), and auxiliary
+    heads (aux_factor) join it: they are heads, not stages of the body."""
     if set(classifier) <= set(groups[-1]):
-        return tuple(groups)
-    rest = [tuple(n for n in g if n not in classifier) for g in groups]
-    return tuple(g for g in rest if g) + (classifier,)
+        body = [tuple(n for n in g if n not in aux) for g in groups]
+        return tuple(g for g in body[:-1] if g) + (body[-1] + aux,)
+    rest = [tuple(n for n in g if n not in classifier and n not in aux) for g in groups]
+    return tuple(g for g in rest if g) + (aux + classifier,)
 
 
 def _module_order(model: nn.Module, heads: list[str]) -> list[tuple[str, ...]]:

@@ -2,10 +2,10 @@
 architecture (depth, width, groups, input size), found by building both and comparing their parameters' shapes;
 a name with no equivalent is refused with the closest family that exists, never replaced by another size.
 
-Names are matched case-insensitively (MindCV writes `BiT_resnet50`) and before timm's and torchvision's: where
-torchvision has a MindCV name for another network (regnet_x_400mf), MindCV's is meant. Any other timm or torchvision
-name means their model, pretrained weights and all; `DIFFERENCES` says where MindCV's model of that name differs
-(logged when it is built, listed in docs/config.md). The mapping was checked against mindcv 0.3.0 built in
+Names are matched case-insensitively (MindCV writes `BiT_resnet50`). A timm or torchvision name means their model,
+pretrained weights and all (regnet_x_800mf, an alias before torchvision had the name, stays timm's);
+`DIFFERENCES` says where MindCV's model of that name differs and which name builds MindCV's (logged when it is
+built, listed in docs/mindcv.md). The mapping was checked against mindcv 0.3.0 built in
 MindSpore: equal parameter counts and tensor shapes, but for the differences listed.
 """
 
@@ -30,12 +30,12 @@ MINDCV_MODELS: dict[str, str | tuple[str, dict[str, Any]]] = {
     "mlp_mixer_s_p16": "mixer_s16_224", "mlp_mixer_s_p32": "mixer_s32_224", "mlp_mixer_b_p16": "mixer_b16_224",
     "mlp_mixer_b_p32": "mixer_b32_224", "mlp_mixer_l_p16": "mixer_l16_224", "mlp_mixer_l_p32": "mixer_l32_224",
     "mnasnet_130": "mnasnet1_3",
-    "mobilenet_v1_025": ("mobilenetv1_100", {"channel_multiplier": 0.25}),
-    "mobilenet_v1_050": ("mobilenetv1_100", {"channel_multiplier": 0.5}),
-    "mobilenet_v1_075": ("mobilenetv1_100", {"channel_multiplier": 0.75}),
-    "mobilenet_v1_025_224": ("mobilenetv1_100", {"channel_multiplier": 0.25}),
-    "mobilenet_v1_050_224": ("mobilenetv1_100", {"channel_multiplier": 0.5}),
-    "mobilenet_v1_075_224": ("mobilenetv1_100", {"channel_multiplier": 0.75}),
+    "mobilenet_v1_025": ("mobilenetv1_100", {"channel_multiplier": 0.25, "act_layer": "relu"}),
+    "mobilenet_v1_050": ("mobilenetv1_100", {"channel_multiplier": 0.5, "act_layer": "relu"}),
+    "mobilenet_v1_075": ("mobilenetv1_100", {"channel_multiplier": 0.75, "act_layer": "relu"}),
+    "mobilenet_v1_025_224": ("mobilenetv1_100", {"channel_multiplier": 0.25, "act_layer": "relu"}),
+    "mobilenet_v1_050_224": ("mobilenetv1_100", {"channel_multiplier": 0.5, "act_layer": "relu"}),
+    "mobilenet_v1_075_224": ("mobilenetv1_100", {"channel_multiplier": 0.75, "act_layer": "relu"}),
     "mobilenet_v1_100": "mobilenetv1_100", "mobilenet_v1_100_224": "mobilenetv1_100",
     "mobilenet_v2_075": "mobilenetv2_075", "mobilenet_v2_100": "mobilenetv2_100", "mobilenet_v2_140": "mobilenetv2_140",
     "mobilenet_v2_050": "mobilenetv2_050",
@@ -49,9 +49,9 @@ MINDCV_MODELS: dict[str, str | tuple[str, dict[str, Any]]] = {
     "mobilenet_v3_large_075": ("mobilenet_v3_large", {"width_mult": 0.75}),
     "mobilevit_small": "mobilevit_s", "mobilevit_x_small": "mobilevit_xs", "mobilevit_xx_small": "mobilevit_xxs",
     "pit_ti": "pit_ti_224", "pit_xs": "pit_xs_224", "pit_s": "pit_s_224", "pit_b": "pit_b_224",
-    "regnet_x_200mf": "regnetx_002", "regnet_x_400mf": "regnetx_004", "regnet_x_600mf": "regnetx_006",
-    "regnet_x_800mf": "regnetx_008", "regnet_y_200mf": "regnety_002", "regnet_y_400mf": "regnety_004",
-    "regnet_y_600mf": "regnety_006", "regnet_y_800mf": "regnety_008", "regnet_y_16gf": "regnety_160",
+    # regnet_x_400mf, regnet_y_400mf, regnet_y_800mf, regnet_y_16gf are torchvision's (see DIFFERENCES)
+    "regnet_x_200mf": "regnetx_002", "regnet_x_600mf": "regnetx_006", "regnet_x_800mf": "regnetx_008",
+    "regnet_y_200mf": "regnety_002", "regnet_y_600mf": "regnety_006",
     "regnet_x_4_0gf": "regnetx_040", "regnet_x_6_4gf": "regnetx_064", "regnet_x_8_0gf": "regnetx_080",
     "regnet_x_12gf": "regnetx_120", "regnet_y_4_0gf": "regnety_040", "regnet_y_6_4gf": "regnety_064",
     "regnet_y_8_0gf": "regnety_080", "regnet_y_12gf": "regnety_120",
@@ -98,31 +98,35 @@ NO_EQUIVALENT: dict[str, str] = {
     "nasnet_a_4x1056": "timm has NASNet-A Large (nasnetalarge, 6@4032), not NASNet-A Mobile (4@1056); the closest "
                        "mobile NAS family is mnasnet_*",
 }
-for _family, _members in (("cmt_tiny", ("cmt_xsmall", "cmt_small", "cmt_base")),
-                          ("pvt_tiny", ("pvt_small", "pvt_medium", "pvt_large")),
-                          ("repmlp_t224", ("repmlp_t256", "repmlp_b224", "repmlp_b256", "repmlp_d256", "repmlp_l256")),
-                          ("shufflenet_v1_g3_05", tuple(f"shufflenet_v1_g{g}_{w}" for g in (3, 8)
-                                                        for w in ("05", "10", "15", "20"))),
-                          ("visformer_tiny_v2", ("visformer_small_v2",)),
-                          ("mae_b_16_224_pretrain", ("mae_l_16_224_pretrain", "mae_h_16_224_pretrain"))):
-    for _member in _members:
-        NO_EQUIVALENT.setdefault(_member, NO_EQUIVALENT[_family])
+# the rest of each refused family, refused for the same reason
+_FAMILIES = {"cmt_tiny": ("cmt_xsmall", "cmt_small", "cmt_base"), "pvt_tiny": ("pvt_small", "pvt_medium", "pvt_large"),
+             "repmlp_t224": ("repmlp_t256", "repmlp_b224", "repmlp_b256", "repmlp_d256", "repmlp_l256"),
+             "shufflenet_v1_g3_05": tuple(f"shufflenet_v1_g{g}_{w}" for g in (3, 8) for w in ("05", "10", "15", "20")),
+             "visformer_tiny_v2": ("visformer_small_v2",),
+             "mae_b_16_224_pretrain": ("mae_l_16_224_pretrain", "mae_h_16_224_pretrain")}
+NO_EQUIVALENT |= {member: NO_EQUIVALENT[family] for family, members in _FAMILIES.items() for member in members
+                  if member not in NO_EQUIVALENT}
 
 
 # Where the network built differs from MindCV's model of the same name (the same depth and width unless said).
 DIFFERENCES: dict[str, str] = {
+    "regnet_x_400mf": "torchvision's network of this name is wider (5.50 M parameters) than MindCV's, pycls' "
+                      "RegNetX-400MF (5.16 M): for MindCV's, use timm's regnetx_004",
+    "regnet_y_800mf": "torchvision's network of this name is larger (6.43 M parameters) than MindCV's, pycls' "
+                      "RegNetY-800MF (6.26 M): for MindCV's, use timm's regnety_008",
     "skresnext50_32x4d": "MindCV's is an ungrouped SK-ResNet-50 (37.2 M parameters); timm's is grouped 32x4d "
-                         "(27.5 M)",
+                         "(27.5 M), and that is the one built",
     "googlenet": "MindCV's auxiliary heads differ from torchvision's (6.99 M parameters with them, torchvision "
                  "6.62 M without)",
-    "inception_v3": "MindCV counts the auxiliary head (27.2 M); it is built only with aux_factor (23.8 M without)",
+    "inception_v3": "MindCV's counts its auxiliary head (27.2 M parameters), which tunecv builds for aux_factor "
+                    "above 0 only (23.8 M without)",
     "hrnet_w32": "timm's head convolution has a bias, MindCV's not (3,880 parameters)",
     "hrnet_w48": "timm's head convolution has a bias, MindCV's not (3,864 parameters)",
     "mobilevit_small": "MindCV adds a BatchNorm and SiLU after each block's local 1x1 convolution (1,152 parameters)",
     "mobilevit_x_small": "MindCV adds a BatchNorm and SiLU after each block's local 1x1 convolution (720 parameters)",
     "mobilevit_xx_small": "MindCV adds a BatchNorm and SiLU after each block's local 1x1 convolution "
                           "(480 parameters)",
-    **{f"mobilenet_v1_{width}": "timm's activation is ReLU6, MindCV's ReLU" for width in ("025", "050", "075", "100")},
+    "mobilenet_v1_100": "timm's activation is ReLU6 (its ImageNet weights were trained so), MindCV's ReLU",
     "resnetv2_50": "MindCV wraps the pre-activation blocks in a post-activation stem and downsampling (norms "
                    "elsewhere, 3,748 parameters)",
     "resnetv2_101": "MindCV wraps the pre-activation blocks in a post-activation stem and downsampling (norms "

@@ -19,8 +19,9 @@ from torch import nn
 from tunecv.config import ModelConfig
 from tunecv.errors import UserError
 from tunecv.models import factory as models
-from tunecv.models.aux_heads import AUX_HEADS, aux_head_keys
+from tunecv.models.aux_heads import AUX_HEAD_NAMES, aux_head_keys
 from tunecv.models.file_problems import safetensors_file_problem, torch_file_problem
+from tunecv.models.names import resolve_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def load_initial_weights(model: nn.Module, cfg: ModelConfig) -> str:
         return f"checkpoint {cfg.ckpt_path}" + (f" (prefix {cfg.ckpt_prefix})" if cfg.ckpt_prefix else "")
     if not cfg.pretrained:
         return "random initialisation (pretrained: false)"
-    source, name = models.resolve_model_name(cfg.model)
+    source, name = resolve_model_name(cfg.model)
     if name in BUNDLED:
         path = bundled_weights_path(name)
         if path is not None:
@@ -148,7 +149,7 @@ def load_exact(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     problems = key_problems(model.state_dict(), state)
     if problems:
         raise UserError(f"checkpoint {source} does not fit this model: {'; '.join(problems)} keys; "
-                        "do not override model, num_classes or in_channels")
+                        "do not override model, num_classes, in_channels or aux_factor")
     model.load_state_dict(state)
 
 
@@ -187,8 +188,7 @@ def new_layer_keys(model: nn.Module) -> set[str]:
 
 def _unused_aux_key(key: str, own: dict[str, torch.Tensor]) -> bool:
     """torchvision's inception_v3 and googlenet weights hold auxiliary heads a model without aux_factor lacks."""
-    heads = {head for spec in AUX_HEADS.values() for _, head, _ in spec}
-    return key not in own and key.split(".")[0] in heads
+    return key not in own and key.split(".")[0] in AUX_HEAD_NAMES
 
 
 def hub_reachable(host: str, timeout_s: float = 3.0) -> bool:

@@ -147,6 +147,7 @@ def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: s
         f" x {steps_per_epoch} steps, batch {cfg.loader.batch_size}"
         + (f" x {train.gradient_accumulation_steps} accumulated" if train.gradient_accumulation_steps > 1 else ""),
         f"  loss       {train.loss}, label_smoothing {train.label_smoothing:g}{weighting}"
+        + (f", auxiliary heads x {cfg.model.aux_factor:g}" if cfg.model.aux_factor > 0 else "")
         + (", balanced sampler" if cfg.loader.sampler == "balanced" else "")
         + (f", EMA {train.ema_decay:g}" if train.ema else ""),
         f"  device     {compute}; {workers} loader workers",

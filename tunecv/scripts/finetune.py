@@ -21,7 +21,7 @@ from tunecv import cli
 from tunecv.config import Config, UserError, load_config, to_yaml
 from tunecv.data.preview import write_batch_preview
 from tunecv.finetune.phases import Phase, Plan, apply_phase, phase_schedule
-from tunecv.models.factory import built_as
+from tunecv.models.names import built_as
 from tunecv.optim.optimizers import create_optimizer
 from tunecv.optim.schedulers import create_scheduler
 from tunecv.resolve import Run, resolve

@@ -14,7 +14,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset
 
-from tunecv.config import Config, DataConfig, ModelConfig
+from tunecv.config import Config
 from tunecv.data.audit import audit, write_report
 from tunecv.data.bad_images import write_bad_images
 from tunecv.data.datasets import check_split, create_dataset, dataset_classes, resolve_layout
@@ -23,21 +23,14 @@ from tunecv.data.loader import class_counts, create_loader, create_mixup
 from tunecv.data.prefetch import on_device
 from tunecv.data.scan import write_scan_cache
 from tunecv.data.transforms import check_auto_augment, create_transforms, draft_size
-from tunecv.errors import UserError
 from tunecv.finetune.param_groups import build_param_groups
 from tunecv.finetune.phases import Phase, Plan, apply_phase, plan_phases
 from tunecv.finetune.strategies import is_gradual
 from tunecv.inference.predict import predict_classes
 from tunecv.inference.validate import validate_classifier
-from tunecv.models.factory import (
-    check_model_options,
-    check_runs_at,
-    create_model,
-    data_defaults,
-    fixed_input_size,
-    size_options,
-)
+from tunecv.models.factory import check_runs_at, create_model
 from tunecv.models.layer_map import layer_map
+from tunecv.models.names import check_model_options, input_settings
 from tunecv.models.weights import load_exact, load_initial_weights
 from tunecv.report.manifest import data_fingerprint
 from tunecv.report.results import ResultsWriter, reported_topk, write_table
@@ -251,43 +244,9 @@ def model_structure(cfg: Config, num_classes: int) -> nn.Module:
         return create_model(cfg.model, num_classes, input_size=cfg.data.image_resize, quiet=True)
 
 
-def input_settings(data: DataConfig, model: ModelConfig) -> DataConfig:
-    """mean/std/interpolation/crop_pct from the model's pretrained config when not given; MindCV's 0-255 mean/std
-    rescaled; the input size of a model that takes one size only."""
-    defaults = data_defaults(model.model)
-    mean, std = data.mean or defaults["mean"], data.std or defaults["std"]
-    if max(mean) > 1.0:  # MindCV writes mean/std on the 0-255 scale
-        mean = tuple(m / 255.0 for m in mean)
-    if max(std) > 1.0:
-        std = tuple(s / 255.0 for s in std)
-    if model.in_channels == 1:  # grayscale input: one value, the average of the model's RGB ones
-        mean, std = mean if data.mean else (sum(mean) / len(mean),), std if data.std else (sum(std) / len(std),)
-    if len(mean) != model.in_channels or len(std) != model.in_channels:
-        raise UserError(f"mean and std need {model.in_channels} values (in_channels), got {mean} and {std}")
-    return replace(data, image_resize=input_size(data.image_resize, model.model),
-                   mean=tuple(round(m, 6) for m in mean), std=tuple(round(s, 6) for s in std),
-                   interpolation=data.interpolation or defaults["interpolation"],
-                   crop_pct=data.crop_pct or defaults["crop_pct"])
-
-
-def input_size(image_resize: int, model_name: str) -> int:
-    """image_resize, or the only size the model takes (crossvit: 240) when image_resize is left at its default.
-    Another size set on purpose: a ViT or Swin resamples its position embeddings to it, other models refuse it."""
-    fixed = fixed_input_size(model_name)
-    if fixed is None or image_resize == fixed:
-        return image_resize
-    if image_resize == DataConfig.image_resize:  # the schema's default
-        logger.info("input: %s takes %d px inputs, so image_resize is %d", model_name, fixed, fixed)
-        return fixed
-    size_options(model_name, image_resize)
-    logger.info("input: %s runs at %d px, its position embeddings resampled from its %d px grid", model_name,
-                image_resize, fixed)
-    return image_resize
-
-
 def _class_weights(trainer: Trainer) -> list[float] | None:
     """The class weights the loss applies (class_weights: auto), or None."""
-    loss = trainer.loss_fn
+    loss = getattr(trainer.loss_fn, "loss", trainer.loss_fn)  # inside AuxiliaryLoss with aux_factor
     weight = loss.weight if isinstance(loss, nn.CrossEntropyLoss) else None
     return None if weight is None else weight.tolist()
 

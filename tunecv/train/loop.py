@@ -21,7 +21,6 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset
 
 from tunecv.config import TrainConfig
-from tunecv.data.sampler import EpochSampler
 from tunecv.finetune.phases import Plan, best_before_unfreeze
 from tunecv.report.results import epoch_line
 from tunecv.train.checkpoint import CheckpointSaver
@@ -194,8 +193,7 @@ class _Records:
         plan, trainer = self.plan, self.pipeline.trainer
         return {**training_state(plan.optimizer, plan.scheduler, trainer), **self.state.to_dict(),
                 "epoch_progress": asdict(progress) if progress else None, "phase_start": plan.current.start,
-                "layout": {**batch_layout(_batch_size(self.pipeline.train_loader), trainer.accumulation_steps),
-                           **_order(self.pipeline.train_loader)},
+                "layout": batch_layout(_batch_size(self.pipeline.train_loader), trainer.accumulation_steps),
                 "rng": distributed.gather(random_state())}
 
     def save_last(self, epoch: int, progress: EpochProgress) -> None:
@@ -262,12 +260,6 @@ def _start_epoch(loader: DataLoader, epoch: int, progress: EpochProgress | None)
     sampler = getattr(loader, "sampler", None)
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch, progress.batches * _batch_size(loader) if progress else 0)
-
-
-def _order(loader: DataLoader) -> dict[str, str | int]:
-    """What the training loader's epoch order is drawn from ({} for a loader without an EpochSampler)."""
-    sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
-    return sampler.layout() if isinstance(sampler, EpochSampler) else {}
 
 
 def _batch_size(loader: DataLoader) -> int | None:

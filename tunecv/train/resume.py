@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from tunecv.config import Config
-from tunecv.data.sampler import order_layout
 from tunecv.errors import UserError
 from tunecv.report.manifest import run_differences
 from tunecv.train.checkpoint import file_stem, load_checkpoint
@@ -112,8 +111,7 @@ class GracefulStop:
 
 
 def batch_layout(batch_size: int | None, accumulation_steps: int) -> dict[str, int | None]:
-    """What a position inside an epoch is counted in: resuming on another layout would land elsewhere (and
-    `order_layout`: what the epoch's order is drawn from)."""
+    """What a position inside an epoch is counted in: resuming on another layout would land elsewhere."""
     return {"world_size": distributed.world_size(), "batch_size": batch_size,
             "gradient_accumulation_steps": accumulation_steps}
 
@@ -133,19 +131,37 @@ def changed_training_keys(saved: dict[str, Any], flat: dict[str, Any]) -> list[s
             if key in saved and key in flat and not same(saved[key], flat[key])]
 
 
+# what an epoch's order is drawn from: an epoch resumed in the middle on another goes on in another order
+EPOCH_ORDER_KEYS = ("shuffle", "sampler", "aug_repeats")
+
+
+def changed_order(saved: dict[str, Any], flat: dict[str, Any]) -> list[str]:
+    """The epoch order's keys that differ from the checkpoint's config (aug_repeats 0 and 1 are both off)."""
+    def value(config: dict[str, Any], key: str) -> Any:
+        return max(config[key], 1) if key == "aug_repeats" else config[key]
+
+    changed = [f"{key} {saved[key]!r} -> {flat[key]!r}" for key in EPOCH_ORDER_KEYS
+               if key in saved and key in flat and value(saved, key) != value(flat, key)]
+    return [f"the rest of the epoch would come in another order ({', '.join(changed)})"] if changed else []
+
+
 def check_same_run(cfg: Config, checkpoint: dict, classes: list[str], fingerprint: str, force: bool = False) -> None:
     """A UserError naming each difference between this run and the checkpoint's (`force`: warnings instead)."""
+    saved_aux = checkpoint.get("config", {}).get("aux_factor") or 0.0
+    if (saved_aux > 0) != (cfg.model.aux_factor > 0):  # the weights themselves differ: no forcing past it
+        raise UserError(f"the run being resumed has {'auxiliary heads' if saved_aux > 0 else 'no auxiliary heads'} "
+                        f"(aux_factor {saved_aux:g}) and this one {'has' if cfg.model.aux_factor > 0 else 'has not'}; "
+                        f"set aux_factor {saved_aux:g} to resume it")
     differences = run_differences(checkpoint, cfg.model.model, classes, fingerprint)
     changed = changed_training_keys(checkpoint.get("config", {}), cfg.to_flat())
     if changed:
         differences.append(f"other parameters would train ({', '.join(changed)})")
-    layout = {**batch_layout(cfg.loader.batch_size, cfg.train.gradient_accumulation_steps),
-              **order_layout(cfg.loader.shuffle, cfg.loader.sampler == "balanced", cfg.loader.aug_repeats)}
-    changed_layout = {key: value for key, value in checkpoint.get("layout", {}).items()  # older ones hold fewer
-                      if key in layout and layout[key] != value}
-    if changed_layout:
-        differences.append("batches differ: " + ", ".join(f"{key} {layout[key]} (checkpoint: {value})"
-                                                          for key, value in changed_layout.items()))
+    layout = batch_layout(cfg.loader.batch_size, cfg.train.gradient_accumulation_steps)
+    if checkpoint.get("layout", layout) != layout:
+        differences.append("batches differ: " + ", ".join(f"{key} {layout[key]} (checkpoint: {value})" for key, value
+                                                          in checkpoint["layout"].items() if layout[key] != value))
+    if checkpoint.get("epoch_progress"):
+        differences += changed_order(checkpoint.get("config", {}), cfg.to_flat())
     if differences and not force:
         raise UserError(f"this is not the run being resumed: {'; '.join(differences)}; fix the config or data, or "
                         "pass --resume_force to resume anyway")
