@@ -131,6 +131,8 @@ DIFFERENCES: dict[str, str] = {
                    "elsewhere, 3,748 parameters)",
     "resnetv2_101": "MindCV wraps the pre-activation blocks in a post-activation stem and downsampling (norms "
                     "elsewhere, 3,720 parameters)",
+    "shufflenet_v2_x0_5": "MindCV's classifier has no bias (the head is replaced when fine-tuning anyway)",
+    "shufflenet_v2_x1_0": "MindCV splits each stage's first unit's channels otherwise (156 parameters)",
     "shufflenet_v2_x1_5": "MindCV splits each stage's first unit's channels otherwise (3,076 parameters)",
     "shufflenet_v2_x2_0": "MindCV splits each stage's first unit's channels otherwise (8,604 parameters)",
     **{name: "MindCV's attention projections have no bias" for name in (
