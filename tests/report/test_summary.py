@@ -72,7 +72,7 @@ def test_augmentation_in_words():
 
 def test_the_warm_up_said_is_the_one_the_schedule_runs(tmp_path):
     cfg = load_config(None, {"data_dir": str(tmp_path), "warmup_epochs": 5, "epoch_size": 1})
-    assert warmup_words(cfg, 30) == "warm-up 1 epochs (the whole run: 150 steps were asked for)"
+    assert warmup_words(cfg, 30) == "warm-up the whole run (30 steps; 150 were asked for)"
     cfg = load_config(None, {"data_dir": str(tmp_path), "warmup_epochs": 2, "epoch_size": 10})
     assert warmup_words(cfg, 30) == "warm-up 2 epochs"
 

@@ -114,10 +114,12 @@ def class_weight_words(classes: Sequence[str], weights: Sequence[float], listed:
 def warmup_words(cfg: Config, steps_per_epoch: int) -> str:
     """The warm-up the schedule runs: a run shorter than the warm-up asked for warms up all the way."""
     schedule = build_schedule(cfg.sched, cfg.optim.lr, steps_per_epoch, cfg.train.epoch_size)
-    words = f"warm-up {schedule.warmup_steps / steps_per_epoch:g} epochs"
-    asked = cfg.sched.warmup_iters if cfg.sched.warmup_iters is not None else \
-        round(cfg.sched.warmup_epochs * steps_per_epoch)
-    return words + (f" (the whole run: {asked} steps were asked for)" if asked > schedule.warmup_steps else "")
+    sched = cfg.sched
+    asked = sched.warmup_iters if sched.warmup_iters is not None else round(sched.warmup_epochs * steps_per_epoch)
+    if asked > schedule.warmup_steps:
+        return f"warm-up the whole run ({schedule.warmup_steps} steps; {asked} were asked for)"
+    return f"warm-up {sched.warmup_iters} steps" if sched.warmup_iters is not None else \
+        f"warm-up {sched.warmup_epochs:g} epochs"
 
 
 def run_summary(cfg: Config, train_set: Sized, val_set: Sized | None, weights: str, trains: list[str],
