@@ -119,7 +119,8 @@ def size_options(name: str, input_size: int | None) -> dict[str, Any]:
     fixed = None if input_size is None else fixed_input_size(name)
     if fixed is None or fixed == input_size:
         return {}
-    if resolve_model_name(name)[0] == "timm" and _takes_dynamic_size(resolve_model_name(name)[1]):
+    source, resolved = resolve_model_name(name)
+    if source == "timm" and _takes_dynamic_size(resolved):
         return {"dynamic_img_size": True}
     raise UserError(f"model {name} takes {fixed} px inputs only; set image_resize {fixed} or leave it out")
 
